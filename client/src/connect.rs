@@ -1,0 +1,117 @@
+//! Reaching a node: ask the balancer which one, connect to it pinned to the
+//! cluster CA, open the control stream, and log in.
+
+use fastchat_crypto::{Identity, transcript};
+use fastchat_proto::PROTOCOL_VERSION;
+use fastchat_proto::balancer::{BalancerRequest, BalancerResponse};
+use fastchat_proto::control::{Request, Response};
+use fastchat_proto::limits::MAX_CONTROL_FRAME;
+use fastchat_transport::quinn::{Connection, Endpoint};
+use fastchat_transport::{TransportError, connect, read_frame, write_frame};
+
+use crate::control::Control;
+use crate::error::ClientError;
+
+/// How many times a client asks the balancer again when the node it was
+/// given does not answer (it may have just died and not yet been dropped).
+const NODE_ATTEMPTS: usize = 4;
+
+/// Asks the balancer at `server` which node to use.
+pub(crate) async fn pick_node(endpoint: &Endpoint, server: &str) -> Result<String, ClientError> {
+    let conn = connect(endpoint, server).await?;
+    let result = async {
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|_| ClientError::Disconnected)?;
+        write_frame(&mut send, &BalancerRequest::PickNode, MAX_CONTROL_FRAME)
+            .await
+            .map_err(|_| ClientError::Disconnected)?;
+        let _ = send.finish();
+        let mut buf = Vec::new();
+        match read_frame::<BalancerResponse>(&mut recv, MAX_CONTROL_FRAME, &mut buf).await {
+            Ok(Some(BalancerResponse::Node { addr })) => Ok(addr),
+            Ok(Some(BalancerResponse::Error(e))) => Err(ClientError::Refused(e)),
+            Ok(_) => Err(ClientError::UnexpectedReply),
+            Err(_) => Err(ClientError::Disconnected),
+        }
+    }
+    .await;
+    conn.close(0u32.into(), b"thanks");
+    result
+}
+
+/// Connects to a node chosen by the balancer and opens the control stream.
+pub(crate) async fn reach_node(
+    endpoint: &Endpoint,
+    server: &str,
+) -> Result<(Connection, Control), ClientError> {
+    let mut last = None;
+    for attempt in 0..NODE_ATTEMPTS {
+        let node = pick_node(endpoint, server).await?;
+        match connect(endpoint, &node).await {
+            Ok(conn) => {
+                let control = Control::open(&conn).await?;
+                tracing::debug!(%node, "connected to node");
+                return Ok((conn, control));
+            }
+            // A node whose certificate we do not trust will not become
+            // trustworthy on a retry.
+            Err(e @ TransportError::UntrustedPeer(_)) => return Err(e.into()),
+            Err(e) => {
+                tracing::debug!(%node, attempt, error = %e, "node unreachable; asking the balancer again");
+                last = Some(e);
+                tokio::time::sleep(std::time::Duration::from_millis(300 * (attempt as u64 + 1)))
+                    .await;
+            }
+        }
+    }
+    Err(last
+        .map(ClientError::from)
+        .unwrap_or(ClientError::Disconnected))
+}
+
+/// Registers `name` with `identity` on an open control stream.
+pub(crate) async fn register(
+    control: &Control,
+    name: &str,
+    identity: &Identity,
+) -> Result<(), ClientError> {
+    let public_key = identity.public().der().to_vec();
+    let proof = identity.sign(&transcript::register(name, &public_key))?;
+    match control
+        .request(Request::Register {
+            version: PROTOCOL_VERSION,
+            name: name.to_string(),
+            public_key,
+            proof,
+        })
+        .await?
+    {
+        Response::Registered => Ok(()),
+        _ => Err(ClientError::UnexpectedReply),
+    }
+}
+
+/// Logs in by signing the node's challenge; returns how many items wait.
+pub(crate) async fn login(
+    control: &Control,
+    name: &str,
+    identity: &Identity,
+) -> Result<u64, ClientError> {
+    let nonce = match control
+        .request(Request::Hello {
+            version: PROTOCOL_VERSION,
+            name: name.to_string(),
+        })
+        .await?
+    {
+        Response::Challenge { nonce } => nonce,
+        _ => return Err(ClientError::UnexpectedReply),
+    };
+    let signature = identity.sign(&transcript::login(name, &nonce))?;
+    match control.request(Request::Login { signature }).await? {
+        Response::LoggedIn { pending } => Ok(pending),
+        _ => Err(ClientError::UnexpectedReply),
+    }
+}

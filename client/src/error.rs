@@ -1,0 +1,77 @@
+//! Errors a client user can meet, each one sentence saying what to do.
+
+use std::path::PathBuf;
+
+use fastchat_proto::ProtoError;
+
+/// Why a client operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The home holds no identity.
+    #[error(
+        "no fastchat identity in {0}; run `fastchat register` first (or pass the right --home)"
+    )]
+    NotRegistered(PathBuf),
+    /// The home already holds an identity.
+    #[error(
+        "{home} already holds the identity '{name}'; use another --home to register a new user"
+    )]
+    AlreadyRegistered {
+        /// The home directory.
+        home: PathBuf,
+        /// Who is registered there.
+        name: String,
+    },
+    /// The CA file is missing or not a certificate.
+    #[error("cannot use {path} as the cluster CA: {why}")]
+    BadCa {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// The keystore could not be read or written.
+    #[error("the keystore failed: {0}")]
+    Keystore(String),
+    /// Networking failed.
+    #[error(transparent)]
+    Transport(#[from] fastchat_transport::TransportError),
+    /// The node refused the request.
+    #[error(transparent)]
+    Refused(#[from] ProtoError),
+    /// A name was not valid.
+    #[error("{0}")]
+    InvalidName(String),
+    /// The peer is not a friend (yet).
+    #[error("{0} is not your friend; run `fastchat friend add {0}` and wait for them to accept")]
+    NotFriend(String),
+    /// A friend request is still waiting for the other side.
+    #[error("{0} has not accepted your friend request yet")]
+    AwaitingAcceptance(String),
+    /// Already friends.
+    #[error("you and {0} are already friends")]
+    AlreadyFriends(String),
+    /// A key the node handed over does not match what we verified before.
+    #[error(
+        "the node presented a different key for {0} than the one you verified; do not trust this connection and compare safety numbers"
+    )]
+    KeyMismatch(String),
+    /// The text is too long.
+    #[error("the message is {0} bytes; the limit is {limit}", limit = fastchat_proto::limits::MAX_TEXT_BYTES)]
+    TooLong(usize),
+    /// The connection to the node went away.
+    #[error("the connection to the node was lost; try again")]
+    Disconnected,
+    /// A local crypto operation failed.
+    #[error(transparent)]
+    Crypto(#[from] fastchat_crypto::CryptoError),
+    /// The node answered something that makes no sense here.
+    #[error("the node sent an unexpected reply")]
+    UnexpectedReply,
+}
+
+impl From<rusqlite::Error> for ClientError {
+    fn from(e: rusqlite::Error) -> Self {
+        ClientError::Keystore(e.to_string())
+    }
+}

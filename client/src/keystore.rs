@@ -1,0 +1,394 @@
+//! The client's keystore: one SQLite file in the user's home with the
+//! identity key, the cluster profile (node address and CA), peers with their
+//! keys, and the local message history.
+
+use std::path::Path;
+
+use fastchat_crypto::{ConversationKey, Identity};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use crate::error::ClientError;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS settings(
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS peers(
+    name TEXT PRIMARY KEY,
+    public_key BLOB NOT NULL,
+    state TEXT NOT NULL,
+    conv_key BLOB,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages(
+    pos INTEGER PRIMARY KEY,
+    id BLOB NOT NULL UNIQUE,
+    peer TEXT NOT NULL,
+    outgoing INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    body TEXT NOT NULL,
+    sent_at INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    shown INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS messages_by_peer ON messages(peer, pos);
+CREATE INDEX IF NOT EXISTS messages_unshown ON messages(pos) WHERE shown = 0 AND outgoing = 0;
+";
+
+/// Where the cluster is and how to trust it.
+#[derive(Clone, Debug)]
+pub struct Profile {
+    /// The user's name.
+    pub name: String,
+    /// The balancer's address.
+    pub server: String,
+    /// The cluster CA, PEM.
+    pub ca_pem: Vec<u8>,
+}
+
+/// How a peer relates to us.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerState {
+    /// We asked them; waiting for their key.
+    Requested,
+    /// They asked us; `friend add` accepts.
+    Incoming,
+    /// Friends with a shared conversation key.
+    Friend,
+}
+
+impl PeerState {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Requested => "requested",
+            Self::Incoming => "incoming",
+            Self::Friend => "friend",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "friend" => Self::Friend,
+            "incoming" => Self::Incoming,
+            _ => Self::Requested,
+        }
+    }
+}
+
+/// A peer as the keystore knows them.
+#[derive(Clone)]
+pub struct Peer {
+    /// Their name.
+    pub name: String,
+    /// Their RSA public key (SPKI DER), as first seen.
+    pub public_key: Vec<u8>,
+    /// Where the friendship stands.
+    pub state: PeerState,
+    /// The conversation key, once friends.
+    pub key: Option<ConversationKey>,
+}
+
+/// What kind of entry an inbox item is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InboxKind {
+    /// A text message.
+    Text,
+    /// Someone asked to be friends.
+    FriendRequest,
+    /// Someone accepted our friend request.
+    FriendAccepted,
+}
+
+impl InboxKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::FriendRequest => "friend_request",
+            Self::FriendAccepted => "friend_accepted",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "friend_request" => Self::FriendRequest,
+            "friend_accepted" => Self::FriendAccepted,
+            _ => Self::Text,
+        }
+    }
+}
+
+/// Something received, decrypted and stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InboxItem {
+    /// Unique id (the sender's message id for texts).
+    pub id: [u8; 16],
+    /// Who it is from.
+    pub from: String,
+    /// What it is.
+    pub kind: InboxKind,
+    /// The text, for texts; empty otherwise.
+    pub text: String,
+    /// When the sender sent it (ms since the Unix epoch).
+    pub sent_at_ms: u64,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The open keystore.
+pub struct Keystore {
+    conn: Connection,
+}
+
+fn open_conn(path: &Path) -> Result<Connection, ClientError> {
+    let conn = Connection::open(path)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;",
+    )?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(conn)
+}
+
+impl Keystore {
+    /// Creates a keystore for a freshly registered identity.
+    pub fn create(
+        path: &Path,
+        profile: &Profile,
+        identity: &Identity,
+    ) -> Result<Self, ClientError> {
+        let mut conn = open_conn(path)?;
+        let tx = conn.transaction()?;
+        let der = identity.to_pkcs8_der()?;
+        for (k, v) in [
+            ("name", profile.name.as_bytes()),
+            ("server", profile.server.as_bytes()),
+            ("ca_pem", &profile.ca_pem[..]),
+            ("identity", &der[..]),
+        ] {
+            tx.execute(
+                "INSERT OR REPLACE INTO settings(key, value) VALUES (?1, ?2)",
+                params![k, v],
+            )?;
+        }
+        tx.commit()?;
+        restrict_permissions(path);
+        Ok(Self { conn })
+    }
+
+    /// Opens an existing keystore; `NotRegistered` if there is none.
+    pub fn open(home: &Path) -> Result<Self, ClientError> {
+        let path = home.join(crate::KEYSTORE_FILE);
+        if !path.exists() {
+            return Err(ClientError::NotRegistered(home.to_path_buf()));
+        }
+        let ks = Self {
+            conn: open_conn(&path)?,
+        };
+        if ks.setting("identity")?.is_none() {
+            return Err(ClientError::NotRegistered(home.to_path_buf()));
+        }
+        Ok(ks)
+    }
+
+    fn setting(&self, key: &str) -> Result<Option<Vec<u8>>, ClientError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT value FROM settings WHERE key = ?1",
+                params![key],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    fn required(&self, key: &str) -> Result<Vec<u8>, ClientError> {
+        self.setting(key)?
+            .ok_or_else(|| ClientError::Keystore(format!("the keystore lacks '{key}'")))
+    }
+
+    /// The stored profile.
+    pub fn profile(&self) -> Result<Profile, ClientError> {
+        let text =
+            |v: Vec<u8>| String::from_utf8(v).map_err(|e| ClientError::Keystore(e.to_string()));
+        Ok(Profile {
+            name: text(self.required("name")?)?,
+            server: text(self.required("server")?)?,
+            ca_pem: self.required("ca_pem")?,
+        })
+    }
+
+    /// The user's identity key.
+    pub fn identity(&self) -> Result<Identity, ClientError> {
+        let der = zeroize::Zeroizing::new(self.required("identity")?);
+        Ok(Identity::from_pkcs8_der(&der)?)
+    }
+
+    /// A peer by name.
+    pub fn peer(&self, name: &str) -> Result<Option<Peer>, ClientError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT name, public_key, state, conv_key FROM peers WHERE name = ?1",
+                params![name],
+                row_to_peer,
+            )
+            .optional()?)
+    }
+
+    /// Every peer, by name.
+    pub fn peers(&self) -> Result<Vec<Peer>, ClientError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, public_key, state, conv_key FROM peers ORDER BY name")?;
+        let rows = stmt.query_map([], row_to_peer)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Inserts or replaces a peer.
+    pub fn put_peer(&self, peer: &Peer) -> Result<(), ClientError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO peers(name, public_key, state, conv_key, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                peer.name,
+                peer.public_key,
+                peer.state.as_str(),
+                peer.key.as_ref().map(|k| k.as_bytes().to_vec()),
+                now_ms() as i64
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Records a message we are sending.
+    pub fn record_outgoing(
+        &self,
+        id: &[u8; 16],
+        to: &str,
+        text: &str,
+        sent_at_ms: u64,
+    ) -> Result<(), ClientError> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO messages(id, peer, outgoing, kind, body, sent_at, received_at, state, shown)
+             VALUES (?1, ?2, 1, 'text', ?3, ?4, ?4, 'sending', 1)",
+            params![&id[..], to, text, sent_at_ms as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Marks an outgoing message as acknowledged by the node.
+    pub fn mark_sent(&self, id: &[u8; 16]) -> Result<(), ClientError> {
+        self.conn.execute(
+            "UPDATE messages SET state = 'sent' WHERE id = ?1",
+            params![&id[..]],
+        )?;
+        Ok(())
+    }
+
+    /// Applies what one delivery batch changed, in one transaction: peer
+    /// updates and new inbox items (already-known ids are skipped). Returns
+    /// the items that were new.
+    pub fn commit_delivery(
+        &mut self,
+        peers: &[Peer],
+        items: Vec<InboxItem>,
+    ) -> Result<Vec<InboxItem>, ClientError> {
+        let tx = self.conn.transaction()?;
+        for peer in peers {
+            tx.execute(
+                "INSERT OR REPLACE INTO peers(name, public_key, state, conv_key, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    peer.name,
+                    peer.public_key,
+                    peer.state.as_str(),
+                    peer.key.as_ref().map(|k| k.as_bytes().to_vec()),
+                    now_ms() as i64
+                ],
+            )?;
+        }
+        let mut fresh = Vec::with_capacity(items.len());
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR IGNORE INTO messages(id, peer, outgoing, kind, body, sent_at, received_at, state, shown)
+                 VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6, 'received', 0)",
+            )?;
+            let now = now_ms() as i64;
+            for item in items {
+                let n = stmt.execute(params![
+                    &item.id[..],
+                    item.from,
+                    item.kind.as_str(),
+                    item.text,
+                    item.sent_at_ms as i64,
+                    now
+                ])?;
+                if n == 1 {
+                    fresh.push(item);
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(fresh)
+    }
+
+    /// Received items not yet shown by `recv`, oldest first.
+    pub fn unshown(&self) -> Result<Vec<InboxItem>, ClientError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, peer, kind, body, sent_at FROM messages WHERE shown = 0 AND outgoing = 0 ORDER BY pos",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let id: Vec<u8> = r.get(0)?;
+            Ok(InboxItem {
+                id: id.try_into().unwrap_or([0; 16]),
+                from: r.get(1)?,
+                kind: InboxKind::parse(&r.get::<_, String>(2)?),
+                text: r.get(3)?,
+                sent_at_ms: r.get::<_, i64>(4)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Marks items as shown so `recv` never prints them again.
+    pub fn mark_shown(&mut self, ids: &[[u8; 16]]) -> Result<(), ClientError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached("UPDATE messages SET shown = 1 WHERE id = ?1")?;
+            for id in ids {
+                stmt.execute(params![&id[..]])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+fn row_to_peer(r: &rusqlite::Row<'_>) -> rusqlite::Result<Peer> {
+    let key: Option<Vec<u8>> = r.get(3)?;
+    Ok(Peer {
+        name: r.get(0)?,
+        public_key: r.get(1)?,
+        state: PeerState::parse(&r.get::<_, String>(2)?),
+        key: key
+            .and_then(|k| <[u8; 32]>::try_from(k).ok())
+            .map(ConversationKey::from_bytes),
+    })
+}
+
+fn restrict_permissions(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}

@@ -1,0 +1,83 @@
+//! Sending texts: whatever is queued when a stream opens goes on that one
+//! short stream (one message when idle, hundreds under load), and each
+//! message still gets its own ack. A stream per message would cost ~17×
+//! more CPU (NOTES-deps.md); one stream for everything would let one lost
+//! packet stall every message behind it.
+
+use std::collections::HashMap;
+
+use fastchat_proto::envelope::{OutgoingText, SendAck};
+use fastchat_proto::limits::{MAX_BATCH, MAX_MESSAGE_FRAME};
+use fastchat_proto::stream::StreamKind;
+use fastchat_proto::{MessageId, ProtoError};
+use fastchat_transport::quinn::Connection;
+use fastchat_transport::{read_frame, write_frame, write_frames};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::ClientError;
+
+/// A text waiting to go, with whom to tell when it is acknowledged.
+pub(crate) struct Outgoing {
+    pub text: OutgoingText,
+    pub done: oneshot::Sender<Result<(), ClientError>>,
+}
+
+/// Starts the sender task for `conn`.
+pub(crate) fn start(conn: Connection) -> mpsc::UnboundedSender<Outgoing> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(run(conn, rx));
+    tx
+}
+
+async fn run(conn: Connection, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(o) => batch.push(o),
+                Err(_) => break,
+            }
+        }
+        tokio::spawn(send_batch(conn.clone(), batch));
+    }
+}
+
+async fn send_batch(conn: Connection, batch: Vec<Outgoing>) {
+    let acks = exchange(&conn, &batch).await;
+    let mut acks: HashMap<MessageId, Result<(), ProtoError>> = match acks {
+        Ok(a) => a.into_iter().map(|a| (a.id, a.result)).collect(),
+        Err(_) => HashMap::new(),
+    };
+    for o in batch {
+        let result = match acks.remove(&o.text.id) {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(ClientError::Refused(e)),
+            None => Err(ClientError::Disconnected),
+        };
+        let _ = o.done.send(result);
+    }
+}
+
+async fn exchange(conn: &Connection, batch: &[Outgoing]) -> Result<Vec<SendAck>, ClientError> {
+    let lost = |_| ClientError::Disconnected;
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|_| ClientError::Disconnected)?;
+    write_frame(&mut send, &StreamKind::Text, 64)
+        .await
+        .map_err(lost)?;
+    write_frames(&mut send, batch.iter().map(|o| &o.text), MAX_MESSAGE_FRAME)
+        .await
+        .map_err(lost)?;
+    send.finish().map_err(|_| ClientError::Disconnected)?;
+    let mut acks = Vec::with_capacity(batch.len());
+    let mut buf = Vec::new();
+    while let Some(ack) = read_frame::<SendAck>(&mut recv, MAX_MESSAGE_FRAME, &mut buf)
+        .await
+        .map_err(lost)?
+    {
+        acks.push(ack);
+    }
+    Ok(acks)
+}

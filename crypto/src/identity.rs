@@ -1,0 +1,155 @@
+//! RSA identity keys: a user's private key (never leaves the keystore) and
+//! the public half everyone else sees.
+
+use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
+use rsa::sha2::Sha256;
+use rsa::traits::PublicKeyParts;
+use rsa::{Generate, PrivateKey, PublicKey};
+use zeroize::Zeroizing;
+
+use crate::CryptoError;
+use crate::aead::ConversationKey;
+
+/// Smallest RSA modulus accepted from a peer, in bytes (2048 bits).
+const MIN_KEY_BYTES: usize = 256;
+/// Largest RSA modulus accepted from a peer, in bytes (4096 bits).
+const MAX_KEY_BYTES: usize = 512;
+
+/// A user's RSA-3072 identity key pair.
+pub struct Identity {
+    key: PrivateKey,
+    public: PublicIdentity,
+}
+
+impl Identity {
+    /// Generates a fresh 3072-bit identity (takes a fraction of a second).
+    pub fn generate() -> Result<Self, CryptoError> {
+        let key = PrivateKey::try_generate().map_err(|_| CryptoError::Random)?;
+        Self::from_key(key)
+    }
+
+    fn from_key(key: PrivateKey) -> Result<Self, CryptoError> {
+        let der = key
+            .to_public_key()
+            .to_public_key_der()
+            .map_err(|_| CryptoError::BadKey)?;
+        let public = PublicIdentity::from_der(der.as_bytes())?;
+        Ok(Self { key, public })
+    }
+
+    /// Loads an identity from PKCS#8 DER.
+    pub fn from_pkcs8_der(der: &[u8]) -> Result<Self, CryptoError> {
+        let key = PrivateKey::from_pkcs8_der(der).map_err(|_| CryptoError::BadKey)?;
+        Self::from_key(key)
+    }
+
+    /// The private key as PKCS#8 DER, zeroed when dropped.
+    pub fn to_pkcs8_der(&self) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        let doc = self.key.to_pkcs8_der().map_err(|_| CryptoError::BadKey)?;
+        Ok(Zeroizing::new(doc.as_bytes().to_vec()))
+    }
+
+    /// The public half.
+    pub fn public(&self) -> &PublicIdentity {
+        &self.public
+    }
+
+    /// Signs `message` with RSA-PSS-SHA256.
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        self.key
+            .pss_sign::<Sha256>(message)
+            .map_err(|_| CryptoError::Random)
+    }
+
+    /// Unwraps a conversation key wrapped for us. Callers must verify the
+    /// sender's signature over `wrapped` first (see DESIGN.md on
+    /// RUSTSEC-2023-0071): only verified ciphertexts reach RSA decryption.
+    pub fn unwrap_key(&self, wrapped: &[u8]) -> Result<ConversationKey, CryptoError> {
+        let plain = Zeroizing::new(
+            self.key
+                .oaep_decrypt::<Sha256>(wrapped)
+                .map_err(|_| CryptoError::DecryptFailed)?,
+        );
+        let bytes: [u8; 32] = plain
+            .as_slice()
+            .try_into()
+            .map_err(|_| CryptoError::DecryptFailed)?;
+        Ok(ConversationKey::from_bytes(bytes))
+    }
+}
+
+/// Someone's RSA public key, kept with its DER encoding.
+#[derive(Clone)]
+pub struct PublicIdentity {
+    key: PublicKey,
+    der: Vec<u8>,
+}
+
+impl PublicIdentity {
+    /// Parses SubjectPublicKeyInfo DER, refusing keys under 2048 or over 4096 bits.
+    pub fn from_der(der: &[u8]) -> Result<Self, CryptoError> {
+        let key = PublicKey::from_public_key_der(der).map_err(|_| CryptoError::BadKey)?;
+        if !(MIN_KEY_BYTES..=MAX_KEY_BYTES).contains(&key.size()) {
+            return Err(CryptoError::BadKey);
+        }
+        Ok(Self {
+            key,
+            der: der.to_vec(),
+        })
+    }
+
+    /// SubjectPublicKeyInfo DER.
+    pub fn der(&self) -> &[u8] {
+        &self.der
+    }
+
+    /// Verifies an RSA-PSS-SHA256 signature over `message`.
+    pub fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), CryptoError> {
+        self.key
+            .pss_verify::<Sha256>(message, signature)
+            .map_err(|_| CryptoError::BadSignature)
+    }
+
+    /// Wraps a conversation key for this key's owner with RSA-OAEP-SHA256.
+    pub fn wrap_key(&self, key: &ConversationKey) -> Result<Vec<u8>, CryptoError> {
+        self.key
+            .oaep_encrypt::<Sha256>(key.as_bytes())
+            .map_err(|_| CryptoError::Random)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_verify_wrap_unwrap_and_reload() {
+        let alice = Identity::generate().unwrap();
+        let bob = Identity::generate().unwrap();
+        let sig = alice.sign(b"hello").unwrap();
+        alice.public().verify(b"hello", &sig).unwrap();
+        assert_eq!(
+            alice.public().verify(b"hellO", &sig),
+            Err(CryptoError::BadSignature)
+        );
+        assert_eq!(
+            bob.public().verify(b"hello", &sig),
+            Err(CryptoError::BadSignature)
+        );
+
+        let key = ConversationKey::generate().unwrap();
+        let wrapped = bob.public().wrap_key(&key).unwrap();
+        assert_eq!(bob.unwrap_key(&wrapped).unwrap().as_bytes(), key.as_bytes());
+        assert!(alice.unwrap_key(&wrapped).is_err());
+
+        let der = alice.to_pkcs8_der().unwrap();
+        let again = Identity::from_pkcs8_der(&der).unwrap();
+        assert_eq!(again.public().der(), alice.public().der());
+    }
+
+    #[test]
+    fn garbage_keys_are_refused() {
+        assert!(PublicIdentity::from_der(b"not a key").is_err());
+        assert!(Identity::from_pkcs8_der(&[0x30, 0x03, 0x02, 0x01, 0x00]).is_err());
+    }
+}

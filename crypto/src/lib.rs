@@ -1,0 +1,42 @@
+//! End-to-end crypto for fastchat, as pure functions: RSA identity keys
+//! (RSA-PSS-SHA256 signatures, RSA-OAEP-SHA256 key wrap), AES-256-GCM content
+//! encryption with bound associated data, signed transcripts, and safety
+//! numbers. Nothing here does I/O or logs.
+
+pub mod aead;
+pub mod fingerprint;
+pub mod identity;
+pub mod transcript;
+
+pub use aead::ConversationKey;
+pub use fingerprint::safety_number;
+pub use identity::{Identity, PublicIdentity};
+
+/// Why a crypto operation failed. Variants carry no detail on purpose: a
+/// peer must not learn *why* a decryption failed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CryptoError {
+    /// A key could not be parsed or is of an unacceptable size.
+    #[error("the key is malformed or of an unsupported size")]
+    BadKey,
+    /// A signature did not verify.
+    #[error("the signature does not verify")]
+    BadSignature,
+    /// Authenticated decryption or key unwrapping failed.
+    #[error("the message could not be decrypted")]
+    DecryptFailed,
+    /// The system random number generator failed.
+    #[error("the system random number generator failed")]
+    Random,
+}
+
+/// Fills `buf` from the operating system's CSPRNG.
+pub fn random_bytes(buf: &mut [u8]) -> Result<(), CryptoError> {
+    getrandom::fill(buf).map_err(|_| CryptoError::Random)
+}
+
+/// SHA-256 of `data`.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).into()
+}

@@ -1,0 +1,90 @@
+//! Keeps the balancer informed: a report every second over a QUIC connection
+//! authenticated with the node certificate. If the balancer is away the node
+//! keeps serving and retries.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use fastchat_certs::NodeIdentity;
+use fastchat_proto::balancer::{BalancerRequest, BalancerResponse, NodeReport};
+use fastchat_proto::limits::MAX_CONTROL_FRAME;
+use fastchat_transport::quinn::Connection;
+use fastchat_transport::{client_endpoint, connect, read_frame, write_frame};
+
+use crate::shared::Shared;
+
+/// How often the node reports; the balancer drops a node after a few misses.
+pub const REPORT_INTERVAL: Duration = Duration::from_millis(500);
+
+pub(crate) async fn run(
+    balancer: String,
+    identity: NodeIdentity,
+    advertised: String,
+    shared: Arc<Shared>,
+) {
+    let endpoint = match client_endpoint(&identity.ca, Some(&identity)) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot create the balancer client endpoint");
+            return;
+        }
+    };
+    let mut warned = false;
+    let mut last_messages = shared.stats.messages.load(Ordering::Relaxed);
+    loop {
+        match connect(&endpoint, &balancer).await {
+            Ok(conn) => {
+                tracing::info!(%balancer, "reporting to the balancer");
+                warned = false;
+                if let Err(e) = report_loop(&conn, &advertised, &shared, &mut last_messages).await {
+                    tracing::warn!(%balancer, error = %e, "lost the balancer; retrying");
+                }
+            }
+            Err(e) if !warned => {
+                tracing::warn!(%balancer, error = %e, "cannot reach the balancer; retrying");
+                warned = true;
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(REPORT_INTERVAL).await;
+    }
+}
+
+async fn report_loop(
+    conn: &Connection,
+    advertised: &str,
+    shared: &Shared,
+    last_messages: &mut u64,
+) -> Result<(), String> {
+    let mut ticker = tokio::time::interval(REPORT_INTERVAL);
+    let mut buf = Vec::new();
+    loop {
+        ticker.tick().await;
+        let messages = shared.stats.messages.load(Ordering::Relaxed);
+        let per_sec =
+            (messages - *last_messages) * 1000 / REPORT_INTERVAL.as_millis().max(1) as u64;
+        *last_messages = messages;
+        let report = NodeReport {
+            addr: advertised.to_string(),
+            connections: shared.stats.connections.load(Ordering::Relaxed),
+            users: shared.online_users() as u32,
+            messages_per_sec: per_sec,
+        };
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        write_frame(
+            &mut send,
+            &BalancerRequest::Report(report),
+            MAX_CONTROL_FRAME,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        send.finish().map_err(|e| e.to_string())?;
+        match read_frame::<BalancerResponse>(&mut recv, MAX_CONTROL_FRAME, &mut buf).await {
+            Ok(Some(BalancerResponse::Reported)) => {}
+            Ok(Some(BalancerResponse::Error(e))) => return Err(e.to_string()),
+            Ok(_) => return Err("unexpected reply from the balancer".into()),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}

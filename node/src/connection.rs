@@ -1,0 +1,181 @@
+//! One client connection: the control stream (requests and replies, in this
+//! task) and the other streams the client opens (text batches, each in its
+//! own task). The delivery side lives in `delivery`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fastchat_proto::control::{Request, RequestFrame, ResponseFrame};
+use fastchat_proto::error::close;
+use fastchat_proto::limits::MAX_CONTROL_FRAME;
+use fastchat_proto::stream::StreamKind;
+use fastchat_transport::quinn::{Connection, Incoming, RecvStream, SendStream};
+use fastchat_transport::{StreamError, read_frame, write_frame};
+use tokio::sync::{Mutex, watch};
+
+use crate::cmd::{self, Session};
+use crate::delivery::Delivery;
+use crate::shared::Shared;
+
+/// How long a peer may take to say what a new stream is for.
+const STREAM_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves one incoming connection until it closes.
+pub(crate) async fn serve(shared: Arc<Shared>, incoming: Incoming) {
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(error = %e, "handshake failed");
+            return;
+        }
+    };
+    shared
+        .stats
+        .connections
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let remote = conn.remote_address();
+    match run(shared.clone(), conn.clone()).await {
+        Ok(()) => conn.close(close::OK.into(), b"bye"),
+        Err(e) => {
+            tracing::debug!(%remote, error = %e, "closing connection after a protocol error");
+            conn.close(close::PROTOCOL.into(), e.to_string().as_bytes());
+        }
+    }
+    shared
+        .stats
+        .connections
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+async fn stream_kind(recv: &mut RecvStream) -> Result<StreamKind, StreamError> {
+    let mut buf = Vec::new();
+    match tokio::time::timeout(
+        STREAM_HEADER_TIMEOUT,
+        read_frame::<StreamKind>(recv, 64, &mut buf),
+    )
+    .await
+    {
+        Ok(Ok(Some(kind))) => Ok(kind),
+        Ok(Ok(None)) => Err(StreamError::Truncated),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(StreamError::Connection("no stream header in time".into())),
+    }
+}
+
+async fn run(shared: Arc<Shared>, conn: Connection) -> Result<(), StreamError> {
+    let (send, mut recv) = match conn.accept_bi().await {
+        Ok(s) => s,
+        // The client went away without opening anything: not a protocol error.
+        Err(_) => return Ok(()),
+    };
+    if stream_kind(&mut recv).await? != StreamKind::Control {
+        return Err(StreamError::Connection(
+            "the first stream must be the control stream".into(),
+        ));
+    }
+    let control = Arc::new(Mutex::new(send));
+    let (user_tx, user_rx) = watch::channel::<Option<String>>(None);
+    let streams = tokio::spawn(accept_streams(shared.clone(), conn.clone(), user_rx));
+    let _streams_guard = AbortOnDrop(streams);
+
+    let mut session = Session::default();
+    let mut delivery: Option<Delivery> = None;
+    let mut buf = Vec::new();
+    loop {
+        let frame: RequestFrame = match read_frame(&mut recv, MAX_CONTROL_FRAME, &mut buf).await {
+            Ok(Some(f)) => f,
+            Ok(None) => return Ok(()),
+            Err(StreamError::Connection(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if let (Request::Sync, Some(d)) = (&frame.request, &delivery) {
+            // Sync waits for the client's acks; answer it from its own task
+            // so the control stream keeps serving meanwhile.
+            let (shared, control, user, acked) = (
+                shared.clone(),
+                control.clone(),
+                d.user().to_string(),
+                d.acked(),
+            );
+            tokio::spawn(async move {
+                let result = cmd::sync::wait(&shared, &user, acked).await;
+                reply(&control, frame.id, result).await
+            });
+            continue;
+        }
+        let result = cmd::apply(&shared, &mut session, frame.request).await;
+        reply(&control, frame.id, result).await?;
+        if delivery.is_none()
+            && let Some(user) = &session.user
+        {
+            delivery = Some(Delivery::start(shared.clone(), user.clone(), conn.clone()));
+            let _ = user_tx.send(Some(user.clone()));
+        }
+    }
+}
+
+async fn reply(
+    control: &Mutex<SendStream>,
+    id: u64,
+    result: Result<fastchat_proto::control::Response, fastchat_proto::ProtoError>,
+) -> Result<(), StreamError> {
+    let frame = ResponseFrame { id, result };
+    let mut send = control.lock().await;
+    write_frame(&mut *send, &frame, MAX_CONTROL_FRAME).await
+}
+
+/// Accepts the streams a client opens after the control stream.
+async fn accept_streams(
+    shared: Arc<Shared>,
+    conn: Connection,
+    user: watch::Receiver<Option<String>>,
+) {
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        let (shared, user) = (shared.clone(), user.clone());
+        tokio::spawn(async move {
+            serve_stream(shared, user, send, recv).await;
+        });
+    }
+}
+
+async fn serve_stream(
+    shared: Arc<Shared>,
+    user: watch::Receiver<Option<String>>,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
+    let refuse = |send: &mut SendStream, recv: &mut RecvStream| {
+        let _ = send.reset(close::PROTOCOL.into());
+        let _ = recv.stop(close::PROTOCOL.into());
+    };
+    let kind = match stream_kind(&mut recv).await {
+        Ok(k) => k,
+        Err(_) => return refuse(&mut send, &mut recv),
+    };
+    let Some(user) = user.borrow().clone() else {
+        return refuse(&mut send, &mut recv);
+    };
+    let result = match kind {
+        StreamKind::Text => cmd::send::serve(&shared, &user, &mut send, &mut recv).await,
+        StreamKind::Control | StreamKind::Delivery => {
+            Err(StreamError::Connection("unexpected stream kind".into()))
+        }
+    };
+    match result {
+        Ok(()) => {
+            let _ = send.finish();
+        }
+        Err(e) => {
+            tracing::debug!(%user, error = %e, "refusing a stream");
+            refuse(&mut send, &mut recv);
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

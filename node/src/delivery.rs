@@ -1,0 +1,163 @@
+//! Pushing queued envelopes to a logged-in session: first everything stored
+//! while the user was away, then whatever arrives live. An envelope leaves
+//! the store only once the client acknowledged it, so a dropped connection
+//! loses nothing: the next login delivers it again (clients de-duplicate).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fastchat_proto::envelope::{Delivery as DeliveryFrame, DeliveryAck};
+use fastchat_proto::limits::{MAX_BATCH, MAX_CONTROL_FRAME, MAX_MESSAGE_FRAME};
+use fastchat_proto::stream::StreamKind;
+use fastchat_transport::quinn::Connection;
+use fastchat_transport::{StreamError, read_frame, write_frame, write_frames};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::shared::{Live, Shared};
+
+/// How long a client may take to acknowledge a delivery batch.
+const ACK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A session's delivery task; detaches and stops when dropped.
+pub(crate) struct Delivery {
+    shared: Arc<Shared>,
+    user: String,
+    id: u64,
+    acked: watch::Receiver<u64>,
+    task: JoinHandle<()>,
+}
+
+impl Delivery {
+    /// Registers `user` as online on `conn` and starts delivering.
+    pub fn start(shared: Arc<Shared>, user: String, conn: Connection) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        // Attach before reading the backlog so nothing stored in between is missed.
+        let id = shared.attach(&user, tx);
+        let (acked_tx, acked) = watch::channel(0);
+        let task = tokio::spawn(run(shared.clone(), user.clone(), conn, rx, acked_tx));
+        Self {
+            shared,
+            user,
+            id,
+            acked,
+            task,
+        }
+    }
+
+    /// The logged-in user.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// The highest queue position this session has had acknowledged.
+    pub fn acked(&self) -> watch::Receiver<u64> {
+        self.acked.clone()
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        self.shared.detach(&self.user, self.id);
+        self.task.abort();
+    }
+}
+
+async fn run(
+    shared: Arc<Shared>,
+    user: String,
+    conn: Connection,
+    mut live: mpsc::UnboundedReceiver<Live>,
+    acked: watch::Sender<u64>,
+) {
+    let mut cursor = 0u64;
+    let result: Result<(), StreamError> = async {
+        loop {
+            let page = shared
+                .store
+                .pending(&user, cursor, MAX_BATCH)
+                .await
+                .map_err(|e| StreamError::Connection(e.to_string()))?;
+            let Some(last) = page.last().map(|(seq, _)| *seq) else {
+                break;
+            };
+            let frames = page
+                .into_iter()
+                .map(|(seq, envelope)| DeliveryFrame { seq, envelope })
+                .collect::<Vec<_>>();
+            deliver(&shared, &user, &conn, &frames, &acked).await?;
+            cursor = last;
+        }
+        while let Some(first) = live.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match live.try_recv() {
+                    Ok(l) => batch.push(l),
+                    Err(_) => break,
+                }
+            }
+            // The backlog read may already have delivered what was pushed meanwhile.
+            batch.retain(|l| l.seq > cursor);
+            let Some(last) = batch.iter().map(|l| l.seq).max() else {
+                continue;
+            };
+            let frames = batch
+                .into_iter()
+                .map(|l| DeliveryFrame {
+                    seq: l.seq,
+                    envelope: Arc::unwrap_or_clone(l.envelope),
+                })
+                .collect::<Vec<_>>();
+            deliver(&shared, &user, &conn, &frames, &acked).await?;
+            cursor = last;
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::debug!(%user, error = %e, "delivery stopped; the rest stays queued");
+    }
+}
+
+async fn deliver(
+    shared: &Shared,
+    user: &str,
+    conn: &Connection,
+    frames: &[DeliveryFrame],
+    acked: &watch::Sender<u64>,
+) -> Result<(), StreamError> {
+    let conn_err = |e: &dyn std::fmt::Display| StreamError::Connection(e.to_string());
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| conn_err(&e))?;
+    write_frame(&mut send, &StreamKind::Delivery, 64).await?;
+    write_frames(&mut send, frames, MAX_MESSAGE_FRAME).await?;
+    send.finish().map_err(|e| conn_err(&e))?;
+    let mut buf = Vec::new();
+    let ack: DeliveryAck = tokio::time::timeout(
+        ACK_TIMEOUT,
+        read_frame(&mut recv, MAX_CONTROL_FRAME, &mut buf),
+    )
+    .await
+    .map_err(|_| StreamError::Connection("the client did not acknowledge in time".into()))??
+    .ok_or(StreamError::Truncated)?;
+    // Only positions we actually sent on this stream may be deleted.
+    let mut ours: Vec<u64> = frames.iter().map(|f| f.seq).collect();
+    ours.sort_unstable();
+    let sent: Vec<u64> = ack
+        .seqs
+        .into_iter()
+        .filter(|s| ours.binary_search(s).is_ok())
+        .collect();
+    shared
+        .store
+        .ack(user, &sent)
+        .await
+        .map_err(|e| conn_err(&e))?;
+    if let Some(max) = sent.iter().max() {
+        acked.send_if_modified(|v| {
+            let grew = *max > *v;
+            *v = (*v).max(*max);
+            grew
+        });
+    }
+    Ok(())
+}

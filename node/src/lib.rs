@@ -1,0 +1,19 @@
+//! The fastchat node: accepts QUIC connections, authenticates users by their
+//! identity key, relays and queues end-to-end encrypted envelopes it cannot
+//! read, and reports its load to the balancer.
+//!
+//! Layout follows mini-redis: `server` accepts, `connection` runs one
+//! connection's streams, `cmd/` holds one file per request kind (decode,
+//! apply, reply), `delivery` pushes queued envelopes to online users, and
+//! `store` is the durable state behind a trait.
+
+mod balancer_link;
+mod cmd;
+mod connection;
+mod delivery;
+mod server;
+mod shared;
+pub mod store;
+
+pub use server::{NodeConfig, NodeError, NodeHandle, start};
+pub use store::Durability;

@@ -1,0 +1,143 @@
+//! Starting and stopping a node: open the store, bind the endpoint, accept
+//! connections, keep the balancer informed.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fastchat_certs::NodeIdentity;
+use fastchat_transport::quinn::Endpoint;
+use fastchat_transport::{ClientAuth, server_endpoint};
+use tokio::task::JoinHandle;
+
+use crate::shared::Shared;
+use crate::store::{Durability, SqliteStore, StoreError};
+
+/// Everything a node needs to start.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// UDP address to listen on (port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// Address clients should be sent to; defaults to the bound address
+    /// (with an unspecified IP replaced by 127.0.0.1).
+    pub advertise: Option<String>,
+    /// Directory for the node's SQLite file.
+    pub data_dir: PathBuf,
+    /// Directory holding `ca.pem`, `node.pem`, `node.key`.
+    pub certs_dir: PathBuf,
+    /// The balancer to report to, if any.
+    pub balancer: Option<String>,
+    /// Commit durability.
+    pub durability: Durability,
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Certificates missing or unreadable.
+    #[error(transparent)]
+    Certs(#[from] fastchat_certs::CertError),
+    /// The endpoint could not be created.
+    #[error(transparent)]
+    Transport(#[from] fastchat_transport::TransportError),
+    /// The store could not be opened.
+    #[error("cannot open the node database in {dir}: {cause}")]
+    Store {
+        /// The data directory.
+        dir: PathBuf,
+        /// The cause.
+        cause: StoreError,
+    },
+    /// The data directory could not be created.
+    #[error("cannot create the data directory {dir}: {cause}")]
+    DataDir {
+        /// The directory.
+        dir: PathBuf,
+        /// The cause.
+        cause: std::io::Error,
+    },
+}
+
+/// A running node.
+pub struct NodeHandle {
+    endpoint: Endpoint,
+    accept: JoinHandle<()>,
+    link: Option<JoinHandle<()>>,
+    advertised: String,
+}
+
+impl NodeHandle {
+    /// The address the node is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.endpoint.local_addr().expect("bound endpoint")
+    }
+
+    /// The address the node tells the balancer.
+    pub fn advertised(&self) -> &str {
+        &self.advertised
+    }
+
+    /// Closes every connection and stops.
+    pub async fn shutdown(self) {
+        if let Some(link) = &self.link {
+            link.abort();
+        }
+        self.endpoint.close(0u32.into(), b"node shutting down");
+        self.accept.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+}
+
+/// The node database's file name inside the data directory.
+pub const DB_FILE: &str = "node.db";
+
+/// Starts a node; it runs on the current tokio runtime until shut down.
+pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
+    let identity = NodeIdentity::load(&config.certs_dir)?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|cause| NodeError::DataDir {
+        dir: config.data_dir.clone(),
+        cause,
+    })?;
+    let store =
+        SqliteStore::open(&config.data_dir.join(DB_FILE), config.durability).map_err(|cause| {
+            NodeError::Store {
+                dir: config.data_dir.clone(),
+                cause,
+            }
+        })?;
+    let endpoint = server_endpoint(config.listen, &identity, ClientAuth::None)?;
+    let local = endpoint.local_addr().expect("bound endpoint");
+    let advertised = config.advertise.clone().unwrap_or_else(|| {
+        let ip = if local.ip().is_unspecified() {
+            "127.0.0.1".parse().expect("literal")
+        } else {
+            local.ip()
+        };
+        SocketAddr::new(ip, local.port()).to_string()
+    });
+    let shared = Arc::new(Shared::new(Arc::new(store)));
+
+    let accept = tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
+    let link = config.balancer.clone().map(|balancer| {
+        tokio::spawn(crate::balancer_link::run(
+            balancer,
+            identity.clone_identity(),
+            advertised.clone(),
+            shared.clone(),
+        ))
+    });
+    tracing::info!(addr = %local, advertised = %advertised, "node listening");
+    Ok(NodeHandle {
+        endpoint,
+        accept,
+        link,
+        advertised,
+    })
+}
+
+async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
+    while let Some(incoming) = endpoint.accept().await {
+        tokio::spawn(crate::connection::serve(shared.clone(), incoming));
+    }
+}

@@ -1,0 +1,114 @@
+//! The node's durable state behind one trait, so the embedded SQLite store
+//! and a distributed one are interchangeable. Everything stored is
+//! ciphertext or routing metadata; nothing here can read a message.
+
+mod sqlite;
+
+use async_trait::async_trait;
+use fastchat_proto::control::Relation;
+use fastchat_proto::{ErrorCode, MessageId, ProtoError};
+
+pub use sqlite::{Durability, SqliteStore};
+
+/// One queued envelope: its queue position and its encoded bytes.
+pub type Queued = (u64, Vec<u8>);
+
+/// Why the store refused or failed.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// The name is registered already.
+    #[error("that name is already taken")]
+    NameTaken,
+    /// No such user.
+    #[error("no user has that name")]
+    UnknownUser,
+    /// Already friends.
+    #[error("you are already friends")]
+    AlreadyFriends,
+    /// There is no request to accept.
+    #[error("there is no pending friend request to accept")]
+    NoPendingRequest,
+    /// The data could not be stored (disk full, read-only, corrupt).
+    #[error("the node cannot store data right now: {0}")]
+    Unavailable(String),
+}
+
+impl From<StoreError> for ProtoError {
+    fn from(e: StoreError) -> Self {
+        let code = match &e {
+            StoreError::NameTaken => ErrorCode::NameTaken,
+            StoreError::UnknownUser => ErrorCode::UnknownUser,
+            StoreError::AlreadyFriends => ErrorCode::AlreadyFriends,
+            StoreError::NoPendingRequest => ErrorCode::NoPendingRequest,
+            StoreError::Unavailable(_) => ErrorCode::StoreUnavailable,
+        };
+        ProtoError::new(code, e.to_string())
+    }
+}
+
+/// A text to queue: recipient, sender's message id, encoded envelope.
+pub struct TextToQueue {
+    /// Recipient's name.
+    pub to: String,
+    /// The sender's id for the message (de-duplicates resends).
+    pub id: MessageId,
+    /// The encoded [`fastchat_proto::envelope::Envelope`].
+    pub envelope: Vec<u8>,
+}
+
+/// What happened to one queued text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Queuing {
+    /// Stored at this queue position.
+    Stored(u64),
+    /// Already queued earlier (a resend); nothing new stored.
+    Duplicate,
+    /// Refused.
+    Refused(ProtoError),
+}
+
+/// The node's durable state.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Registers a user with their public key.
+    async fn create_user(&self, name: &str, public_key: &[u8]) -> Result<(), StoreError>;
+    /// A user's public key, if registered.
+    async fn public_key(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// How `other` relates to `me`.
+    async fn relation(&self, me: &str, other: &str) -> Result<Relation, StoreError>;
+    /// Records a friend request and queues its envelope for `to`, atomically.
+    /// Returns the queue position, or `None` if the request was already pending.
+    async fn request_friend(
+        &self,
+        from: &str,
+        to: &str,
+        envelope: &[u8],
+    ) -> Result<Option<u64>, StoreError>;
+    /// Turns `requester`'s pending request into a friendship and queues the
+    /// accept envelope for `requester`, atomically.
+    async fn accept_friend(
+        &self,
+        accepter: &str,
+        requester: &str,
+        envelope: &[u8],
+    ) -> Result<u64, StoreError>;
+    /// Queues texts from `from` in one transaction; refuses those to non-friends.
+    async fn enqueue_texts(
+        &self,
+        from: &str,
+        texts: Vec<TextToQueue>,
+    ) -> Result<Vec<Queuing>, StoreError>;
+    /// Up to `limit` envelopes queued for `user` after position `after`, oldest first.
+    async fn pending(
+        &self,
+        user: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Queued>, StoreError>;
+    /// Deletes envelopes `user` has acknowledged.
+    async fn ack(&self, user: &str, seqs: &[u64]) -> Result<(), StoreError>;
+    /// The newest queue position holding something for `user`.
+    async fn last_pending(&self, user: &str) -> Result<Option<u64>, StoreError>;
+    /// How many envelopes for `user` remain at or before position `upto`.
+    async fn count_pending_upto(&self, user: &str, upto: u64) -> Result<u64, StoreError>;
+}

@@ -1,0 +1,459 @@
+//! The embedded store: one SQLite file in WAL mode. A single connection
+//! behind a mutex, used from blocking threads; each call is one transaction.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use fastchat_proto::control::Relation;
+use fastchat_proto::{ErrorCode, ProtoError};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{Queued, Queuing, Store, StoreError, TextToQueue};
+
+/// How hard a commit tries to reach the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// WAL with `synchronous=NORMAL`: survives the process being killed at any instant.
+    #[default]
+    Process,
+    /// `synchronous=FULL`: an fsync per commit; also survives power loss.
+    PowerLoss,
+}
+
+/// The SQLite-backed [`Store`].
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS users(
+    name TEXT PRIMARY KEY,
+    public_key BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS friend_requests(
+    from_user TEXT NOT NULL,
+    to_user TEXT NOT NULL,
+    PRIMARY KEY(from_user, to_user)
+);
+CREATE TABLE IF NOT EXISTS friendships(
+    a TEXT NOT NULL,
+    b TEXT NOT NULL,
+    PRIMARY KEY(a, b)
+);
+CREATE TABLE IF NOT EXISTS queue(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    recipient TEXT NOT NULL,
+    msg_id BLOB NOT NULL,
+    envelope BLOB NOT NULL,
+    UNIQUE(recipient, msg_id)
+);
+CREATE INDEX IF NOT EXISTS queue_by_recipient ON queue(recipient, seq);
+";
+
+fn unavailable(e: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode as C;
+    let why = match e.sqlite_error_code() {
+        Some(C::DiskFull) => "its disk is full".to_string(),
+        Some(C::ReadOnly) => "its database is read-only".to_string(),
+        Some(C::CannotOpen) => "its database cannot be opened".to_string(),
+        _ => e.to_string(),
+    };
+    StoreError::Unavailable(why)
+}
+
+fn pair<'a>(a: &'a str, b: &'a str) -> (&'a str, &'a str) {
+    if a <= b { (a, b) } else { (b, a) }
+}
+
+fn are_friends(tx: &Connection, a: &str, b: &str) -> rusqlite::Result<bool> {
+    let (a, b) = pair(a, b);
+    tx.query_row(
+        "SELECT 1 FROM friendships WHERE a = ?1 AND b = ?2",
+        params![a, b],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|r| r.is_some())
+}
+
+fn has_request(tx: &Connection, from: &str, to: &str) -> rusqlite::Result<bool> {
+    tx.query_row(
+        "SELECT 1 FROM friend_requests WHERE from_user = ?1 AND to_user = ?2",
+        params![from, to],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|r| r.is_some())
+}
+
+fn user_exists(tx: &Connection, name: &str) -> rusqlite::Result<bool> {
+    tx.query_row("SELECT 1 FROM users WHERE name = ?1", params![name], |_| {
+        Ok(())
+    })
+    .optional()
+    .map(|r| r.is_some())
+}
+
+fn enqueue(tx: &Connection, to: &str, id: &[u8], envelope: &[u8]) -> rusqlite::Result<Option<u64>> {
+    let changed = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO queue(recipient, msg_id, envelope) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![to, id, envelope])?;
+    Ok((changed == 1).then(|| tx.last_insert_rowid() as u64))
+}
+
+fn random_id() -> [u8; 16] {
+    let mut id = [0u8; 16];
+    // A failing system RNG leaves zeros; the queue's UNIQUE constraint then
+    // merely de-duplicates, it never mixes up recipients.
+    let _ = fastchat_crypto::random_bytes(&mut id);
+    id
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path, durability: Durability) -> Result<Self, StoreError> {
+        let conn = Connection::open(path).map_err(unavailable)?;
+        let sync = match durability {
+            Durability::Process => "NORMAL",
+            Durability::PowerLoss => "FULL",
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;"
+        ))
+        .map_err(unavailable)?;
+        conn.execute_batch(SCHEMA).map_err(unavailable)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    async fn with<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn
+                .lock()
+                .map_err(|_| StoreError::Unavailable("store lock poisoned".into()))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_user(&self, name: &str, public_key: &[u8]) -> Result<(), StoreError> {
+        let (name, key) = (name.to_string(), public_key.to_vec());
+        self.with(move |c| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            let n = c
+                .execute(
+                    "INSERT OR IGNORE INTO users(name, public_key, created_at) VALUES (?1, ?2, ?3)",
+                    params![name, key, now],
+                )
+                .map_err(unavailable)?;
+            if n == 0 {
+                return Err(StoreError::NameTaken);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn public_key(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let name = name.to_string();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT public_key FROM users WHERE name = ?1",
+                params![name],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn relation(&self, me: &str, other: &str) -> Result<Relation, StoreError> {
+        let (me, other) = (me.to_string(), other.to_string());
+        self.with(move |c| {
+            let rel = if are_friends(c, &me, &other).map_err(unavailable)? {
+                Relation::Friends
+            } else if has_request(c, &other, &me).map_err(unavailable)? {
+                Relation::RequestedByThem
+            } else if has_request(c, &me, &other).map_err(unavailable)? {
+                Relation::RequestedByMe
+            } else {
+                Relation::None
+            };
+            Ok(rel)
+        })
+        .await
+    }
+
+    async fn request_friend(
+        &self,
+        from: &str,
+        to: &str,
+        envelope: &[u8],
+    ) -> Result<Option<u64>, StoreError> {
+        let (from, to, envelope) = (from.to_string(), to.to_string(), envelope.to_vec());
+        self.with(move |c| {
+            let tx = c.transaction().map_err(unavailable)?;
+            if !user_exists(&tx, &to).map_err(unavailable)? {
+                return Err(StoreError::UnknownUser);
+            }
+            if are_friends(&tx, &from, &to).map_err(unavailable)? {
+                return Err(StoreError::AlreadyFriends);
+            }
+            if has_request(&tx, &from, &to).map_err(unavailable)? {
+                return Ok(None);
+            }
+            tx.execute(
+                "INSERT INTO friend_requests(from_user, to_user) VALUES (?1, ?2)",
+                params![from, to],
+            )
+            .map_err(unavailable)?;
+            let seq = enqueue(&tx, &to, &random_id(), &envelope).map_err(unavailable)?;
+            tx.commit().map_err(unavailable)?;
+            Ok(seq)
+        })
+        .await
+    }
+
+    async fn accept_friend(
+        &self,
+        accepter: &str,
+        requester: &str,
+        envelope: &[u8],
+    ) -> Result<u64, StoreError> {
+        let (accepter, requester, envelope) = (
+            accepter.to_string(),
+            requester.to_string(),
+            envelope.to_vec(),
+        );
+        self.with(move |c| {
+            let tx = c.transaction().map_err(unavailable)?;
+            if are_friends(&tx, &accepter, &requester).map_err(unavailable)? {
+                return Err(StoreError::AlreadyFriends);
+            }
+            if !has_request(&tx, &requester, &accepter).map_err(unavailable)? {
+                return Err(StoreError::NoPendingRequest);
+            }
+            tx.execute(
+                "DELETE FROM friend_requests WHERE (from_user = ?1 AND to_user = ?2) OR (from_user = ?2 AND to_user = ?1)",
+                params![requester, accepter],
+            )
+            .map_err(unavailable)?;
+            let (a, b) = pair(&accepter, &requester);
+            tx.execute(
+                "INSERT INTO friendships(a, b) VALUES (?1, ?2)",
+                params![a, b],
+            )
+            .map_err(unavailable)?;
+            let seq = enqueue(&tx, &requester, &random_id(), &envelope)
+                .map_err(unavailable)?
+                .ok_or_else(|| StoreError::Unavailable("queue id collision".into()))?;
+            tx.commit().map_err(unavailable)?;
+            Ok(seq)
+        })
+        .await
+    }
+
+    async fn enqueue_texts(
+        &self,
+        from: &str,
+        texts: Vec<TextToQueue>,
+    ) -> Result<Vec<Queuing>, StoreError> {
+        let from = from.to_string();
+        self.with(move |c| {
+            let tx = c.transaction().map_err(unavailable)?;
+            let mut friends: Vec<(String, bool)> = Vec::new();
+            let mut out = Vec::with_capacity(texts.len());
+            for text in &texts {
+                let known = friends.iter().find(|(n, _)| *n == text.to).map(|(_, f)| *f);
+                let is_friend = match known {
+                    Some(f) => f,
+                    None => {
+                        let f = are_friends(&tx, &from, &text.to).map_err(unavailable)?;
+                        friends.push((text.to.clone(), f));
+                        f
+                    }
+                };
+                if !is_friend {
+                    out.push(Queuing::Refused(ProtoError::new(
+                        ErrorCode::NotFriends,
+                        format!(
+                            "{} is not your friend; send a friend request first",
+                            text.to
+                        ),
+                    )));
+                    continue;
+                }
+                match enqueue(&tx, &text.to, &text.id.0, &text.envelope).map_err(unavailable)? {
+                    Some(seq) => out.push(Queuing::Stored(seq)),
+                    None => out.push(Queuing::Duplicate),
+                }
+            }
+            tx.commit().map_err(unavailable)?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn pending(
+        &self,
+        user: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Queued>, StoreError> {
+        let user = user.to_string();
+        self.with(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT seq, envelope FROM queue WHERE recipient = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                )
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![user, after as i64, limit as i64], |r| {
+                    Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?))
+                })
+                .map_err(unavailable)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn ack(&self, user: &str, seqs: &[u64]) -> Result<(), StoreError> {
+        let (user, seqs) = (user.to_string(), seqs.to_vec());
+        self.with(move |c| {
+            let tx = c.transaction().map_err(unavailable)?;
+            {
+                let mut stmt = tx
+                    .prepare_cached("DELETE FROM queue WHERE recipient = ?1 AND seq = ?2")
+                    .map_err(unavailable)?;
+                for seq in seqs {
+                    stmt.execute(params![user, seq as i64])
+                        .map_err(unavailable)?;
+                }
+            }
+            tx.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn last_pending(&self, user: &str) -> Result<Option<u64>, StoreError> {
+        let user = user.to_string();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT MAX(seq) FROM queue WHERE recipient = ?1",
+                params![user],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+            .map(|v| v.map(|s| s as u64))
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn count_pending_upto(&self, user: &str, upto: u64) -> Result<u64, StoreError> {
+        let user = user.to_string();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM queue WHERE recipient = ?1 AND seq <= ?2",
+                params![user, upto as i64],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(unavailable)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fastchat_proto::MessageId;
+
+    fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("node.db"), Durability::Process).unwrap();
+        (dir, s)
+    }
+
+    #[tokio::test]
+    async fn friendship_lifecycle_and_queue() {
+        let (_d, s) = store();
+        s.create_user("alice", b"ka").await.unwrap();
+        s.create_user("bob", b"kb").await.unwrap();
+        assert_eq!(s.create_user("bob", b"x").await, Err(StoreError::NameTaken));
+        assert_eq!(
+            s.request_friend("alice", "carol", b"e").await,
+            Err(StoreError::UnknownUser)
+        );
+        assert_eq!(
+            s.accept_friend("bob", "alice", b"e").await,
+            Err(StoreError::NoPendingRequest)
+        );
+        let seq = s.request_friend("alice", "bob", b"req").await.unwrap();
+        assert!(seq.is_some());
+        assert_eq!(
+            s.request_friend("alice", "bob", b"req").await.unwrap(),
+            None
+        );
+        assert_eq!(
+            s.relation("bob", "alice").await.unwrap(),
+            Relation::RequestedByThem
+        );
+        s.accept_friend("bob", "alice", b"acc").await.unwrap();
+        assert_eq!(s.relation("alice", "bob").await.unwrap(), Relation::Friends);
+
+        let texts = vec![
+            TextToQueue {
+                to: "bob".into(),
+                id: MessageId([1; 16]),
+                envelope: b"t1".to_vec(),
+            },
+            TextToQueue {
+                to: "bob".into(),
+                id: MessageId([1; 16]),
+                envelope: b"t1".to_vec(),
+            },
+        ];
+        let r = s.enqueue_texts("alice", texts).await.unwrap();
+        assert!(matches!(r[0], Queuing::Stored(_)));
+        assert_eq!(r[1], Queuing::Duplicate);
+        let refused = s
+            .enqueue_texts(
+                "bob",
+                vec![TextToQueue {
+                    to: "carol".into(),
+                    id: MessageId([2; 16]),
+                    envelope: vec![],
+                }],
+            )
+            .await
+            .unwrap();
+        assert!(matches!(&refused[0], Queuing::Refused(e) if e.code == ErrorCode::NotFriends));
+
+        let bob = s.pending("bob", 0, 100).await.unwrap();
+        assert_eq!(bob.len(), 2); // friend request + text
+        let last = s.last_pending("bob").await.unwrap().unwrap();
+        assert_eq!(s.count_pending_upto("bob", last).await.unwrap(), 2);
+        s.ack("bob", &[bob[0].0]).await.unwrap();
+        s.ack("alice", &[bob[1].0]).await.unwrap(); // not alice's: no effect
+        assert_eq!(s.pending("bob", 0, 100).await.unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,51 @@
+//! The balancer's protocol: clients ask which node to use; nodes report.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ProtoError;
+
+/// A request to the balancer, one per stream.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub enum BalancerRequest {
+    /// Which node should I connect to?
+    PickNode,
+    /// A node says it is alive and how loaded it is. Accepted only from a
+    /// connection that presented a certificate signed by the cluster CA.
+    Report(NodeReport),
+    /// Everything the balancer knows about its nodes.
+    Status,
+}
+
+/// One node's report of itself.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct NodeReport {
+    /// Address clients should connect to.
+    pub addr: String,
+    /// Connections currently open.
+    pub connections: u32,
+    /// Users currently logged in.
+    pub users: u32,
+    /// Messages accepted per second, averaged over the last report interval.
+    pub messages_per_sec: u64,
+}
+
+/// The balancer's answer.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub enum BalancerResponse {
+    /// Connect here.
+    Node {
+        /// The node's address.
+        addr: String,
+    },
+    /// Report taken.
+    Reported,
+    /// The live nodes and the strategy in use.
+    Status {
+        /// The strategy name.
+        strategy: String,
+        /// Live nodes with their last reports.
+        nodes: Vec<NodeReport>,
+    },
+    /// The request was refused.
+    Error(ProtoError),
+}

@@ -1,0 +1,126 @@
+//! Requests and replies on the long-lived control stream. Each request
+//! carries an id chosen by the client; its reply echoes it, so replies may
+//! arrive in any order.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ProtoError;
+
+/// A request with the id its reply will carry.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct RequestFrame {
+    /// Chosen by the client, echoed in the reply.
+    pub id: u64,
+    /// The request itself.
+    pub request: Request,
+}
+
+/// A reply to the request with the same id.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct ResponseFrame {
+    /// The id of the request this answers.
+    pub id: u64,
+    /// The answer, or why it was refused.
+    pub result: Result<Response, ProtoError>,
+}
+
+/// Everything a client can ask of a node on the control stream.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub enum Request {
+    /// Creates an account. `proof` is the identity key's signature over
+    /// `fastchat_crypto::transcript::register(name, public_key)`.
+    Register {
+        /// Protocol version the client speaks.
+        version: u32,
+        /// Requested user name.
+        name: String,
+        /// RSA public key, SubjectPublicKeyInfo DER.
+        public_key: Vec<u8>,
+        /// Proof of possession of the private key.
+        proof: Vec<u8>,
+    },
+    /// Starts a login; the node answers with a fresh challenge.
+    Hello {
+        /// Protocol version the client speaks.
+        version: u32,
+        /// Who is logging in.
+        name: String,
+    },
+    /// Finishes a login with the identity key's signature over
+    /// `fastchat_crypto::transcript::login(name, challenge)`.
+    Login {
+        /// The signature.
+        signature: Vec<u8>,
+    },
+    /// Looks up a user's public key and how they relate to the caller.
+    LookupUser {
+        /// Whom to look up.
+        name: String,
+    },
+    /// Asks `to` to become a friend. `signature` covers
+    /// `transcript::friend_request(from, to, from_key, to_key)`.
+    FriendRequest {
+        /// The requested friend.
+        to: String,
+        /// The requester's signature.
+        signature: Vec<u8>,
+    },
+    /// Accepts `to`'s pending request, handing over a fresh conversation key
+    /// wrapped for `to` and signed by the accepter.
+    FriendAccept {
+        /// The requester being accepted.
+        to: String,
+        /// The conversation key, RSA-OAEP-SHA256 wrapped for `to`.
+        wrapped_key: Vec<u8>,
+        /// Signature over `transcript::friend_accept(...)`.
+        signature: Vec<u8>,
+    },
+    /// Replies once everything queued for the caller when the request
+    /// arrived has been delivered and acknowledged.
+    Sync,
+}
+
+/// How a looked-up user relates to the caller, as the node sees it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Relation {
+    /// No request either way.
+    None,
+    /// The caller asked them; they have not answered.
+    RequestedByMe,
+    /// They asked the caller; the caller has not answered.
+    RequestedByThem,
+    /// Friends.
+    Friends,
+}
+
+/// Successful answers on the control stream.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub enum Response {
+    /// The account was created.
+    Registered,
+    /// Sign this (with the transcript) to log in.
+    Challenge {
+        /// Fresh random bytes, never reused.
+        nonce: [u8; 32],
+    },
+    /// Logged in.
+    LoggedIn {
+        /// Messages and events waiting for the user.
+        pending: u64,
+    },
+    /// Answer to [`Request::LookupUser`].
+    User {
+        /// The user's name.
+        name: String,
+        /// The user's RSA public key, SPKI DER.
+        public_key: Vec<u8>,
+        /// How the user relates to the caller.
+        relation: Relation,
+    },
+    /// The friend request is queued for its recipient.
+    FriendRequestSent,
+    /// The friendship is recorded and the key is queued for the requester.
+    FriendAccepted,
+    /// Everything queued at the time of the [`Request::Sync`] was delivered.
+    Synced,
+}

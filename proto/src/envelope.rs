@@ -1,0 +1,92 @@
+//! What travels on text and delivery streams: messages from a sender, the
+//! envelopes a node queues and delivers, and the acknowledgements.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{MessageId, ProtoError};
+
+/// AES-256-GCM output: the nonce it used and ciphertext with its tag.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Sealed {
+    /// 96-bit nonce, unique per key.
+    pub nonce: [u8; 12],
+    /// Ciphertext followed by the 16-byte tag.
+    pub ciphertext: Vec<u8>,
+}
+
+/// One text message as a sender puts it on a [`crate::stream::StreamKind::Text`] stream.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct OutgoingText {
+    /// The sender's id for it.
+    pub id: MessageId,
+    /// The recipient's name.
+    pub to: String,
+    /// The encrypted content.
+    pub sealed: Sealed,
+}
+
+/// The node's answer to one [`OutgoingText`]: stored (durable) or refused.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct SendAck {
+    /// Which message this answers.
+    pub id: MessageId,
+    /// `Ok` once the message is durable; otherwise why it was refused.
+    pub result: Result<(), ProtoError>,
+}
+
+/// Something the node queues for a user and delivers when they are online.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub enum Envelope {
+    /// An end-to-end encrypted text from a friend.
+    Text {
+        /// The sender's id for it.
+        id: MessageId,
+        /// Who sent it (authenticated by the node at login, and by the AEAD).
+        from: String,
+        /// The encrypted content.
+        sealed: Sealed,
+    },
+    /// Someone asks to be friends.
+    FriendRequest {
+        /// The requester.
+        from: String,
+        /// The requester's public key as the node has it (SPKI DER).
+        public_key: Vec<u8>,
+        /// The requester's signature over the request transcript.
+        signature: Vec<u8>,
+    },
+    /// A friend request was accepted; carries the wrapped conversation key.
+    FriendAccepted {
+        /// The accepter.
+        from: String,
+        /// The conversation key wrapped for the recipient.
+        wrapped_key: Vec<u8>,
+        /// The accepter's signature over the accept transcript.
+        signature: Vec<u8>,
+    },
+}
+
+/// One queued envelope with its position in the recipient's queue.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct Delivery {
+    /// Queue position; increases with every envelope queued.
+    pub seq: u64,
+    /// The envelope, as bincode bytes (kept encoded so the node never re-encodes).
+    pub envelope: Vec<u8>,
+}
+
+/// The client's answer to a delivery batch: these may now be deleted.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct DeliveryAck {
+    /// Queue positions the client has stored.
+    pub seqs: Vec<u64>,
+}
+
+/// The content inside a text's ciphertext.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct TextContent {
+    /// The message.
+    pub text: String,
+    /// When the sender sent it, milliseconds since the Unix epoch.
+    pub sent_at_ms: u64,
+}

@@ -1,0 +1,95 @@
+//! The fastchat wire protocol: every type that crosses a QUIC stream, the
+//! framing that carries it, and the limits both ends enforce. No I/O and no
+//! key material live here, so every other crate can share it.
+
+pub mod balancer;
+pub mod control;
+pub mod envelope;
+pub mod error;
+pub mod frame;
+pub mod limits;
+pub mod stream;
+
+pub use error::{ErrorCode, ProtoError};
+pub use frame::{FrameError, decode, encode_frame, frame_len};
+
+/// TLS ALPN identifier every fastchat endpoint negotiates.
+pub const ALPN: &[u8] = b"fastchat/1";
+
+/// Protocol version sent in the first control request.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A message identifier chosen by the sender; unique per message, used for
+/// de-duplication end to end.
+#[derive(
+    serde::Serialize, serde::Deserialize, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
+pub struct MessageId(pub [u8; 16]);
+
+impl MessageId {
+    /// Lower-case hex form used in JSON output and logs.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Parses the hex form written by [`MessageId::to_hex`].
+    pub fn from_hex(s: &str) -> Option<Self> {
+        let bytes = hex::decode(s).ok()?;
+        Some(Self(bytes.try_into().ok()?))
+    }
+}
+
+impl std::fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MessageId({})", self.to_hex())
+    }
+}
+
+impl std::fmt::Display for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// Checks a user or group name: 1–32 characters of `[a-z0-9_.-]`, starting
+/// with a letter or digit. Returns a sentence saying what is wrong otherwise.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    let ok_len = (1..=limits::MAX_NAME_LEN).contains(&name.len());
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b));
+    let ok_first = name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if ok_len && ok_chars && ok_first {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{name}' is not a valid name: use 1 to {} lower-case letters, digits, '_', '.' or '-', starting with a letter or digit",
+            limits::MAX_NAME_LEN
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(validate_name("alice").is_ok());
+        assert!(validate_name("bob_2.x-y").is_ok());
+        assert!(validate_name("").is_err());
+        assert!(validate_name("Alice").is_err());
+        assert!(validate_name("../x").is_err());
+        assert!(validate_name(&"a".repeat(33)).is_err());
+    }
+
+    #[test]
+    fn message_id_hex_roundtrip() {
+        let id = MessageId([7; 16]);
+        assert_eq!(MessageId::from_hex(&id.to_hex()), Some(id));
+        assert_eq!(MessageId::from_hex("zz"), None);
+    }
+}

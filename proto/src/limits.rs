@@ -1,0 +1,19 @@
+//! Hard limits both ends check before allocating or storing anything.
+
+/// Largest frame on a control stream (requests, replies, key messages).
+pub const MAX_CONTROL_FRAME: usize = 64 * 1024;
+
+/// Largest frame on a text or delivery stream (one message and its envelope).
+pub const MAX_MESSAGE_FRAME: usize = 80 * 1024;
+
+/// Largest text body, in bytes of UTF-8, a user may send.
+pub const MAX_TEXT_BYTES: usize = 64 * 1024;
+
+/// Longest user or group name.
+pub const MAX_NAME_LEN: usize = 32;
+
+/// Most messages a sender puts on one text stream.
+pub const MAX_BATCH: usize = 1024;
+
+/// Largest encoded public key accepted at registration (RSA-4096 SPKI fits).
+pub const MAX_PUBLIC_KEY: usize = 1024;

@@ -1,0 +1,15 @@
+//! The first frame on every stream after the control stream says what the
+//! stream carries, so new kinds (images, ...) can be added without guessing.
+
+use serde::{Deserialize, Serialize};
+
+/// What a freshly opened stream carries.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamKind {
+    /// The long-lived request/reply stream (client-opened, first stream).
+    Control,
+    /// A batch of text messages from a client; replies are [`crate::envelope::SendAck`]s.
+    Text,
+    /// A batch of queued deliveries from the node; the reply is a [`crate::envelope::DeliveryAck`].
+    Delivery,
+}

@@ -1,0 +1,107 @@
+//! The `fastchat` command: parses flags and calls the libraries.
+
+mod cluster;
+mod output;
+mod user;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// End-to-end encrypted terminal messenger over QUIC.
+#[derive(Parser)]
+#[command(name = "fastchat", version, about)]
+struct Cli {
+    /// The user's home (keystore, downloads); default $FASTCHAT_HOME, else the platform data dir.
+    #[arg(long, global = true, env = "FASTCHAT_HOME")]
+    home: Option<PathBuf>,
+
+    /// More log output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a local cluster (certificates, balancer, node, SQLite); runs until Ctrl-C.
+    Up(cluster::UpArgs),
+    /// Make a cluster CA and a node certificate signed by it.
+    Certs(cluster::CertsArgs),
+    /// Run a balancer.
+    Balancer(cluster::BalancerArgs),
+    /// Run a node.
+    Node(cluster::NodeArgs),
+    /// Make an identity on this machine and register it with a cluster.
+    Register(user::RegisterArgs),
+    /// Friends: send or accept requests, list them.
+    #[command(subcommand)]
+    Friend(user::FriendCommand),
+    /// Send an end-to-end encrypted text to a friend.
+    Send(user::SendArgs),
+    /// Receive and print what was sent to you.
+    Recv(user::RecvArgs),
+    /// Show the safety number to compare with a friend.
+    Fingerprint(user::FingerprintArgs),
+}
+
+fn init_logging(server: bool, verbose: u8) {
+    let default = match (server, verbose) {
+        (_, 2..) => "debug",
+        (true, _) | (false, 1) => "info",
+        (false, 0) => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FASTCHAT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn home(cli_home: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    cli_home
+        .or_else(|| dirs::data_dir().map(|d| d.join("fastchat")))
+        .ok_or_else(|| anyhow::anyhow!("cannot find a home directory; pass --home DIR"))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Up(args) => cluster::up(args).await,
+        Command::Certs(args) => cluster::certs(args),
+        Command::Balancer(args) => cluster::balancer(args).await,
+        Command::Node(args) => cluster::node(args).await,
+        Command::Register(args) => user::register(&home(cli.home)?, args).await,
+        Command::Friend(cmd) => user::friend(&home(cli.home)?, cmd).await,
+        Command::Send(args) => user::send(&home(cli.home)?, args).await,
+        Command::Recv(args) => user::recv(&home(cli.home)?, args).await,
+        Command::Fingerprint(args) => user::fingerprint(&home(cli.home)?, args).await,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let server = matches!(
+        cli.command,
+        Command::Up(_) | Command::Balancer(_) | Command::Node(_)
+    );
+    init_logging(server, cli.verbose);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! How received items are printed: one JSON object a line, or for people.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use fastchat_client::{InboxItem, InboxKind};
+
+fn timestamp(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// The `recv --json` form of an item.
+pub fn json(item: &InboxItem) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "id": fastchat_proto::MessageId(item.id).to_hex(),
+        "from": item.from,
+        "kind": item.kind,
+        "sent_at": timestamp(item.sent_at_ms),
+    });
+    if item.kind == InboxKind::Text {
+        v["text"] = serde_json::Value::String(item.text.clone());
+    }
+    v
+}
+
+/// The human form of an item.
+pub fn human(item: &InboxItem) -> String {
+    let when = timestamp(item.sent_at_ms);
+    match item.kind {
+        InboxKind::Text => format!("[{when}] {}: {}", item.from, item.text),
+        InboxKind::FriendRequest => format!(
+            "[{when}] {0} wants to be your friend; run `fastchat friend add {0}` to accept",
+            item.from
+        ),
+        InboxKind::FriendAccepted => {
+            format!("[{when}] {} accepted your friend request", item.from)
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! Helpers shared by the integration tests: a real cluster on 127.0.0.1 with
+//! port 0, temp dirs, the built `fastchat` binary, and a raw QUIC client for
+//! playing an attacker.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fastchat_balancer::{BalancerConfig, BalancerHandle};
+use fastchat_node::{Durability, NodeConfig, NodeHandle};
+use fastchat_proto::ProtoError;
+use fastchat_proto::control::{Request, RequestFrame, Response, ResponseFrame};
+use fastchat_proto::limits::MAX_CONTROL_FRAME;
+use fastchat_proto::stream::StreamKind;
+use fastchat_transport::quinn::{Connection, RecvStream, SendStream};
+use fastchat_transport::{client_endpoint, connect, read_frame, write_frame};
+
+/// The `fastchat` binary cargo built for these tests.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_fastchat")
+}
+
+/// A UDP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A balancer and one node running in this process, with their files.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub balancer: Option<BalancerHandle>,
+    pub node: Option<NodeHandle>,
+}
+
+impl Cluster {
+    /// Certificates, a balancer and a node, all on 127.0.0.1 port 0.
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        fastchat_certs::generate(&dir.path().join("certs"), &[], false).unwrap();
+        let balancer = fastchat_balancer::start(BalancerConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            dir.path().join("certs"),
+        ))
+        .await
+        .unwrap();
+        let mut cluster = Self {
+            dir,
+            balancer: Some(balancer),
+            node: None,
+        };
+        cluster.start_node().await;
+        cluster
+    }
+
+    /// Starts the (or a new) node on port 0 with the cluster's data dir.
+    pub async fn start_node(&mut self) {
+        let node = fastchat_node::start(self.node_config("127.0.0.1:0".parse().unwrap()))
+            .await
+            .unwrap();
+        self.node = Some(node);
+        self.wait_for_nodes(1).await;
+    }
+
+    pub fn node_config(&self, listen: SocketAddr) -> NodeConfig {
+        NodeConfig {
+            listen,
+            advertise: None,
+            data_dir: self.data_dir(),
+            certs_dir: self.certs_dir(),
+            balancer: Some(self.server()),
+            durability: Durability::Process,
+        }
+    }
+
+    pub fn certs_dir(&self) -> PathBuf {
+        self.dir.path().join("certs")
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("node")
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.certs_dir().join("ca.pem")
+    }
+
+    /// The balancer's address, as clients are given it.
+    pub fn server(&self) -> String {
+        self.balancer.as_ref().unwrap().local_addr().to_string()
+    }
+
+    /// A fresh home directory for a user.
+    pub fn home(&self, user: &str) -> PathBuf {
+        self.dir.path().join("homes").join(user)
+    }
+
+    pub fn node_addr(&self) -> SocketAddr {
+        self.node.as_ref().unwrap().local_addr()
+    }
+
+    /// Waits until the balancer knows `n` live nodes.
+    pub async fn wait_for_nodes(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if balancer_status(&self.ca(), &self.server()).await.len() >= n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "nodes never reported");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Registers a user through the SDK.
+    pub async fn register(&self, name: &str) -> fastchat_client::Client {
+        fastchat_client::Client::register(&self.home(name), name, &self.server(), &self.ca())
+            .await
+            .unwrap()
+    }
+}
+
+/// The balancer's list of live node addresses.
+pub async fn balancer_status(ca: &Path, server: &str) -> Vec<String> {
+    use fastchat_proto::balancer::{BalancerRequest, BalancerResponse};
+    let ca = fastchat_certs::load_certs(ca).unwrap();
+    let endpoint = client_endpoint(&ca, None).unwrap();
+    let conn = connect(&endpoint, server).await.unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    write_frame(&mut send, &BalancerRequest::Status, MAX_CONTROL_FRAME)
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    let mut buf = Vec::new();
+    match read_frame::<BalancerResponse>(&mut recv, MAX_CONTROL_FRAME, &mut buf)
+        .await
+        .unwrap()
+    {
+        Some(BalancerResponse::Status { nodes, .. }) => nodes.into_iter().map(|n| n.addr).collect(),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// Makes two users friends through the SDK.
+pub async fn befriend(a: &fastchat_client::Client, b: &fastchat_client::Client) {
+    assert_eq!(
+        a.friend_add(b.name()).await.unwrap(),
+        fastchat_client::FriendAdd::RequestSent
+    );
+    assert_eq!(
+        b.friend_add(a.name()).await.unwrap(),
+        fastchat_client::FriendAdd::Accepted
+    );
+}
+
+/// A hand-driven QUIC client speaking the protocol directly, as an attacker would.
+pub struct RawClient {
+    pub conn: Connection,
+    pub send: SendStream,
+    pub recv: RecvStream,
+    next_id: u64,
+}
+
+impl RawClient {
+    /// Connects to `node` trusting `ca` and opens the control stream.
+    pub async fn connect(ca: &Path, node: SocketAddr) -> Self {
+        let ca = fastchat_certs::load_certs(ca).unwrap();
+        let endpoint = client_endpoint(&ca, None).unwrap();
+        let conn = connect(&endpoint, &node.to_string()).await.unwrap();
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        write_frame(&mut send, &StreamKind::Control, 64)
+            .await
+            .unwrap();
+        Self {
+            conn,
+            send,
+            recv,
+            next_id: 1,
+        }
+    }
+
+    /// Sends a request and reads its reply.
+    pub async fn request(&mut self, request: Request) -> Result<Response, ProtoError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        write_frame(
+            &mut self.send,
+            &RequestFrame { id, request },
+            MAX_CONTROL_FRAME,
+        )
+        .await
+        .unwrap();
+        let mut buf = Vec::new();
+        let reply: ResponseFrame = read_frame(&mut self.recv, MAX_CONTROL_FRAME, &mut buf)
+            .await
+            .unwrap()
+            .expect("a reply");
+        assert_eq!(reply.id, id);
+        reply.result
+    }
+}
+
+/// A child process killed when dropped.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs the CLI with `--home home` and returns (status ok, stdout, stderr).
+pub fn cli(home: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(bin())
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs the CLI and insists it succeeds; returns stdout.
+pub fn cli_ok(home: &Path, args: &[&str]) -> String {
+    let (ok, out, err) = cli(home, args);
+    assert!(
+        ok,
+        "fastchat {args:?} failed:\nstdout: {out}\nstderr: {err}"
+    );
+    out
+}
+
+/// Whether `needle` occurs anywhere in `haystack`.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}

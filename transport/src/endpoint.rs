@@ -1,0 +1,226 @@
+//! Building quinn endpoints. Both sides use the ring provider explicitly:
+//! with quinn, rcgen and rustls all compiled in, the process-default provider
+//! is ambiguous and `ClientConfig::builder()` would panic.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fastchat_certs::NodeIdentity;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Connection, Endpoint, EndpointConfig, IdleTimeout, TransportConfig, VarInt};
+use rustls::RootCertStore;
+use rustls::pki_types::{CertificateDer, ServerName};
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// UDP buffer size: with the OS default (208 KiB) handshake bursts drop
+/// Initial packets and each waits a ~1 s retransmit (NOTES-deps.md).
+const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+
+/// Idle connections are closed after this long without packets.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Clients ping this often so an idle chat is not timed out.
+const KEEP_ALIVE: Duration = Duration::from_secs(10);
+
+/// Streams a peer may have open at once towards a node.
+const MAX_BIDI_STREAMS: u32 = 256;
+
+/// Why an endpoint could not be made or a connection not established.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The UDP socket could not be bound.
+    #[error("cannot listen on {addr}: {cause}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The cause.
+        cause: std::io::Error,
+    },
+    /// The TLS configuration was refused (bad certificate or key).
+    #[error("the TLS configuration is invalid: {0}")]
+    Tls(String),
+    /// The address could not be parsed or resolved.
+    #[error("'{0}' is not a reachable address (expected HOST:PORT)")]
+    BadAddress(String),
+    /// The peer's certificate is not signed by the cluster CA we trust.
+    #[error(
+        "the server at {0} presented a certificate not signed by the cluster CA; check that you were given the right CA file"
+    )]
+    UntrustedPeer(String),
+    /// Nothing answered, or the handshake failed.
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect {
+        /// The target.
+        addr: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Whether a server asks connecting peers for a certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Clients are anonymous at the TLS level (nodes: users log in with their identity key).
+    None,
+    /// Peers may present a certificate signed by the cluster CA (the
+    /// balancer: nodes do, plain clients do not).
+    OptionalClusterCert,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn roots(ca: &[CertificateDer<'static>]) -> Result<RootCertStore, TransportError> {
+    let mut roots = RootCertStore::empty();
+    for cert in ca {
+        roots
+            .add(cert.clone())
+            .map_err(|e| TransportError::Tls(e.to_string()))?;
+    }
+    Ok(roots)
+}
+
+fn udp_socket(addr: SocketAddr) -> Result<UdpSocket, TransportError> {
+    let bind_err = |cause| TransportError::Bind { addr, cause };
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+        .map_err(bind_err)?;
+    if addr.is_ipv6() {
+        // Dual-stack so a client bound to [::] reaches IPv4 nodes too.
+        let _ = socket.set_only_v6(false);
+    }
+    // Larger buffers are an optimisation; a kernel cap is not an error.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    socket.bind(&addr.into()).map_err(bind_err)?;
+    Ok(socket.into())
+}
+
+fn transport_config(keep_alive: bool) -> Arc<TransportConfig> {
+    let mut t = TransportConfig::default();
+    t.max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(
+        IDLE_TIMEOUT.as_millis() as u32,
+    ))));
+    t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_BIDI_STREAMS));
+    // Nothing in the protocol uses unidirectional streams yet.
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    if keep_alive {
+        t.keep_alive_interval(Some(KEEP_ALIVE));
+    }
+    Arc::new(t)
+}
+
+fn endpoint_on(
+    addr: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> Result<Endpoint, TransportError> {
+    let socket = udp_socket(addr)?;
+    Endpoint::new(
+        EndpointConfig::default(),
+        server,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|cause| TransportError::Bind { addr, cause })
+}
+
+fn client_config(
+    ca: &[CertificateDer<'static>],
+    client_cert: Option<&NodeIdentity>,
+) -> Result<quinn::ClientConfig, TransportError> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TransportError::Tls(e.to_string()))?
+        .with_root_certificates(roots(ca)?);
+    let mut tls = match client_cert {
+        Some(id) => builder
+            .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
+            .map_err(|e| TransportError::Tls(e.to_string()))?,
+        None => builder.with_no_client_auth(),
+    };
+    tls.alpn_protocols = vec![fastchat_proto::ALPN.to_vec()];
+    let quic = QuicClientConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(transport_config(true));
+    Ok(config)
+}
+
+/// A server endpoint on `addr` presenting the node certificate.
+pub fn server_endpoint(
+    addr: SocketAddr,
+    identity: &NodeIdentity,
+    client_auth: ClientAuth,
+) -> Result<Endpoint, TransportError> {
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TransportError::Tls(e.to_string()))?;
+    let builder = match client_auth {
+        ClientAuth::None => builder.with_no_client_auth(),
+        ClientAuth::OptionalClusterCert => {
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots(&identity.ca)?),
+                provider(),
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| TransportError::Tls(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut tls = builder
+        .with_single_cert(identity.chain.clone(), identity.key.clone_key())
+        .map_err(|e| TransportError::Tls(e.to_string()))?;
+    tls.alpn_protocols = vec![fastchat_proto::ALPN.to_vec()];
+    let quic = QuicServerConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    server.transport_config(transport_config(false));
+    endpoint_on(addr, Some(server))
+}
+
+/// A client endpoint that trusts only `ca`; with `client_cert` it also
+/// proves itself a cluster member (nodes reporting to the balancer).
+pub fn client_endpoint(
+    ca: &[CertificateDer<'static>],
+    client_cert: Option<&NodeIdentity>,
+) -> Result<Endpoint, TransportError> {
+    let mut endpoint = match endpoint_on(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)), None) {
+        Ok(e) => e,
+        // Hosts without IPv6 still get a working IPv4 endpoint.
+        Err(_) => endpoint_on(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)), None)?,
+    };
+    endpoint.set_default_client_config(client_config(ca, client_cert)?);
+    Ok(endpoint)
+}
+
+/// Connects to `target` (`HOST:PORT`), checking the certificate against the
+/// endpoint's CA and `HOST`.
+pub async fn connect(endpoint: &Endpoint, target: &str) -> Result<Connection, TransportError> {
+    let bad = || TransportError::BadAddress(target.to_string());
+    let (host, _) = target.rsplit_once(':').ok_or_else(bad)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    ServerName::try_from(host.to_string()).map_err(|_| bad())?;
+    let mut addrs = tokio::net::lookup_host(target).await.map_err(|_| bad())?;
+    let addr = addrs.next().ok_or_else(bad)?;
+    let connecting = endpoint
+        .connect(addr, host)
+        .map_err(|e| TransportError::Connect {
+            addr: target.to_string(),
+            reason: e.to_string(),
+        })?;
+    connecting.await.map_err(|e| classify(target, e))
+}
+
+fn classify(target: &str, e: quinn::ConnectionError) -> TransportError {
+    let text = e.to_string();
+    if text.contains("invalid peer certificate") || text.contains("UnknownIssuer") {
+        return TransportError::UntrustedPeer(target.to_string());
+    }
+    let reason = match e {
+        quinn::ConnectionError::TimedOut => "no answer (is the server running?)".to_string(),
+        other => other.to_string(),
+    };
+    TransportError::Connect {
+        addr: target.to_string(),
+        reason,
+    }
+}

@@ -1,0 +1,84 @@
+//! Length-prefixed frames on quinn streams, with the limit checked before
+//! the body is read.
+
+use fastchat_proto::{FrameError, decode, encode_frame, frame_len};
+use quinn::{ReadExactError, RecvStream, SendStream};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The frame was too large or malformed.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The stream ended in the middle of a frame.
+    #[error("the stream ended in the middle of a frame")]
+    Truncated,
+    /// The stream or connection failed.
+    #[error("the connection failed: {0}")]
+    Connection(String),
+}
+
+impl From<quinn::ReadError> for StreamError {
+    fn from(e: quinn::ReadError) -> Self {
+        Self::Connection(e.to_string())
+    }
+}
+
+impl From<quinn::WriteError> for StreamError {
+    fn from(e: quinn::WriteError) -> Self {
+        Self::Connection(e.to_string())
+    }
+}
+
+/// Reads one frame into `buf` and decodes it. `Ok(None)` means the peer
+/// finished the stream cleanly between frames.
+pub async fn read_frame<T: DeserializeOwned>(
+    recv: &mut RecvStream,
+    limit: usize,
+    buf: &mut Vec<u8>,
+) -> Result<Option<T>, StreamError> {
+    let mut prefix = [0u8; 4];
+    match recv.read_exact(&mut prefix).await {
+        Ok(()) => {}
+        Err(ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(ReadExactError::FinishedEarly(_)) => return Err(StreamError::Truncated),
+        Err(ReadExactError::ReadError(e)) => return Err(e.into()),
+    }
+    let len = frame_len(prefix, limit)?;
+    buf.clear();
+    buf.resize(len, 0);
+    match recv.read_exact(buf).await {
+        Ok(()) => {}
+        Err(ReadExactError::FinishedEarly(_)) => return Err(StreamError::Truncated),
+        Err(ReadExactError::ReadError(e)) => return Err(e.into()),
+    }
+    Ok(Some(decode(buf)?))
+}
+
+/// Writes one frame.
+pub async fn write_frame<T: Serialize>(
+    send: &mut SendStream,
+    value: &T,
+    limit: usize,
+) -> Result<(), StreamError> {
+    let mut out = Vec::with_capacity(128);
+    encode_frame(value, limit, &mut out)?;
+    send.write_all(&out).await?;
+    Ok(())
+}
+
+/// Writes many frames with one write, so a batch costs one syscall path.
+pub async fn write_frames<'a, T: Serialize + 'a>(
+    send: &mut SendStream,
+    values: impl IntoIterator<Item = &'a T>,
+    limit: usize,
+) -> Result<(), StreamError> {
+    let mut out = Vec::with_capacity(4096);
+    for value in values {
+        encode_frame(value, limit, &mut out)?;
+    }
+    send.write_all(&out).await?;
+    Ok(())
+}

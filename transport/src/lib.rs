@@ -1,0 +1,10 @@
+//! QUIC plumbing shared by every fastchat process: endpoints whose TLS trusts
+//! only the cluster CA, socket and transport settings that measured well on
+//! loopback, and reading/writing length-prefixed frames on quinn streams.
+
+mod endpoint;
+mod framed;
+
+pub use endpoint::{ClientAuth, TransportError, client_endpoint, connect, server_endpoint};
+pub use framed::{StreamError, read_frame, write_frame, write_frames};
+pub use quinn;
