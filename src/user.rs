@@ -142,13 +142,12 @@ pub async fn recv(home: &Path, args: RecvArgs) -> anyhow::Result<()> {
     print_unshown(&client, args.json)?;
     if let Some(wait) = args.wait {
         let wait = Duration::from_secs(wait);
-        loop {
-            match tokio::time::timeout(wait, events.recv()).await {
-                Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
-                    print_unshown(&client, args.json)?
-                }
-                Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) | Err(_) => break,
-            }
+        use tokio::sync::broadcast::error::RecvError;
+        // Ends after `wait` with nothing new (or if the client shuts down).
+        while let Ok(Ok(_) | Err(RecvError::Lagged(_))) =
+            tokio::time::timeout(wait, events.recv()).await
+        {
+            print_unshown(&client, args.json)?;
         }
     }
     client.close().await;

@@ -49,7 +49,7 @@ impl Control {
         self.waiting.lock().expect("waiting lock").insert(id, tx);
         {
             let mut send = self.send.lock().await;
-            if write_frame(&mut *send, &RequestFrame { id, request }, MAX_CONTROL_FRAME)
+            if write_frame(&mut send, &RequestFrame { id, request }, MAX_CONTROL_FRAME)
                 .await
                 .is_err()
             {

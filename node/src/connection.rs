@@ -121,7 +121,7 @@ async fn reply(
 ) -> Result<(), StreamError> {
     let frame = ResponseFrame { id, result };
     let mut send = control.lock().await;
-    write_frame(&mut *send, &frame, MAX_CONTROL_FRAME).await
+    write_frame(&mut send, &frame, MAX_CONTROL_FRAME).await
 }
 
 /// Accepts the streams a client opens after the control stream.

@@ -1,0 +1,283 @@
+//! What the node and client must refuse: the wrong CA, logins with the wrong
+//! key or a replayed signature, texts to non-friends, garbage and oversized
+//! frames (while everyone else keeps being served), and fake node reports.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Cluster, RawClient, befriend};
+use fastchat_client::{Client, ClientError, InboxKind};
+use fastchat_crypto::{Identity, transcript};
+use fastchat_proto::control::{Request, Response};
+use fastchat_proto::envelope::{OutgoingText, Sealed, SendAck};
+use fastchat_proto::error::close;
+use fastchat_proto::limits::MAX_MESSAGE_FRAME;
+use fastchat_proto::stream::StreamKind;
+use fastchat_proto::{ErrorCode, MessageId, PROTOCOL_VERSION};
+use fastchat_transport::{TransportError, read_frame, write_frame};
+
+/// Registers `name` with `identity` and logs in, by hand.
+async fn raw_login(cluster: &Cluster, name: &str, identity: &Identity) -> RawClient {
+    let mut raw = RawClient::connect(&cluster.ca(), cluster.node_addr()).await;
+    let public_key = identity.public().der().to_vec();
+    let proof = identity
+        .sign(&transcript::register(name, &public_key))
+        .unwrap();
+    raw.request(Request::Register {
+        version: PROTOCOL_VERSION,
+        name: name.into(),
+        public_key,
+        proof,
+    })
+    .await
+    .unwrap();
+    let Response::Challenge { nonce } = raw
+        .request(Request::Hello {
+            version: PROTOCOL_VERSION,
+            name: name.into(),
+        })
+        .await
+        .unwrap()
+    else {
+        panic!("no challenge")
+    };
+    let signature = identity.sign(&transcript::login(name, &nonce)).unwrap();
+    raw.request(Request::Login { signature }).await.unwrap();
+    raw
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_with_another_ca_is_refused() {
+    let cluster = Cluster::start().await;
+    let other = tempfile::tempdir().unwrap();
+    fastchat_certs::generate(other.path(), &[], false).unwrap();
+    let result = Client::register(
+        &cluster.home("eve"),
+        "eve",
+        &cluster.server(),
+        &other.path().join("ca.pem"),
+    )
+    .await;
+    match result {
+        Err(ClientError::Transport(e @ TransportError::UntrustedPeer(_))) => {
+            assert!(
+                e.to_string().contains("not signed by the cluster CA"),
+                "{e}"
+            );
+        }
+        Err(other) => panic!("unexpected error: {other}"),
+        Ok(_) => panic!("connected with the wrong CA"),
+    }
+    // A file that is not a certificate is a clear error too.
+    let bogus = other.path().join("bogus.pem");
+    std::fs::write(&bogus, "not a cert").unwrap();
+    assert!(matches!(
+        Client::register(&cluster.home("eve"), "eve", &cluster.server(), &bogus).await,
+        Err(ClientError::BadCa { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_with_the_wrong_key_or_a_replayed_signature_are_refused() {
+    let cluster = Cluster::start().await;
+    let alice = cluster.register("alice").await;
+    let mallory = Identity::generate().unwrap();
+
+    // Mallory claims to be alice and signs the challenge with her own key.
+    let mut raw = RawClient::connect(&cluster.ca(), cluster.node_addr()).await;
+    let Response::Challenge { nonce } = raw
+        .request(Request::Hello {
+            version: PROTOCOL_VERSION,
+            name: "alice".into(),
+        })
+        .await
+        .unwrap()
+    else {
+        panic!("no challenge")
+    };
+    let forged = mallory.sign(&transcript::login("alice", &nonce)).unwrap();
+    let err = raw
+        .request(Request::Login { signature: forged })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::AuthFailed);
+    // Still not logged in: asking for anything is refused.
+    let err = raw
+        .request(Request::LookupUser {
+            name: "alice".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::NotLoggedIn);
+    // Login without a challenge is refused.
+    let err = raw
+        .request(Request::Login {
+            signature: vec![0; 384],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::BadRequest);
+
+    // A valid signature recorded from one login does not work for the next.
+    let mut first = raw_login(&cluster, "mallory", &mallory).await;
+    let _ = first.request(Request::Sync).await;
+    let mut eavesdropped = RawClient::connect(&cluster.ca(), cluster.node_addr()).await;
+    let Response::Challenge { nonce: old } = eavesdropped
+        .request(Request::Hello {
+            version: PROTOCOL_VERSION,
+            name: "mallory".into(),
+        })
+        .await
+        .unwrap()
+    else {
+        panic!("no challenge")
+    };
+    let recorded = mallory.sign(&transcript::login("mallory", &old)).unwrap();
+    let mut replay = RawClient::connect(&cluster.ca(), cluster.node_addr()).await;
+    replay
+        .request(Request::Hello {
+            version: PROTOCOL_VERSION,
+            name: "mallory".into(),
+        })
+        .await
+        .unwrap();
+    let err = replay
+        .request(Request::Login {
+            signature: recorded,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::AuthFailed);
+    alice.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_refuses_texts_to_non_friends() {
+    let cluster = Cluster::start().await;
+    let alice = cluster.register("alice").await;
+    let mallory = Identity::generate().unwrap();
+    let raw = raw_login(&cluster, "mallory", &mallory).await;
+
+    // Mallory skips the client's checks and pushes a text at alice directly.
+    let (mut send, mut recv) = raw.conn.open_bi().await.unwrap();
+    write_frame(&mut send, &StreamKind::Text, 64).await.unwrap();
+    let id = MessageId([9; 16]);
+    let text = OutgoingText {
+        id,
+        to: "alice".into(),
+        sealed: Sealed {
+            nonce: [0; 12],
+            ciphertext: vec![1; 64],
+        },
+    };
+    write_frame(&mut send, &text, MAX_MESSAGE_FRAME)
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    let mut buf = Vec::new();
+    let ack: SendAck = read_frame(&mut recv, MAX_MESSAGE_FRAME, &mut buf)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ack.id, id);
+    let err = ack.result.unwrap_err();
+    assert_eq!(err.code, ErrorCode::NotFriends);
+    assert!(err.message.contains("not your friend"), "{}", err.message);
+
+    alice.sync().await.unwrap();
+    assert!(alice.unshown().unwrap().is_empty(), "nothing reached alice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_oversized_frames_do_not_take_the_node_down() {
+    let cluster = Cluster::start().await;
+    let alice = cluster.register("alice").await;
+    let bob = cluster.register("bob").await;
+    befriend(&alice, &bob).await;
+
+    let attacks: Vec<Vec<u8>> = vec![
+        // A frame that claims 4 GiB.
+        u32::MAX.to_be_bytes().to_vec(),
+        // A valid length with garbage inside.
+        [&5u32.to_be_bytes()[..], b"\xff\xff\xff\xff\xff"].concat(),
+        // Just over the control limit.
+        ((64 * 1024 + 1) as u32).to_be_bytes().to_vec(),
+    ];
+    for bytes in attacks {
+        let mut raw = RawClient::connect(&cluster.ca(), cluster.node_addr()).await;
+        raw.send.write_all(&bytes).await.unwrap();
+        let reason = tokio::time::timeout(Duration::from_secs(10), raw.conn.closed())
+            .await
+            .expect("the node closes the connection");
+        match reason {
+            fastchat_transport::quinn::ConnectionError::ApplicationClosed(c) => {
+                assert_eq!(c.error_code, close::PROTOCOL.into());
+            }
+            other => panic!("unexpected close: {other}"),
+        }
+    }
+    // A stream that starts with garbage instead of a stream header.
+    let mut raw = RawClient::connect(&cluster.ca(), cluster.node_addr()).await;
+    let (mut send, mut recv) = raw.conn.open_bi().await.unwrap();
+    send.write_all(b"\x00\x00\x00\x03abc").await.unwrap();
+    let mut buf = Vec::new();
+    assert!(
+        read_frame::<SendAck>(&mut recv, 1024, &mut buf)
+            .await
+            .is_err()
+    );
+    // ... which resets only that stream; the connection still answers.
+    let err = raw
+        .request(Request::LookupUser { name: "bob".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::NotLoggedIn);
+
+    // Everyone else is still served.
+    let mut events = bob.subscribe();
+    alice.send_text("bob", "still here").await.unwrap();
+    let item = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let i = events.recv().await.unwrap();
+            if i.kind == InboxKind::Text {
+                return i;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(item.text, "still here");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_cluster_nodes_may_report_to_the_balancer() {
+    use fastchat_proto::balancer::{BalancerRequest, BalancerResponse, NodeReport};
+    let cluster = Cluster::start().await;
+    let ca = fastchat_certs::load_certs(&cluster.ca()).unwrap();
+    let endpoint = fastchat_transport::client_endpoint(&ca, None).unwrap();
+    let conn = fastchat_transport::connect(&endpoint, &cluster.server())
+        .await
+        .unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let fake = NodeReport {
+        addr: "127.0.0.1:9".into(),
+        connections: 0,
+        users: 0,
+        messages_per_sec: 0,
+    };
+    write_frame(&mut send, &BalancerRequest::Report(fake), 1024)
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    let mut buf = Vec::new();
+    match read_frame::<BalancerResponse>(&mut recv, 4096, &mut buf)
+        .await
+        .unwrap()
+    {
+        Some(BalancerResponse::Error(e)) => assert_eq!(e.code, ErrorCode::AuthFailed),
+        other => panic!("unexpected {other:?}"),
+    }
+    let live = common::balancer_status(&cluster.ca(), &cluster.server()).await;
+    assert!(!live.contains(&"127.0.0.1:9".to_string()));
+}
