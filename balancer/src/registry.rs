@@ -129,8 +129,14 @@ impl Registry {
             }
             Strategy::LeastConn => (0..n).min_by_key(|&i| self.nodes[i].load())?,
             Strategy::P2c => {
+                // Two distinct candidates: comparing a node with itself
+                // would hand out the loaded one 1/n of the time.
                 let a = (random % n as u64) as usize;
-                let b = ((random >> 32) % n as u64) as usize;
+                let b = if n == 1 {
+                    a
+                } else {
+                    (a + 1 + ((random >> 32) % (n as u64 - 1)) as usize) % n
+                };
                 if self.nodes[b].load() < self.nodes[a].load() {
                     b
                 } else {
