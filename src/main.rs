@@ -40,7 +40,10 @@ enum Command {
     /// Friends: send or accept requests, list them.
     #[command(subcommand)]
     Friend(user::FriendCommand),
-    /// Send an end-to-end encrypted text to a friend.
+    /// Groups: create, add, kick, list.
+    #[command(subcommand)]
+    Group(user::GroupCommand),
+    /// Send an end-to-end encrypted text to a friend or a group.
     Send(user::SendArgs),
     /// Receive and print what was sent to you.
     Recv(user::RecvArgs),
@@ -77,6 +80,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node(args) => cluster::node(args).await,
         Command::Register(args) => user::register(&home(cli.home)?, args).await,
         Command::Friend(cmd) => user::friend(&home(cli.home)?, cmd).await,
+        Command::Group(cmd) => user::group(&home(cli.home)?, cmd).await,
         Command::Send(args) => user::send(&home(cli.home)?, args).await,
         Command::Recv(args) => user::recv(&home(cli.home)?, args).await,
         Command::Fingerprint(args) => user::fingerprint(&home(cli.home)?, args).await,

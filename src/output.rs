@@ -19,14 +19,33 @@ pub fn json(item: &InboxItem) -> serde_json::Value {
     if item.kind == InboxKind::Text {
         v["text"] = serde_json::Value::String(item.text.clone());
     }
+    if let Some(group) = &item.group {
+        v["group"] = serde_json::Value::String(group.clone());
+    }
+    if let Some(member) = &item.member {
+        v["member"] = serde_json::Value::String(member.clone());
+    }
     v
 }
 
 /// The human form of an item.
 pub fn human(item: &InboxItem) -> String {
     let when = timestamp(item.sent_at_ms);
+    let group = item.group.as_deref().unwrap_or("?");
+    let member = item.member.as_deref().unwrap_or("?");
     match item.kind {
+        InboxKind::Text if item.group.is_some() => {
+            format!("[{when}] #{group} {}: {}", item.from, item.text)
+        }
         InboxKind::Text => format!("[{when}] {}: {}", item.from, item.text),
+        InboxKind::MemberAdded => format!("[{when}] #{group}: {} added {member}", item.from),
+        InboxKind::MemberRemoved => format!("[{when}] #{group}: {} removed {member}", item.from),
+        InboxKind::YouWereRemoved => {
+            format!(
+                "[{when}] #{group}: {} removed you from the group",
+                item.from
+            )
+        }
         InboxKind::FriendRequest => format!(
             "[{when}] {0} wants to be your friend; run `fastchat friend add {0}` to accept",
             item.from

@@ -33,12 +33,41 @@ pub enum FriendCommand {
 }
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["to", "group"])))]
 pub struct SendArgs {
     /// The friend to send to.
     #[arg(long)]
-    to: String,
+    to: Option<String>,
+    /// The group to send to.
+    #[arg(long)]
+    group: Option<String>,
     /// The message.
     text: String,
+}
+
+#[derive(Subcommand)]
+pub enum GroupCommand {
+    /// Make a group with you as admin.
+    Create {
+        /// Its name (unique on the cluster).
+        name: String,
+    },
+    /// Add a friend to a group you administer (moves the group to a new key).
+    Add {
+        /// The group.
+        group: String,
+        /// The friend to add.
+        member: String,
+    },
+    /// Remove a member from a group you administer (the rest get a new key).
+    Kick {
+        /// The group.
+        group: String,
+        /// The member to remove.
+        member: String,
+    },
+    /// Your groups: members, admin, current key epoch.
+    List,
 }
 
 #[derive(Args)]
@@ -105,7 +134,11 @@ pub async fn friend(home: &Path, cmd: FriendCommand) -> anyhow::Result<()> {
 
 pub async fn send(home: &Path, args: SendArgs) -> anyhow::Result<()> {
     let client = Client::connect(home).await?;
-    let id = client.send_text(&args.to, &args.text).await?;
+    let id = match (&args.to, &args.group) {
+        (Some(to), _) => client.send_text(to, &args.text).await?,
+        (None, Some(group)) => client.send_group_text(group, &args.text).await?,
+        (None, None) => unreachable!("clap requires --to or --group"),
+    };
     println!("sent {id}");
     client.close().await;
     Ok(())
@@ -162,6 +195,45 @@ pub async fn fingerprint(home: &Path, args: FingerprintArgs) -> anyhow::Result<(
         args.name,
         client.fingerprint(&args.name)?
     );
+    client.close().await;
+    Ok(())
+}
+
+pub async fn group(home: &Path, cmd: GroupCommand) -> anyhow::Result<()> {
+    let client = Client::connect(home).await?;
+    // Membership and keys may be waiting at the node; take them in first.
+    client.sync().await?;
+    match cmd {
+        GroupCommand::Create { name } => {
+            let id = client.group_create(&name).await?;
+            println!("created group {name} (id {id}); you are its admin");
+        }
+        GroupCommand::Add { group, member } => {
+            client.group_add(&group, &member).await?;
+            println!("added {member} to {group}");
+        }
+        GroupCommand::Kick { group, member } => {
+            client.group_kick(&group, &member).await?;
+            println!("removed {member} from {group}; the others have a new key");
+        }
+        GroupCommand::List => {
+            let groups = client.groups()?;
+            if groups.is_empty() {
+                println!("no groups yet; make one with `fastchat group create NAME`");
+            }
+            for g in groups {
+                let members: Vec<&str> = g.roster.iter().map(|r| r.name.as_str()).collect();
+                let state = if g.member { "member" } else { "removed" };
+                println!(
+                    "{:<20} admin {:<16} epoch {:<4} {state:<8} members: {}",
+                    g.name,
+                    g.admin,
+                    g.epoch,
+                    members.join(", ")
+                );
+            }
+        }
+    }
     client.close().await;
     Ok(())
 }

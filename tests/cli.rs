@@ -166,3 +166,71 @@ fn certs_never_overwrite_without_force() {
     assert!(run(&["--force"]).status.success());
     assert_ne!(ca, std::fs::read(out.join("ca.pem")).unwrap());
 }
+
+#[test]
+fn group_flow_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_up, server, ca) = start_up(dir.path());
+    let home = |u: &str| dir.path().join(u);
+    for user in ["alice", "bob", "carol"] {
+        cli_ok(
+            &home(user),
+            &["register", "--name", user, "--server", &server, "--ca", &ca],
+        );
+    }
+    for friend in ["bob", "carol"] {
+        cli_ok(&home("alice"), &["friend", "add", friend]);
+        cli_ok(&home(friend), &["friend", "add", "alice"]);
+    }
+    let out = cli_ok(&home("alice"), &["group", "create", "team"]);
+    assert!(out.contains("created group team (id "), "{out}");
+    cli_ok(&home("alice"), &["group", "add", "team", "bob"]);
+    cli_ok(&home("alice"), &["group", "add", "team", "carol"]);
+    cli_ok(&home("bob"), &["send", "--group", "team", "hi all"]);
+
+    let (ok, _, err) = cli(&home("bob"), &["group", "kick", "team", "carol"]);
+    assert!(!ok);
+    assert!(err.contains("only alice, the admin of team"), "{err}");
+    cli_ok(&home("alice"), &["group", "kick", "team", "carol"]);
+    cli_ok(
+        &home("alice"),
+        &["send", "--group", "team", "carol can't read this"],
+    );
+
+    let carol: Vec<serde_json::Value> = cli_ok(&home("carol"), &["recv", "--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = carol.iter().map(|v| v["kind"].as_str().unwrap()).collect();
+    assert!(kinds.contains(&"member_added"), "{kinds:?}");
+    assert!(kinds.contains(&"you_were_removed"), "{kinds:?}");
+    let hi = carol
+        .iter()
+        .find(|v| v["kind"] == "text")
+        .expect("carol got the message sent while she was a member");
+    assert_eq!(
+        (hi["group"].as_str(), hi["from"].as_str()),
+        (Some("team"), Some("bob"))
+    );
+    assert!(!carol.iter().any(|v| v["text"] == "carol can't read this"));
+
+    let bob = cli_ok(&home("bob"), &["recv", "--json"]);
+    assert!(bob.contains("carol can't read this"), "{bob}");
+    assert!(bob.contains("\"member_removed\""), "{bob}");
+    let list = cli_ok(&home("bob"), &["group", "list"]);
+    assert!(
+        list.contains("team") && list.contains("admin alice"),
+        "{list}"
+    );
+    assert!(
+        list.contains("members: alice, bob") && !list.contains("carol"),
+        "{list}"
+    );
+
+    let (ok, _, err) = cli(&home("carol"), &["send", "--group", "team", "let me in"]);
+    assert!(!ok);
+    assert!(
+        err.contains("you were removed from the group 'team'"),
+        "{err}"
+    );
+}

@@ -10,7 +10,7 @@ use common::{Cluster, RawClient, befriend};
 use fastchat_client::{Client, ClientError, InboxKind};
 use fastchat_crypto::{Identity, transcript};
 use fastchat_proto::control::{Request, Response};
-use fastchat_proto::envelope::{OutgoingText, Sealed, SendAck};
+use fastchat_proto::envelope::{Outgoing, OutgoingText, Sealed, SendAck};
 use fastchat_proto::error::close;
 use fastchat_proto::limits::MAX_MESSAGE_FRAME;
 use fastchat_proto::stream::StreamKind;
@@ -163,14 +163,14 @@ async fn the_node_refuses_texts_to_non_friends() {
     let (mut send, mut recv) = raw.conn.open_bi().await.unwrap();
     write_frame(&mut send, &StreamKind::Text, 64).await.unwrap();
     let id = MessageId([9; 16]);
-    let text = OutgoingText {
+    let text = Outgoing::Direct(OutgoingText {
         id,
         to: "alice".into(),
         sealed: Sealed {
             nonce: [0; 12],
             ciphertext: vec![1; 64],
         },
-    };
+    });
     write_frame(&mut send, &text, MAX_MESSAGE_FRAME)
         .await
         .unwrap();
@@ -202,7 +202,9 @@ async fn garbage_and_oversized_frames_do_not_take_the_node_down() {
         // A valid length with garbage inside.
         [&5u32.to_be_bytes()[..], b"\xff\xff\xff\xff\xff"].concat(),
         // Just over the control limit.
-        ((64 * 1024 + 1) as u32).to_be_bytes().to_vec(),
+        ((fastchat_proto::limits::MAX_CONTROL_FRAME + 1) as u32)
+            .to_be_bytes()
+            .to_vec(),
     ];
     for bytes in attacks {
         let mut raw = RawClient::connect(&cluster.ca(), cluster.node_addr()).await;

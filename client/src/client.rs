@@ -3,10 +3,13 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use fastchat_crypto::{ConversationKey, Identity, PublicIdentity, random_bytes, transcript};
+use fastchat_crypto::{
+    ConversationKey, Identity, PublicIdentity, SigningIdentity, random_bytes, transcript,
+};
 use fastchat_proto::control::{Relation, Request, Response};
-use fastchat_proto::envelope::{OutgoingText, TextContent};
+use fastchat_proto::envelope::{Outgoing, OutgoingGroupText, OutgoingText, TextContent};
 use fastchat_proto::frame::encode_body;
+use fastchat_proto::group::{GroupChange, GroupUpdate, MemberKey, RosterEntry};
 use fastchat_proto::limits::MAX_TEXT_BYTES;
 use fastchat_proto::{ErrorCode, MessageId};
 use fastchat_transport::client_endpoint;
@@ -16,17 +19,17 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::connect::{login, reach_node, register};
 use crate::control::Control;
 use crate::error::ClientError;
-use crate::keystore::{InboxItem, Keystore, Peer, PeerState, Profile};
-use crate::outbox::{self, Outgoing};
+use crate::keystore::{GroupState, InboxItem, Keystore, Peer, PeerState, Profile};
+use crate::outbox::{self, Pending};
 use crate::{KEYSTORE_FILE, inbox};
 
 /// What the delivery side and the API share.
 pub(crate) struct Core {
     pub name: String,
     pub identity: Identity,
+    pub signing: SigningIdentity,
     pub keystore: Mutex<Keystore>,
     pub events: broadcast::Sender<InboxItem>,
-    pub inbox_turn: tokio::sync::Mutex<()>,
 }
 
 /// What `friend add` did.
@@ -44,7 +47,7 @@ pub struct Client {
     endpoint: Endpoint,
     conn: Connection,
     control: Control,
-    outbox: mpsc::UnboundedSender<Outgoing>,
+    outbox: mpsc::UnboundedSender<Pending>,
     pending_at_login: u64,
 }
 
@@ -100,10 +103,11 @@ impl Client {
             server: server.to_string(),
             ca_pem,
         };
-        let keystore = Keystore::create(&home.join(KEYSTORE_FILE), &profile, &identity)?;
+        let signing = SigningIdentity::generate()?;
+        let keystore = Keystore::create(&home.join(KEYSTORE_FILE), &profile, &identity, &signing)?;
         let pending = login(&control, name, &identity).await?;
         Ok(Self::assemble(
-            name, identity, keystore, endpoint, conn, control, pending,
+            name, identity, signing, keystore, endpoint, conn, control, pending,
         ))
     }
 
@@ -112,6 +116,7 @@ impl Client {
         let keystore = Keystore::open(home)?;
         let profile = keystore.profile()?;
         let identity = keystore.identity()?;
+        let signing = keystore.signing_identity()?;
         let ca = parse_ca(&profile.ca_pem, &home.join(KEYSTORE_FILE))?;
         let endpoint = client_endpoint(&ca, None)?;
         let (conn, control) = reach_node(&endpoint, &profile.server).await?;
@@ -119,6 +124,7 @@ impl Client {
         Ok(Self::assemble(
             &profile.name,
             identity,
+            signing,
             keystore,
             endpoint,
             conn,
@@ -127,9 +133,11 @@ impl Client {
         ))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn assemble(
         name: &str,
         identity: Identity,
+        signing: SigningIdentity,
         keystore: Keystore,
         endpoint: Endpoint,
         conn: Connection,
@@ -140,9 +148,9 @@ impl Client {
         let core = Arc::new(Core {
             name: name.to_string(),
             identity,
+            signing,
             keystore: Mutex::new(keystore),
             events,
-            inbox_turn: tokio::sync::Mutex::new(()),
         });
         tokio::spawn(inbox::run(core.clone(), conn.clone()));
         let outbox = outbox::start(conn.clone());
@@ -228,6 +236,7 @@ impl Client {
         }
         let me = self.name().to_string();
         let my_der = self.core.identity.public().der().to_vec();
+        let signing_key = self.core.signing.public();
         if relation == Relation::RequestedByThem {
             let key = ConversationKey::generate()?;
             let wrapped_key = their_key.wrap_key(&key)?;
@@ -236,29 +245,38 @@ impl Client {
                 name,
                 &wrapped_key,
                 &their_der,
+                &signing_key,
             ))?;
             self.control
                 .request(Request::FriendAccept {
                     to: name.to_string(),
                     wrapped_key,
+                    signing_key,
                     signature,
                 })
                 .await?;
+            // Their signing key came with their (verified) request.
+            let their_signing = known.and_then(|p| p.signing_key);
             self.keystore().put_peer(&Peer {
                 name: name.to_string(),
                 public_key: their_der,
+                signing_key: their_signing,
                 state: PeerState::Friend,
                 key: Some(key),
             })?;
             return Ok(FriendAdd::Accepted);
         }
-        let signature = self
-            .core
-            .identity
-            .sign(&transcript::friend_request(&me, name, &my_der, &their_der))?;
+        let signature = self.core.identity.sign(&transcript::friend_request(
+            &me,
+            name,
+            &my_der,
+            &their_der,
+            &signing_key,
+        ))?;
         self.control
             .request(Request::FriendRequest {
                 to: name.to_string(),
+                signing_key,
                 signature,
             })
             .await
@@ -271,6 +289,7 @@ impl Client {
         self.keystore().put_peer(&Peer {
             name: name.to_string(),
             public_key: their_der,
+            signing_key: None,
             state: PeerState::Requested,
             key: None,
         })?;
@@ -336,19 +355,13 @@ impl Client {
         .map_err(|_| ClientError::TooLong(text.len()))?;
         let sealed = key.seal(&transcript::text_aad(self.name(), to, &id.0, 0), &plain)?;
         self.keystore()
-            .record_outgoing(&id.0, to, text, sent_at_ms)?;
-        let (done, rx) = oneshot::channel();
-        self.outbox
-            .send(Outgoing {
-                text: OutgoingText {
-                    id,
-                    to: to.to_string(),
-                    sealed,
-                },
-                done,
-            })
-            .map_err(|_| ClientError::Disconnected)?;
-        match rx.await.map_err(|_| ClientError::Disconnected)? {
+            .record_outgoing(&id.0, to, None, text, sent_at_ms)?;
+        let message = Outgoing::Direct(OutgoingText {
+            id,
+            to: to.to_string(),
+            sealed,
+        });
+        match self.submit(message).await {
             Ok(()) => {
                 self.keystore().mark_sent(&id.0)?;
                 Ok(id)
@@ -358,6 +371,224 @@ impl Client {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Hands a message to the sender task and waits for the node's answer.
+    async fn submit(&self, message: Outgoing) -> Result<(), ClientError> {
+        let (done, rx) = oneshot::channel();
+        self.outbox
+            .send(Pending { message, done })
+            .map_err(|_| ClientError::Disconnected)?;
+        rx.await.map_err(|_| ClientError::Disconnected)?
+    }
+
+    /// Creates a group with us as admin and only member; returns its id.
+    pub async fn group_create(&self, name: &str) -> Result<u64, ClientError> {
+        fastchat_proto::validate_name(name).map_err(ClientError::InvalidName)?;
+        let id = match self
+            .control
+            .request(Request::GroupCreate {
+                name: name.to_string(),
+            })
+            .await?
+        {
+            Response::GroupCreated { id } => id,
+            _ => return Err(ClientError::UnexpectedReply),
+        };
+        let key = ConversationKey::generate()?;
+        let roster = vec![RosterEntry {
+            name: self.name().to_string(),
+            signing_key: self.core.signing.public(),
+        }];
+        self.keystore()
+            .put_group_epoch(id, name, self.name(), 0, &key, &roster)?;
+        Ok(id)
+    }
+
+    fn my_group(&self, name: &str) -> Result<GroupState, ClientError> {
+        match self.keystore().group_by_name(name)? {
+            Some(g) if g.member => Ok(g),
+            Some(_) => Err(ClientError::RemovedFromGroup(name.to_string())),
+            None => Err(ClientError::UnknownGroup(name.to_string())),
+        }
+    }
+
+    /// Adds friend `member` to group `group` (admin only); the group moves
+    /// to a new key epoch so the newcomer reads nothing sent before.
+    pub async fn group_add(&self, group: &str, member: &str) -> Result<(), ClientError> {
+        let peer = match self.keystore().peer(member)? {
+            Some(p) if p.state == PeerState::Friend => p,
+            _ => return Err(ClientError::NotFriend(member.to_string())),
+        };
+        let signing_key = peer
+            .signing_key
+            .ok_or_else(|| ClientError::NotFriend(member.to_string()))?;
+        self.rekey(group, GroupChange::Added(member.to_string()), |roster| {
+            if roster.iter().any(|r| r.name == member) {
+                return Err(ClientError::AlreadyMember(member.to_string()));
+            }
+            roster.push(RosterEntry {
+                name: member.to_string(),
+                signing_key,
+            });
+            Ok(())
+        })
+        .await
+    }
+
+    /// Removes `member` from group `group` (admin only); the remaining
+    /// members move to a new key the removed member never sees.
+    pub async fn group_kick(&self, group: &str, member: &str) -> Result<(), ClientError> {
+        self.rekey(group, GroupChange::Removed(member.to_string()), |roster| {
+            if !roster.iter().any(|r| r.name == member) {
+                return Err(ClientError::NotMember(member.to_string()));
+            }
+            roster.retain(|r| r.name != member);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn rekey(
+        &self,
+        group: &str,
+        change: GroupChange,
+        edit: impl FnOnce(&mut Vec<RosterEntry>) -> Result<(), ClientError>,
+    ) -> Result<(), ClientError> {
+        let state = self.my_group(group)?;
+        if state.admin != self.name() {
+            return Err(ClientError::NotAdmin {
+                group: group.to_string(),
+                admin: state.admin,
+            });
+        }
+        let mut roster = state.roster.clone();
+        edit(&mut roster)?;
+        let update = GroupUpdate {
+            group_id: state.id,
+            group: state.name.clone(),
+            admin: state.admin.clone(),
+            epoch: state.epoch + 1,
+            change: change.clone(),
+            roster,
+        };
+        let bytes = update.signed_bytes();
+        let key = ConversationKey::generate()?;
+        let mut keys = Vec::with_capacity(update.roster.len());
+        for entry in update.roster.iter().filter(|r| r.name != self.name()) {
+            let peer = self
+                .keystore()
+                .peer(&entry.name)?
+                .filter(|p| p.state == PeerState::Friend)
+                .ok_or_else(|| ClientError::NotFriend(entry.name.clone()))?;
+            let wrapped_key = PublicIdentity::from_der(&peer.public_key)?.wrap_key(&key)?;
+            let signature =
+                self.core
+                    .signing
+                    .sign(&transcript::group_key(&bytes, &entry.name, &wrapped_key));
+            keys.push(MemberKey {
+                member: entry.name.clone(),
+                wrapped_key,
+                signature,
+            });
+        }
+        let removed_notice = matches!(change, GroupChange::Removed(_))
+            .then(|| self.core.signing.sign(&transcript::group_removed(&bytes)));
+        match self
+            .control
+            .request(Request::GroupRekey {
+                update: update.clone(),
+                keys,
+                removed_notice,
+            })
+            .await?
+        {
+            Response::GroupRekeyed => {}
+            _ => return Err(ClientError::UnexpectedReply),
+        }
+        self.keystore().put_group_epoch(
+            state.id,
+            &state.name,
+            &state.admin,
+            update.epoch,
+            &key,
+            &update.roster,
+        )?;
+        Ok(())
+    }
+
+    /// Every group we belong (or belonged) to.
+    pub fn groups(&self) -> Result<Vec<GroupState>, ClientError> {
+        self.keystore().groups()
+    }
+
+    /// Sends an end-to-end encrypted text to every other member of `group`,
+    /// signed with our Ed25519 key; returns once the node has stored it.
+    pub async fn send_group_text(&self, group: &str, text: &str) -> Result<MessageId, ClientError> {
+        if text.len() > MAX_TEXT_BYTES {
+            return Err(ClientError::TooLong(text.len()));
+        }
+        let mut id = [0u8; 16];
+        random_bytes(&mut id)?;
+        let id = MessageId(id);
+        let sent_at_ms = now_ms();
+        let plain = encode_body(&TextContent {
+            text: text.to_string(),
+            sent_at_ms,
+        })
+        .map_err(|_| ClientError::TooLong(text.len()))?;
+        if self.my_group(group).is_err() {
+            // The key that made us a member may still be waiting at the node.
+            self.sync().await?;
+            self.my_group(group)?;
+        }
+        self.keystore()
+            .record_outgoing(&id.0, group, Some(group), text, sent_at_ms)?;
+        // One retry: if the admin re-keyed meanwhile, take in the new key first.
+        for attempt in 0..2 {
+            let state = self.my_group(group)?;
+            let key = state
+                .key
+                .clone()
+                .ok_or_else(|| ClientError::RemovedFromGroup(group.to_string()))?;
+            let sealed = key.seal(
+                &transcript::group_text_aad(state.id, state.epoch, self.name(), &id.0),
+                &plain,
+            )?;
+            let signature = self.core.signing.sign(&transcript::group_text_signature(
+                state.id,
+                state.epoch,
+                self.name(),
+                &id.0,
+                &sealed.nonce,
+                &sealed.ciphertext,
+            ));
+            let message = Outgoing::Group(OutgoingGroupText {
+                id,
+                group_id: state.id,
+                epoch: state.epoch,
+                sealed,
+                signature,
+            });
+            match self.submit(message).await {
+                Ok(()) => {
+                    self.keystore().mark_sent(&id.0)?;
+                    return Ok(id);
+                }
+                Err(ClientError::Refused(e)) if e.code == ErrorCode::StaleEpoch && attempt == 0 => {
+                    self.sync().await?;
+                }
+                Err(ClientError::Refused(e)) if e.code == ErrorCode::NotMember => {
+                    self.sync().await?;
+                    return Err(ClientError::RemovedFromGroup(group.to_string()));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ClientError::Refused(fastchat_proto::ProtoError::new(
+            ErrorCode::StaleEpoch,
+            "the group keeps changing; try again",
+        )))
     }
 
     /// Received items `recv` has not shown yet, oldest first.

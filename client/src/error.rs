@@ -59,6 +59,26 @@ pub enum ClientError {
     /// The text is too long.
     #[error("the message is {0} bytes; the limit is {limit}", limit = fastchat_proto::limits::MAX_TEXT_BYTES)]
     TooLong(usize),
+    /// No group by that name in our keystore.
+    #[error("you are not in a group named '{0}'")]
+    UnknownGroup(String),
+    /// We were removed from the group.
+    #[error("you were removed from the group '{0}'")]
+    RemovedFromGroup(String),
+    /// Only the admin may do that.
+    #[error("only {admin}, the admin of {group}, can add or remove members")]
+    NotAdmin {
+        /// The group.
+        group: String,
+        /// Its admin.
+        admin: String,
+    },
+    /// Already in the group.
+    #[error("{0} is already a member")]
+    AlreadyMember(String),
+    /// Not in the group.
+    #[error("{0} is not a member of that group")]
+    NotMember(String),
     /// The connection to the node went away.
     #[error("the connection to the node was lost; try again")]
     Disconnected,

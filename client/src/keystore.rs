@@ -4,7 +4,8 @@
 
 use std::path::Path;
 
-use fastchat_crypto::{ConversationKey, Identity};
+use fastchat_crypto::{ConversationKey, Identity, SigningIdentity};
+use fastchat_proto::group::RosterEntry;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
@@ -18,9 +19,24 @@ CREATE TABLE IF NOT EXISTS settings(
 CREATE TABLE IF NOT EXISTS peers(
     name TEXT PRIMARY KEY,
     public_key BLOB NOT NULL,
+    signing_key BLOB,
     state TEXT NOT NULL,
     conv_key BLOB,
     updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS groups(
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    admin TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    member INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS group_epochs(
+    group_id INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    key BLOB NOT NULL,
+    roster BLOB NOT NULL,
+    PRIMARY KEY(group_id, epoch)
 );
 CREATE TABLE IF NOT EXISTS messages(
     pos INTEGER PRIMARY KEY,
@@ -28,6 +44,8 @@ CREATE TABLE IF NOT EXISTS messages(
     peer TEXT NOT NULL,
     outgoing INTEGER NOT NULL,
     kind TEXT NOT NULL,
+    grp TEXT,
+    member TEXT,
     body TEXT NOT NULL,
     sent_at INTEGER NOT NULL,
     received_at INTEGER NOT NULL,
@@ -86,6 +104,8 @@ pub struct Peer {
     pub name: String,
     /// Their RSA public key (SPKI DER), as first seen.
     pub public_key: Vec<u8>,
+    /// Their Ed25519 signing key, once certified by the friend handshake.
+    pub signing_key: Option<[u8; 32]>,
     /// Where the friendship stands.
     pub state: PeerState,
     /// The conversation key, once friends.
@@ -102,6 +122,12 @@ pub enum InboxKind {
     FriendRequest,
     /// Someone accepted our friend request.
     FriendAccepted,
+    /// A member joined a group (possibly us).
+    MemberAdded,
+    /// A member was removed from a group.
+    MemberRemoved,
+    /// We were removed from a group.
+    YouWereRemoved,
 }
 
 impl InboxKind {
@@ -110,6 +136,9 @@ impl InboxKind {
             Self::Text => "text",
             Self::FriendRequest => "friend_request",
             Self::FriendAccepted => "friend_accepted",
+            Self::MemberAdded => "member_added",
+            Self::MemberRemoved => "member_removed",
+            Self::YouWereRemoved => "you_were_removed",
         }
     }
 
@@ -117,6 +146,9 @@ impl InboxKind {
         match s {
             "friend_request" => Self::FriendRequest,
             "friend_accepted" => Self::FriendAccepted,
+            "member_added" => Self::MemberAdded,
+            "member_removed" => Self::MemberRemoved,
+            "you_were_removed" => Self::YouWereRemoved,
             _ => Self::Text,
         }
     }
@@ -131,6 +163,10 @@ pub struct InboxItem {
     pub from: String,
     /// What it is.
     pub kind: InboxKind,
+    /// The group it concerns, for group traffic.
+    pub group: Option<String>,
+    /// The member who joined or left, for membership changes.
+    pub member: Option<String>,
     /// The text, for texts; empty otherwise.
     pub text: String,
     /// When the sender sent it (ms since the Unix epoch).
@@ -142,6 +178,25 @@ fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// A group as this user knows it.
+#[derive(Clone)]
+pub struct GroupState {
+    /// The node's id for it.
+    pub id: u64,
+    /// Its name.
+    pub name: String,
+    /// Its admin.
+    pub admin: String,
+    /// The newest epoch we know.
+    pub epoch: u64,
+    /// Whether we are still a member.
+    pub member: bool,
+    /// Members at that epoch (empty once removed).
+    pub roster: Vec<RosterEntry>,
+    /// The key at that epoch (none once removed).
+    pub key: Option<ConversationKey>,
 }
 
 /// The open keystore.
@@ -164,15 +219,18 @@ impl Keystore {
         path: &Path,
         profile: &Profile,
         identity: &Identity,
+        signing: &SigningIdentity,
     ) -> Result<Self, ClientError> {
         let mut conn = open_conn(path)?;
         let tx = conn.transaction()?;
         let der = identity.to_pkcs8_der()?;
+        let seed = signing.seed();
         for (k, v) in [
             ("name", profile.name.as_bytes()),
             ("server", profile.server.as_bytes()),
             ("ca_pem", &profile.ca_pem[..]),
             ("identity", &der[..]),
+            ("signing_key", &seed[..]),
         ] {
             tx.execute(
                 "INSERT OR REPLACE INTO settings(key, value) VALUES (?1, ?2)",
@@ -232,12 +290,36 @@ impl Keystore {
         Ok(Identity::from_pkcs8_der(&der)?)
     }
 
+    /// The user's Ed25519 signing key.
+    pub fn signing_identity(&self) -> Result<SigningIdentity, ClientError> {
+        let seed = zeroize::Zeroizing::new(self.required("signing_key")?);
+        Ok(SigningIdentity::from_seed(&seed)?)
+    }
+
+    /// Opens a transaction that the following calls join, until
+    /// [`Keystore::commit`] (or [`Keystore::rollback`]).
+    pub fn begin(&self) -> Result<(), ClientError> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(())
+    }
+
+    /// Commits the transaction [`Keystore::begin`] opened.
+    pub fn commit(&self) -> Result<(), ClientError> {
+        self.conn.execute_batch("COMMIT")?;
+        Ok(())
+    }
+
+    /// Abandons the transaction [`Keystore::begin`] opened.
+    pub fn rollback(&self) {
+        let _ = self.conn.execute_batch("ROLLBACK");
+    }
+
     /// A peer by name.
     pub fn peer(&self, name: &str) -> Result<Option<Peer>, ClientError> {
         Ok(self
             .conn
             .query_row(
-                "SELECT name, public_key, state, conv_key FROM peers WHERE name = ?1",
+                "SELECT name, public_key, state, conv_key, signing_key FROM peers WHERE name = ?1",
                 params![name],
                 row_to_peer,
             )
@@ -246,9 +328,9 @@ impl Keystore {
 
     /// Every peer, by name.
     pub fn peers(&self) -> Result<Vec<Peer>, ClientError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT name, public_key, state, conv_key FROM peers ORDER BY name")?;
+        let mut stmt = self.conn.prepare(
+            "SELECT name, public_key, state, conv_key, signing_key FROM peers ORDER BY name",
+        )?;
         let rows = stmt.query_map([], row_to_peer)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -256,12 +338,13 @@ impl Keystore {
     /// Inserts or replaces a peer.
     pub fn put_peer(&self, peer: &Peer) -> Result<(), ClientError> {
         self.conn.execute(
-            "INSERT OR REPLACE INTO peers(name, public_key, state, conv_key, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT OR REPLACE INTO peers(name, public_key, state, conv_key, signing_key, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
                 peer.name,
                 peer.public_key,
                 peer.state.as_str(),
                 peer.key.as_ref().map(|k| k.as_bytes().to_vec()),
+                peer.signing_key.map(|k| k.to_vec()),
                 now_ms() as i64
             ],
         )?;
@@ -273,13 +356,14 @@ impl Keystore {
         &self,
         id: &[u8; 16],
         to: &str,
+        group: Option<&str>,
         text: &str,
         sent_at_ms: u64,
     ) -> Result<(), ClientError> {
         self.conn.execute(
-            "INSERT OR IGNORE INTO messages(id, peer, outgoing, kind, body, sent_at, received_at, state, shown)
-             VALUES (?1, ?2, 1, 'text', ?3, ?4, ?4, 'sending', 1)",
-            params![&id[..], to, text, sent_at_ms as i64],
+            "INSERT OR IGNORE INTO messages(id, peer, outgoing, kind, grp, body, sent_at, received_at, state, shown)
+             VALUES (?1, ?2, 1, 'text', ?3, ?4, ?5, ?5, 'sending', 1)",
+            params![&id[..], to, group, text, sent_at_ms as i64],
         )?;
         Ok(())
     }
@@ -293,56 +377,160 @@ impl Keystore {
         Ok(())
     }
 
-    /// Applies what one delivery batch changed, in one transaction: peer
-    /// updates and new inbox items (already-known ids are skipped). Returns
-    /// the items that were new.
-    pub fn commit_delivery(
-        &mut self,
-        peers: &[Peer],
-        items: Vec<InboxItem>,
-    ) -> Result<Vec<InboxItem>, ClientError> {
-        let tx = self.conn.transaction()?;
-        for peer in peers {
-            tx.execute(
-                "INSERT OR REPLACE INTO peers(name, public_key, state, conv_key, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    peer.name,
-                    peer.public_key,
-                    peer.state.as_str(),
-                    peer.key.as_ref().map(|k| k.as_bytes().to_vec()),
-                    now_ms() as i64
-                ],
-            )?;
-        }
+    /// Stores received items, skipping ids already stored; returns the new ones.
+    pub fn insert_inbox(&self, items: Vec<InboxItem>) -> Result<Vec<InboxItem>, ClientError> {
         let mut fresh = Vec::with_capacity(items.len());
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT OR IGNORE INTO messages(id, peer, outgoing, kind, body, sent_at, received_at, state, shown)
-                 VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6, 'received', 0)",
-            )?;
-            let now = now_ms() as i64;
-            for item in items {
-                let n = stmt.execute(params![
-                    &item.id[..],
-                    item.from,
-                    item.kind.as_str(),
-                    item.text,
-                    item.sent_at_ms as i64,
-                    now
-                ])?;
-                if n == 1 {
-                    fresh.push(item);
-                }
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT OR IGNORE INTO messages(id, peer, outgoing, kind, grp, member, body, sent_at, received_at, state, shown)
+             VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6, ?7, ?8, 'received', 0)",
+        )?;
+        let now = now_ms() as i64;
+        for item in items {
+            let n = stmt.execute(params![
+                &item.id[..],
+                item.from,
+                item.kind.as_str(),
+                item.group,
+                item.member,
+                item.text,
+                item.sent_at_ms as i64,
+                now
+            ])?;
+            if n == 1 {
+                fresh.push(item);
             }
         }
-        tx.commit()?;
         Ok(fresh)
+    }
+
+    /// A group by name.
+    pub fn group_by_name(&self, name: &str) -> Result<Option<GroupState>, ClientError> {
+        let id: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT id FROM groups WHERE name = ?1",
+                params![name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match id {
+            Some(id) => self.group(id as u64),
+            None => Ok(None),
+        }
+    }
+
+    /// A group by id, at its newest known epoch.
+    pub fn group(&self, id: u64) -> Result<Option<GroupState>, ClientError> {
+        let head = self
+            .conn
+            .query_row(
+                "SELECT name, admin, epoch, member FROM groups WHERE id = ?1",
+                params![id as i64],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)? as u64,
+                        r.get::<_, bool>(3)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((name, admin, epoch, member)) = head else {
+            return Ok(None);
+        };
+        let (key, roster) = match self.group_epoch(id, epoch)? {
+            Some((k, r)) if member => (Some(k), r),
+            _ => (None, Vec::new()),
+        };
+        Ok(Some(GroupState {
+            id,
+            name,
+            admin,
+            epoch,
+            member,
+            roster,
+            key,
+        }))
+    }
+
+    /// Every group we were ever in, by name.
+    pub fn groups(&self) -> Result<Vec<GroupState>, ClientError> {
+        let ids: Vec<i64> = {
+            let mut stmt = self.conn.prepare("SELECT id FROM groups ORDER BY name")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(g) = self.group(id as u64)? {
+                out.push(g);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The key and roster of a group at one epoch.
+    pub fn group_epoch(
+        &self,
+        id: u64,
+        epoch: u64,
+    ) -> Result<Option<(ConversationKey, Vec<RosterEntry>)>, ClientError> {
+        let row: Option<(Vec<u8>, Vec<u8>)> = self
+            .conn
+            .query_row(
+                "SELECT key, roster FROM group_epochs WHERE group_id = ?1 AND epoch = ?2",
+                params![id as i64, epoch as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((key, roster)) = row else {
+            return Ok(None);
+        };
+        let key: [u8; 32] = key
+            .try_into()
+            .map_err(|_| ClientError::Keystore("a stored group key is corrupt".into()))?;
+        let roster: Vec<RosterEntry> = fastchat_proto::decode(&roster)
+            .map_err(|_| ClientError::Keystore("a stored roster is corrupt".into()))?;
+        Ok(Some((ConversationKey::from_bytes(key), roster)))
+    }
+
+    /// Records a group's new epoch with its key and roster (we are a member).
+    pub fn put_group_epoch(
+        &self,
+        id: u64,
+        name: &str,
+        admin: &str,
+        epoch: u64,
+        key: &ConversationKey,
+        roster: &[RosterEntry],
+    ) -> Result<(), ClientError> {
+        let roster = fastchat_proto::frame::encode_body(&roster.to_vec())
+            .map_err(|e| ClientError::Keystore(e.to_string()))?;
+        self.conn.execute(
+            "INSERT OR REPLACE INTO groups(id, name, admin, epoch, member) VALUES (?1, ?2, ?3, ?4, 1)",
+            params![id as i64, name, admin, epoch as i64],
+        )?;
+        self.conn.execute(
+            "INSERT OR REPLACE INTO group_epochs(group_id, epoch, key, roster) VALUES (?1, ?2, ?3, ?4)",
+            params![id as i64, epoch as i64, &key.as_bytes()[..], roster],
+        )?;
+        Ok(())
+    }
+
+    /// Records that we were removed from a group at `epoch`.
+    pub fn leave_group(&self, id: u64, epoch: u64) -> Result<(), ClientError> {
+        self.conn.execute(
+            "UPDATE groups SET member = 0, epoch = ?2 WHERE id = ?1",
+            params![id as i64, epoch as i64],
+        )?;
+        Ok(())
     }
 
     /// Received items not yet shown by `recv`, oldest first.
     pub fn unshown(&self) -> Result<Vec<InboxItem>, ClientError> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, peer, kind, body, sent_at FROM messages WHERE shown = 0 AND outgoing = 0 ORDER BY pos",
+            "SELECT id, peer, kind, body, sent_at, grp, member FROM messages WHERE shown = 0 AND outgoing = 0 ORDER BY pos",
         )?;
         let rows = stmt.query_map([], |r| {
             let id: Vec<u8> = r.get(0)?;
@@ -352,6 +540,8 @@ impl Keystore {
                 kind: InboxKind::parse(&r.get::<_, String>(2)?),
                 text: r.get(3)?,
                 sent_at_ms: r.get::<_, i64>(4)? as u64,
+                group: r.get(5)?,
+                member: r.get(6)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -373,9 +563,11 @@ impl Keystore {
 
 fn row_to_peer(r: &rusqlite::Row<'_>) -> rusqlite::Result<Peer> {
     let key: Option<Vec<u8>> = r.get(3)?;
+    let signing_key: Option<Vec<u8>> = r.get(4)?;
     Ok(Peer {
         name: r.get(0)?,
         public_key: r.get(1)?,
+        signing_key: signing_key.and_then(|k| <[u8; 32]>::try_from(k).ok()),
         state: PeerState::parse(&r.get::<_, String>(2)?),
         key: key
             .and_then(|k| <[u8; 32]>::try_from(k).ok())

@@ -14,7 +14,7 @@ mod outbox;
 
 pub use client::{Client, FriendAdd};
 pub use error::ClientError;
-pub use keystore::{InboxItem, InboxKind, Peer, PeerState};
+pub use keystore::{GroupState, InboxItem, InboxKind, Peer, PeerState};
 
 /// File name of the keystore inside a user's home directory.
 pub const KEYSTORE_FILE: &str = "keystore.db";

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use fastchat_proto::envelope::{OutgoingText, SendAck};
+use fastchat_proto::envelope::{Outgoing, SendAck};
 use fastchat_proto::limits::{MAX_BATCH, MAX_MESSAGE_FRAME};
 use fastchat_proto::stream::StreamKind;
 use fastchat_proto::{MessageId, ProtoError};
@@ -16,20 +16,20 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::ClientError;
 
-/// A text waiting to go, with whom to tell when it is acknowledged.
-pub(crate) struct Outgoing {
-    pub text: OutgoingText,
+/// A message waiting to go, with whom to tell when it is acknowledged.
+pub(crate) struct Pending {
+    pub message: Outgoing,
     pub done: oneshot::Sender<Result<(), ClientError>>,
 }
 
 /// Starts the sender task for `conn`.
-pub(crate) fn start(conn: Connection) -> mpsc::UnboundedSender<Outgoing> {
+pub(crate) fn start(conn: Connection) -> mpsc::UnboundedSender<Pending> {
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(run(conn, rx));
     tx
 }
 
-async fn run(conn: Connection, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
+async fn run(conn: Connection, mut rx: mpsc::UnboundedReceiver<Pending>) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -42,14 +42,14 @@ async fn run(conn: Connection, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
     }
 }
 
-async fn send_batch(conn: Connection, batch: Vec<Outgoing>) {
+async fn send_batch(conn: Connection, batch: Vec<Pending>) {
     let acks = exchange(&conn, &batch).await;
     let mut acks: HashMap<MessageId, Result<(), ProtoError>> = match acks {
         Ok(a) => a.into_iter().map(|a| (a.id, a.result)).collect(),
         Err(_) => HashMap::new(),
     };
     for o in batch {
-        let result = match acks.remove(&o.text.id) {
+        let result = match acks.remove(&o.message.id()) {
             Some(Ok(())) => Ok(()),
             Some(Err(e)) => Err(ClientError::Refused(e)),
             None => Err(ClientError::Disconnected),
@@ -58,7 +58,7 @@ async fn send_batch(conn: Connection, batch: Vec<Outgoing>) {
     }
 }
 
-async fn exchange(conn: &Connection, batch: &[Outgoing]) -> Result<Vec<SendAck>, ClientError> {
+async fn exchange(conn: &Connection, batch: &[Pending]) -> Result<Vec<SendAck>, ClientError> {
     let lost = |_| ClientError::Disconnected;
     let (mut send, mut recv) = conn
         .open_bi()
@@ -67,9 +67,13 @@ async fn exchange(conn: &Connection, batch: &[Outgoing]) -> Result<Vec<SendAck>,
     write_frame(&mut send, &StreamKind::Text, 64)
         .await
         .map_err(lost)?;
-    write_frames(&mut send, batch.iter().map(|o| &o.text), MAX_MESSAGE_FRAME)
-        .await
-        .map_err(lost)?;
+    write_frames(
+        &mut send,
+        batch.iter().map(|o| &o.message),
+        MAX_MESSAGE_FRAME,
+    )
+    .await
+    .map_err(lost)?;
     send.finish().map_err(|_| ClientError::Disconnected)?;
     let mut acks = Vec::with_capacity(batch.len());
     let mut buf = Vec::new();

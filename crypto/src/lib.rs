@@ -6,11 +6,13 @@
 pub mod aead;
 pub mod fingerprint;
 pub mod identity;
+pub mod signing;
 pub mod transcript;
 
 pub use aead::ConversationKey;
 pub use fingerprint::safety_number;
 pub use identity::{Identity, PublicIdentity};
+pub use signing::SigningIdentity;
 
 /// Why a crypto operation failed. Variants carry no detail on purpose: a
 /// peer must not learn *why* a decryption failed.

@@ -23,19 +23,91 @@ pub fn login(name: &str, challenge: &[u8; 32]) -> Vec<u8> {
     build("login", &[name.as_bytes(), challenge])
 }
 
-/// A friend request, binding both names and both keys as the requester saw them.
-pub fn friend_request(from: &str, to: &str, from_key: &[u8], to_key: &[u8]) -> Vec<u8> {
+/// A friend request, binding both names and both keys as the requester saw
+/// them, and certifying the requester's Ed25519 signing key.
+pub fn friend_request(
+    from: &str,
+    to: &str,
+    from_key: &[u8],
+    to_key: &[u8],
+    from_signing_key: &[u8; 32],
+) -> Vec<u8> {
     build(
         "friend-request",
-        &[from.as_bytes(), to.as_bytes(), from_key, to_key],
+        &[
+            from.as_bytes(),
+            to.as_bytes(),
+            from_key,
+            to_key,
+            from_signing_key,
+        ],
     )
 }
 
-/// A friend accept: the wrapped key and the requester key it was wrapped for.
-pub fn friend_accept(from: &str, to: &str, wrapped_key: &[u8], to_key: &[u8]) -> Vec<u8> {
+/// A friend accept: the wrapped key, the requester key it was wrapped for,
+/// and the accepter's Ed25519 signing key.
+pub fn friend_accept(
+    from: &str,
+    to: &str,
+    wrapped_key: &[u8],
+    to_key: &[u8],
+    from_signing_key: &[u8; 32],
+) -> Vec<u8> {
     build(
         "friend-accept",
-        &[from.as_bytes(), to.as_bytes(), wrapped_key, to_key],
+        &[
+            from.as_bytes(),
+            to.as_bytes(),
+            wrapped_key,
+            to_key,
+            from_signing_key,
+        ],
+    )
+}
+
+/// A group key for one member: the admin-signed update (its encoding), the
+/// member it is for and the key wrapped for them.
+pub fn group_key(update: &[u8], member: &str, wrapped_key: &[u8]) -> Vec<u8> {
+    build("group-key", &[update, member.as_bytes(), wrapped_key])
+}
+
+/// The notice a removed member gets: the admin-signed update alone.
+pub fn group_removed(update: &[u8]) -> Vec<u8> {
+    build("group-removed", &[update])
+}
+
+/// Associated data of a group text.
+pub fn group_text_aad(group_id: u64, epoch: u64, from: &str, id: &[u8; 16]) -> Vec<u8> {
+    build(
+        "group-text",
+        &[
+            &group_id.to_be_bytes(),
+            &epoch.to_be_bytes(),
+            from.as_bytes(),
+            id,
+        ],
+    )
+}
+
+/// What a group sender signs: everything a member checks, ciphertext included.
+pub fn group_text_signature(
+    group_id: u64,
+    epoch: u64,
+    from: &str,
+    id: &[u8; 16],
+    nonce: &[u8; 12],
+    ciphertext: &[u8],
+) -> Vec<u8> {
+    build(
+        "group-text-sig",
+        &[
+            &group_id.to_be_bytes(),
+            &epoch.to_be_bytes(),
+            from.as_bytes(),
+            id,
+            nonce,
+            ciphertext,
+        ],
     )
 }
 

@@ -104,13 +104,15 @@ async fn run(shared: Arc<Shared>, conn: Connection) -> Result<(), StreamError> {
             continue;
         }
         let result = cmd::apply(&shared, &mut session, frame.request).await;
-        reply(&control, frame.id, result).await?;
+        // Mark the connection logged in before the reply leaves: a client may
+        // open its first text stream the moment it reads `LoggedIn`.
         if delivery.is_none()
             && let Some(user) = &session.user
         {
-            delivery = Some(Delivery::start(shared.clone(), user.clone(), conn.clone()));
             let _ = user_tx.send(Some(user.clone()));
+            delivery = Some(Delivery::start(shared.clone(), user.clone(), conn.clone()));
         }
+        reply(&control, frame.id, result).await?;
     }
 }
 

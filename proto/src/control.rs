@@ -58,10 +58,12 @@ pub enum Request {
         name: String,
     },
     /// Asks `to` to become a friend. `signature` covers
-    /// `transcript::friend_request(from, to, from_key, to_key)`.
+    /// `transcript::friend_request(from, to, from_key, to_key, signing_key)`.
     FriendRequest {
         /// The requested friend.
         to: String,
+        /// The requester's Ed25519 signing key, certified by the signature.
+        signing_key: [u8; 32],
         /// The requester's signature.
         signature: Vec<u8>,
     },
@@ -72,8 +74,26 @@ pub enum Request {
         to: String,
         /// The conversation key, RSA-OAEP-SHA256 wrapped for `to`.
         wrapped_key: Vec<u8>,
+        /// The accepter's Ed25519 signing key, certified by the signature.
+        signing_key: [u8; 32],
         /// Signature over `transcript::friend_accept(...)`.
         signature: Vec<u8>,
+    },
+    /// Creates a group with the caller as admin and only member (epoch 0).
+    GroupCreate {
+        /// The group's name, unique on the cluster.
+        name: String,
+    },
+    /// The admin moves a group to a new key epoch, adding or removing one
+    /// member; every remaining member gets the new key wrapped for them.
+    GroupRekey {
+        /// What changes, signed (per member) by the admin.
+        update: crate::group::GroupUpdate,
+        /// The new key for each member other than the admin.
+        keys: Vec<crate::group::MemberKey>,
+        /// For a removal: the admin's signature over the update alone, for
+        /// the removed member.
+        removed_notice: Option<Vec<u8>>,
     },
     /// Replies once everything queued for the caller when the request
     /// arrived has been delivered and acknowledged.
@@ -123,4 +143,11 @@ pub enum Response {
     FriendAccepted,
     /// Everything queued at the time of the [`Request::Sync`] was delivered.
     Synced,
+    /// The group exists with this id.
+    GroupCreated {
+        /// The group's id.
+        id: u64,
+    },
+    /// The re-key is stored and queued for every member.
+    GroupRekeyed,
 }

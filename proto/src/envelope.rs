@@ -14,7 +14,41 @@ pub struct Sealed {
     pub ciphertext: Vec<u8>,
 }
 
-/// One text message as a sender puts it on a [`crate::stream::StreamKind::Text`] stream.
+/// One message as a sender puts it on a [`crate::stream::StreamKind::Text`] stream.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub enum Outgoing {
+    /// To one friend.
+    Direct(OutgoingText),
+    /// To every other member of a group.
+    Group(OutgoingGroupText),
+}
+
+impl Outgoing {
+    /// The sender's id for the message.
+    pub fn id(&self) -> MessageId {
+        match self {
+            Self::Direct(t) => t.id,
+            Self::Group(t) => t.id,
+        }
+    }
+}
+
+/// A group text as its sender sends it.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct OutgoingGroupText {
+    /// The sender's id for it.
+    pub id: MessageId,
+    /// Which group.
+    pub group_id: u64,
+    /// The key epoch it is encrypted under.
+    pub epoch: u64,
+    /// The encrypted content.
+    pub sealed: Sealed,
+    /// The sender's Ed25519 signature over `transcript::group_text_signature`.
+    pub signature: Vec<u8>,
+}
+
+/// One text message to a friend.
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct OutgoingText {
     /// The sender's id for it.
@@ -52,6 +86,8 @@ pub enum Envelope {
         from: String,
         /// The requester's public key as the node has it (SPKI DER).
         public_key: Vec<u8>,
+        /// The requester's Ed25519 signing key (covered by the signature).
+        signing_key: [u8; 32],
         /// The requester's signature over the request transcript.
         signature: Vec<u8>,
     },
@@ -61,7 +97,40 @@ pub enum Envelope {
         from: String,
         /// The conversation key wrapped for the recipient.
         wrapped_key: Vec<u8>,
+        /// The accepter's Ed25519 signing key (covered by the signature).
+        signing_key: [u8; 32],
         /// The accepter's signature over the accept transcript.
+        signature: Vec<u8>,
+    },
+    /// A group's new key epoch, for one member, signed by the admin.
+    GroupKey {
+        /// What changed and the new roster.
+        update: crate::group::GroupUpdate,
+        /// The epoch key wrapped for the recipient.
+        wrapped_key: Vec<u8>,
+        /// The admin's Ed25519 signature over `transcript::group_key`.
+        signature: Vec<u8>,
+    },
+    /// The recipient was removed from a group.
+    GroupRemoved {
+        /// The update that removed them.
+        update: crate::group::GroupUpdate,
+        /// The admin's Ed25519 signature over `transcript::group_removed`.
+        signature: Vec<u8>,
+    },
+    /// A text to a group the recipient belongs to.
+    GroupText {
+        /// The sender's id for it.
+        id: MessageId,
+        /// Which group.
+        group_id: u64,
+        /// Who sent it (checked by the node; members check the signature).
+        from: String,
+        /// The key epoch.
+        epoch: u64,
+        /// The encrypted content.
+        sealed: Sealed,
+        /// The sender's Ed25519 signature.
         signature: Vec<u8>,
     },
 }

@@ -29,6 +29,14 @@ pub enum ErrorCode {
     RateLimited,
     /// The node could not store the data (disk full, read-only store, ...).
     StoreUnavailable,
+    /// No group has that name or id.
+    UnknownGroup,
+    /// Only the group's admin may do that.
+    NotAdmin,
+    /// The sender is not a member of the group.
+    NotMember,
+    /// The group moved to a newer key epoch; sync and retry.
+    StaleEpoch,
     /// No node is available right now.
     NoNodes,
     /// An unexpected server-side failure.

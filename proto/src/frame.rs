@@ -23,7 +23,7 @@ pub enum FrameError {
 fn config() -> impl bincode::config::Config {
     // The varint encoding keeps small ids and lengths small on the wire; the
     // byte limit bounds any allocation the decoder makes on a lying length.
-    bincode::config::standard().with_limit::<{ crate::limits::MAX_MESSAGE_FRAME }>()
+    bincode::config::standard().with_limit::<{ crate::limits::MAX_CONTROL_FRAME }>()
 }
 
 /// Appends `value` as one frame (length prefix and body) to `out`.

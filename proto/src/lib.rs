@@ -7,6 +7,7 @@ pub mod control;
 pub mod envelope;
 pub mod error;
 pub mod frame;
+pub mod group;
 pub mod limits;
 pub mod stream;
 

@@ -36,6 +36,7 @@ pub(super) async fn request(
     shared: &Shared,
     me: &str,
     to: &str,
+    signing_key: [u8; 32],
     signature: Vec<u8>,
 ) -> Result<Response, ProtoError> {
     check_name(to)?;
@@ -49,7 +50,7 @@ pub(super) async fn request(
     let (their_der, _) = key_of(shared, to).await?;
     my_key
         .verify(
-            &transcript::friend_request(me, to, &my_der, &their_der),
+            &transcript::friend_request(me, to, &my_der, &their_der, &signing_key),
             &signature,
         )
         .map_err(|_| {
@@ -61,6 +62,7 @@ pub(super) async fn request(
     let envelope = encode(&Envelope::FriendRequest {
         from: me.to_string(),
         public_key: my_der,
+        signing_key,
         signature,
     })?;
     let stored = shared
@@ -91,6 +93,7 @@ pub(super) async fn accept(
     me: &str,
     to: &str,
     wrapped_key: Vec<u8>,
+    signing_key: [u8; 32],
     signature: Vec<u8>,
 ) -> Result<Response, ProtoError> {
     check_name(to)?;
@@ -101,7 +104,7 @@ pub(super) async fn accept(
     let (their_der, _) = key_of(shared, to).await?;
     my_key
         .verify(
-            &transcript::friend_accept(me, to, &wrapped_key, &their_der),
+            &transcript::friend_accept(me, to, &wrapped_key, &their_der, &signing_key),
             &signature,
         )
         .map_err(|_| {
@@ -113,6 +116,7 @@ pub(super) async fn accept(
     let envelope = encode(&Envelope::FriendAccepted {
         from: me.to_string(),
         wrapped_key,
+        signing_key,
         signature,
     })?;
     let seq = shared

@@ -3,6 +3,7 @@
 //! here touches a socket, so each step is testable on its own.
 
 mod friend;
+mod group;
 mod login;
 mod lookup;
 mod register;
@@ -68,14 +69,33 @@ pub(crate) async fn apply(
         Request::Hello { version, name } => login::hello(shared, session, version, name).await,
         Request::Login { signature } => login::login(shared, session, &signature).await,
         Request::LookupUser { name } => lookup::apply(shared, session.user()?, &name).await,
-        Request::FriendRequest { to, signature } => {
-            friend::request(shared, session.user()?, &to, signature).await
-        }
+        Request::FriendRequest {
+            to,
+            signing_key,
+            signature,
+        } => friend::request(shared, session.user()?, &to, signing_key, signature).await,
         Request::FriendAccept {
             to,
             wrapped_key,
+            signing_key,
             signature,
-        } => friend::accept(shared, session.user()?, &to, wrapped_key, signature).await,
+        } => {
+            friend::accept(
+                shared,
+                session.user()?,
+                &to,
+                wrapped_key,
+                signing_key,
+                signature,
+            )
+            .await
+        }
+        Request::GroupCreate { name } => group::create(shared, session.user()?, &name).await,
+        Request::GroupRekey {
+            update,
+            keys,
+            removed_notice,
+        } => group::rekey(shared, session.user()?, update, keys, removed_notice).await,
         Request::Sync => Err(ProtoError::new(ErrorCode::NotLoggedIn, "log in first")),
     }
 }

@@ -1,11 +1,11 @@
-//! A text stream: a batch of encrypted messages from the logged-in user.
-//! All are stored in one transaction, handed to online recipients, and each
-//! gets its own ack (or refusal) on the same stream.
+//! A text stream: a batch of encrypted messages from the logged-in user, to
+//! friends or to groups. All are stored in one transaction, handed to online
+//! recipients, and each gets its own ack (or refusal) on the same stream.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use fastchat_proto::envelope::{Envelope, OutgoingText, SendAck};
+use fastchat_proto::envelope::{Envelope, Outgoing, SendAck};
 use fastchat_proto::frame::encode_body;
 use fastchat_proto::limits::{MAX_BATCH, MAX_MESSAGE_FRAME, MAX_TEXT_BYTES};
 use fastchat_proto::{ErrorCode, FrameError, ProtoError};
@@ -13,10 +13,62 @@ use fastchat_transport::quinn::{RecvStream, SendStream};
 use fastchat_transport::{StreamError, read_frame, write_frames};
 
 use crate::shared::{Live, Shared};
-use crate::store::{Queuing, TextToQueue};
+use crate::store::{Queuing, Target, TextToQueue};
 
 /// AEAD tag plus the plaintext's own framing.
 const SEAL_OVERHEAD: usize = 256;
+
+/// Checks one message and turns it into what the store queues.
+fn admit(user: &str, message: Outgoing) -> Result<TextToQueue, ProtoError> {
+    let (to, id, sealed_len, envelope) = match message {
+        Outgoing::Direct(t) => {
+            fastchat_proto::validate_name(&t.to)
+                .map_err(|_| ProtoError::new(ErrorCode::BadRequest, "invalid recipient name"))?;
+            let len = t.sealed.ciphertext.len();
+            let envelope = Envelope::Text {
+                id: t.id,
+                from: user.to_string(),
+                sealed: t.sealed,
+            };
+            (Target::Direct(t.to), t.id, len, envelope)
+        }
+        Outgoing::Group(t) => {
+            if t.signature.len() != 64 {
+                return Err(ProtoError::new(
+                    ErrorCode::BadRequest,
+                    "a group text needs an Ed25519 signature",
+                ));
+            }
+            let len = t.sealed.ciphertext.len();
+            let envelope = Envelope::GroupText {
+                id: t.id,
+                group_id: t.group_id,
+                from: user.to_string(),
+                epoch: t.epoch,
+                sealed: t.sealed,
+                signature: t.signature,
+            };
+            (
+                Target::Group {
+                    id: t.group_id,
+                    epoch: t.epoch,
+                },
+                t.id,
+                len,
+                envelope,
+            )
+        }
+    };
+    if sealed_len > MAX_TEXT_BYTES + SEAL_OVERHEAD {
+        return Err(ProtoError::new(
+            ErrorCode::TooLarge,
+            format!("a text may be at most {MAX_TEXT_BYTES} bytes"),
+        ));
+    }
+    let envelope =
+        encode_body(&envelope).map_err(|e| ProtoError::new(ErrorCode::TooLarge, e.to_string()))?;
+    Ok(TextToQueue { to, id, envelope })
+}
 
 pub(crate) async fn serve(
     shared: &Shared,
@@ -24,70 +76,51 @@ pub(crate) async fn serve(
     send: &mut SendStream,
     recv: &mut RecvStream,
 ) -> Result<(), StreamError> {
-    let mut texts: Vec<OutgoingText> = Vec::new();
+    let mut messages: Vec<Outgoing> = Vec::new();
     let mut buf = Vec::new();
-    while let Some(text) = read_frame(recv, MAX_MESSAGE_FRAME, &mut buf).await? {
-        if texts.len() == MAX_BATCH {
+    while let Some(message) = read_frame(recv, MAX_MESSAGE_FRAME, &mut buf).await? {
+        if messages.len() == MAX_BATCH {
             return Err(FrameError::TooLarge {
                 len: MAX_BATCH + 1,
                 limit: MAX_BATCH,
             }
             .into());
         }
-        texts.push(text);
+        messages.push(message);
     }
 
-    let mut acks: Vec<SendAck> = Vec::with_capacity(texts.len());
-    let mut queue: Vec<TextToQueue> = Vec::with_capacity(texts.len());
-    let mut slots: Vec<usize> = Vec::with_capacity(texts.len());
-    for text in texts {
-        let refusal = if fastchat_proto::validate_name(&text.to).is_err() {
-            Some(ProtoError::new(
-                ErrorCode::BadRequest,
-                "invalid recipient name",
-            ))
-        } else if text.sealed.ciphertext.len() > MAX_TEXT_BYTES + SEAL_OVERHEAD {
-            Some(ProtoError::new(
-                ErrorCode::TooLarge,
-                format!("a text may be at most {MAX_TEXT_BYTES} bytes"),
-            ))
-        } else {
-            None
-        };
-        acks.push(SendAck {
-            id: text.id,
-            result: refusal.map_or(Ok(()), Err),
-        });
-        if acks.last().is_some_and(|a| a.result.is_err()) {
-            continue;
+    let mut acks: Vec<SendAck> = Vec::with_capacity(messages.len());
+    let mut queue: Vec<TextToQueue> = Vec::with_capacity(messages.len());
+    let mut slots: Vec<usize> = Vec::with_capacity(messages.len());
+    for message in messages {
+        let id = message.id();
+        match admit(user, message) {
+            Ok(item) => {
+                slots.push(acks.len());
+                queue.push(item);
+                acks.push(SendAck { id, result: Ok(()) });
+            }
+            Err(e) => acks.push(SendAck { id, result: Err(e) }),
         }
-        let envelope = Envelope::Text {
-            id: text.id,
-            from: user.to_string(),
-            sealed: text.sealed,
-        };
-        let envelope = encode_body(&envelope)?;
-        slots.push(acks.len() - 1);
-        queue.push(TextToQueue {
-            to: text.to,
-            id: text.id,
-            envelope,
-        });
     }
 
-    let recipients: Vec<(String, Arc<Vec<u8>>)> = queue
-        .iter()
-        .map(|t| (t.to.clone(), Arc::new(t.envelope.clone())))
-        .collect();
+    let envelopes: Vec<Arc<Vec<u8>>> = queue.iter().map(|t| Arc::new(t.envelope.clone())).collect();
     match shared.store.enqueue_texts(user, queue).await {
         Ok(outcomes) => {
             let mut stored = 0;
-            for ((slot, outcome), (to, envelope)) in slots.into_iter().zip(outcomes).zip(recipients)
-            {
+            for ((slot, outcome), envelope) in slots.into_iter().zip(outcomes).zip(envelopes) {
                 match outcome {
-                    Queuing::Stored(seq) => {
+                    Queuing::Stored(recipients) => {
                         stored += 1;
-                        shared.push(&to, Live { seq, envelope });
+                        for (to, seq) in recipients {
+                            shared.push(
+                                &to,
+                                Live {
+                                    seq,
+                                    envelope: envelope.clone(),
+                                },
+                            );
+                        }
                     }
                     Queuing::Duplicate => {}
                     Queuing::Refused(e) => acks[slot].result = Err(e),

@@ -28,6 +28,9 @@ pub enum StoreError {
     /// There is no request to accept.
     #[error("there is no pending friend request to accept")]
     NoPendingRequest,
+    /// The group moved on since the caller read it.
+    #[error("the group changed meanwhile; sync and try again")]
+    StaleEpoch,
     /// The data could not be stored (disk full, read-only, corrupt).
     #[error("the node cannot store data right now: {0}")]
     Unavailable(String),
@@ -40,16 +43,31 @@ impl From<StoreError> for ProtoError {
             StoreError::UnknownUser => ErrorCode::UnknownUser,
             StoreError::AlreadyFriends => ErrorCode::AlreadyFriends,
             StoreError::NoPendingRequest => ErrorCode::NoPendingRequest,
+            StoreError::StaleEpoch => ErrorCode::StaleEpoch,
             StoreError::Unavailable(_) => ErrorCode::StoreUnavailable,
         };
         ProtoError::new(code, e.to_string())
     }
 }
 
-/// A text to queue: recipient, sender's message id, encoded envelope.
+/// Where a text goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// One friend.
+    Direct(String),
+    /// Every member of a group but the sender, at this epoch.
+    Group {
+        /// The group.
+        id: u64,
+        /// The epoch the sender encrypted under; must be the current one.
+        epoch: u64,
+    },
+}
+
+/// A text to queue: target, sender's message id, encoded envelope.
 pub struct TextToQueue {
-    /// Recipient's name.
-    pub to: String,
+    /// Who gets it.
+    pub to: Target,
     /// The sender's id for the message (de-duplicates resends).
     pub id: MessageId,
     /// The encoded [`fastchat_proto::envelope::Envelope`].
@@ -59,12 +77,36 @@ pub struct TextToQueue {
 /// What happened to one queued text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Queuing {
-    /// Stored at this queue position.
-    Stored(u64),
+    /// Stored for these recipients at these queue positions.
+    Stored(Vec<(String, u64)>),
     /// Already queued earlier (a resend); nothing new stored.
     Duplicate,
     /// Refused.
     Refused(ProtoError),
+}
+
+/// A group as the node knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRecord {
+    /// Id.
+    pub id: u64,
+    /// Unique name.
+    pub name: String,
+    /// The only user who may add and remove.
+    pub admin: String,
+    /// Current key epoch.
+    pub epoch: u64,
+    /// Current members, the admin included, by name.
+    pub members: Vec<String>,
+}
+
+/// A membership change to apply with a re-key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Membership {
+    /// Add this user.
+    Add(String),
+    /// Remove this user.
+    Remove(String),
 }
 
 /// The node's durable state.
@@ -92,7 +134,24 @@ pub trait Store: Send + Sync + 'static {
         requester: &str,
         envelope: &[u8],
     ) -> Result<u64, StoreError>;
-    /// Queues texts from `from` in one transaction; refuses those to non-friends.
+    /// Creates a group with `admin` as its only member; returns its id.
+    async fn create_group(&self, name: &str, admin: &str) -> Result<u64, StoreError>;
+    /// A group by name.
+    async fn group_by_name(&self, name: &str) -> Result<Option<GroupRecord>, StoreError>;
+    /// A group by id.
+    async fn group(&self, id: u64) -> Result<Option<GroupRecord>, StoreError>;
+    /// Moves group `id` to `epoch` (which must be the current one plus one),
+    /// applies `change` and queues `envelopes`, atomically. Returns the queue
+    /// positions, one per envelope, in order.
+    async fn rekey(
+        &self,
+        id: u64,
+        epoch: u64,
+        change: Membership,
+        envelopes: Vec<(String, Vec<u8>)>,
+    ) -> Result<Vec<(String, u64)>, StoreError>;
+    /// Queues texts from `from` in one transaction; refuses those to
+    /// non-friends, to groups `from` is not in, and under stale epochs.
     async fn enqueue_texts(
         &self,
         from: &str,

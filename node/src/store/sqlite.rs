@@ -9,7 +9,7 @@ use fastchat_proto::control::Relation;
 use fastchat_proto::{ErrorCode, ProtoError};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Queued, Queuing, Store, StoreError, TextToQueue};
+use super::{GroupRecord, Membership, Queued, Queuing, Store, StoreError, Target, TextToQueue};
 
 /// How hard a commit tries to reach the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -51,6 +51,17 @@ CREATE TABLE IF NOT EXISTS queue(
     UNIQUE(recipient, msg_id)
 );
 CREATE INDEX IF NOT EXISTS queue_by_recipient ON queue(recipient, seq);
+CREATE TABLE IF NOT EXISTS groups(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    admin TEXT NOT NULL,
+    epoch INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS group_members(
+    group_id INTEGER NOT NULL,
+    member TEXT NOT NULL,
+    PRIMARY KEY(group_id, member)
+);
 ";
 
 fn unavailable(e: rusqlite::Error) -> StoreError {
@@ -104,6 +115,52 @@ fn enqueue(tx: &Connection, to: &str, id: &[u8], envelope: &[u8]) -> rusqlite::R
         )?
         .execute(params![to, id, envelope])?;
     Ok((changed == 1).then(|| tx.last_insert_rowid() as u64))
+}
+
+fn load_group(
+    tx: &Connection,
+    by: &str,
+    key: &dyn rusqlite::ToSql,
+) -> rusqlite::Result<Option<GroupRecord>> {
+    let head = tx
+        .query_row(
+            &format!("SELECT id, name, admin, epoch FROM groups WHERE {by} = ?1"),
+            [key],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)? as u64,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((id, name, admin, epoch)) = head else {
+        return Ok(None);
+    };
+    let members = group_members(tx, id)?;
+    Ok(Some(GroupRecord {
+        id,
+        name,
+        admin,
+        epoch,
+        members,
+    }))
+}
+
+fn group_members(tx: &Connection, id: u64) -> rusqlite::Result<Vec<String>> {
+    let mut stmt =
+        tx.prepare_cached("SELECT member FROM group_members WHERE group_id = ?1 ORDER BY member")?;
+    let rows = stmt.query_map([id as i64], |r| r.get(0))?;
+    rows.collect()
+}
+
+fn group_epoch(tx: &Connection, id: u64) -> rusqlite::Result<Option<u64>> {
+    tx.prepare_cached("SELECT epoch FROM groups WHERE id = ?1")?
+        .query_row([id as i64], |r| r.get::<_, i64>(0))
+        .optional()
+        .map(|e| e.map(|e| e as u64))
 }
 
 fn random_id() -> [u8; 16] {
@@ -271,6 +328,84 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn create_group(&self, name: &str, admin: &str) -> Result<u64, StoreError> {
+        let (name, admin) = (name.to_string(), admin.to_string());
+        self.with(move |c| {
+            let tx = c.transaction().map_err(unavailable)?;
+            let n = tx
+                .execute(
+                    "INSERT OR IGNORE INTO groups(name, admin, epoch) VALUES (?1, ?2, 0)",
+                    params![name, admin],
+                )
+                .map_err(unavailable)?;
+            if n == 0 {
+                return Err(StoreError::NameTaken);
+            }
+            let id = tx.last_insert_rowid();
+            tx.execute(
+                "INSERT INTO group_members(group_id, member) VALUES (?1, ?2)",
+                params![id, admin],
+            )
+            .map_err(unavailable)?;
+            tx.commit().map_err(unavailable)?;
+            Ok(id as u64)
+        })
+        .await
+    }
+
+    async fn group_by_name(&self, name: &str) -> Result<Option<GroupRecord>, StoreError> {
+        let name = name.to_string();
+        self.with(move |c| load_group(c, "name", &name).map_err(unavailable))
+            .await
+    }
+
+    async fn group(&self, id: u64) -> Result<Option<GroupRecord>, StoreError> {
+        self.with(move |c| load_group(c, "id", &(id as i64)).map_err(unavailable))
+            .await
+    }
+
+    async fn rekey(
+        &self,
+        id: u64,
+        epoch: u64,
+        change: Membership,
+        envelopes: Vec<(String, Vec<u8>)>,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        self.with(move |c| {
+            let tx = c.transaction().map_err(unavailable)?;
+            let current = group_epoch(&tx, id).map_err(unavailable)?;
+            if current.map(|e| e + 1) != Some(epoch) {
+                return Err(StoreError::StaleEpoch);
+            }
+            tx.execute(
+                "UPDATE groups SET epoch = ?2 WHERE id = ?1",
+                params![id as i64, epoch as i64],
+            )
+            .map_err(unavailable)?;
+            match &change {
+                Membership::Add(m) => tx.execute(
+                    "INSERT INTO group_members(group_id, member) VALUES (?1, ?2)",
+                    params![id as i64, m],
+                ),
+                Membership::Remove(m) => tx.execute(
+                    "DELETE FROM group_members WHERE group_id = ?1 AND member = ?2",
+                    params![id as i64, m],
+                ),
+            }
+            .map_err(unavailable)?;
+            let mut out = Vec::with_capacity(envelopes.len());
+            for (to, envelope) in envelopes {
+                let seq = enqueue(&tx, &to, &random_id(), &envelope)
+                    .map_err(unavailable)?
+                    .ok_or_else(|| StoreError::Unavailable("queue id collision".into()))?;
+                out.push((to, seq));
+            }
+            tx.commit().map_err(unavailable)?;
+            Ok(out)
+        })
+        .await
+    }
+
     async fn enqueue_texts(
         &self,
         from: &str,
@@ -279,32 +414,73 @@ impl Store for SqliteStore {
         let from = from.to_string();
         self.with(move |c| {
             let tx = c.transaction().map_err(unavailable)?;
+            // Per-batch caches: a batch usually repeats a few targets.
             let mut friends: Vec<(String, bool)> = Vec::new();
+            let mut groups: Vec<(u64, Option<(u64, Vec<String>)>)> = Vec::new();
             let mut out = Vec::with_capacity(texts.len());
             for text in &texts {
-                let known = friends.iter().find(|(n, _)| *n == text.to).map(|(_, f)| *f);
-                let is_friend = match known {
-                    Some(f) => f,
-                    None => {
-                        let f = are_friends(&tx, &from, &text.to).map_err(unavailable)?;
-                        friends.push((text.to.clone(), f));
-                        f
+                let recipients: Vec<String> = match &text.to {
+                    Target::Direct(to) => {
+                        let known = friends.iter().find(|(n, _)| n == to).map(|(_, f)| *f);
+                        let is_friend = match known {
+                            Some(f) => f,
+                            None => {
+                                let f = are_friends(&tx, &from, to).map_err(unavailable)?;
+                                friends.push((to.clone(), f));
+                                f
+                            }
+                        };
+                        if !is_friend {
+                            out.push(Queuing::Refused(ProtoError::new(
+                                ErrorCode::NotFriends,
+                                format!("{to} is not your friend; send a friend request first"),
+                            )));
+                            continue;
+                        }
+                        vec![to.clone()]
+                    }
+                    Target::Group { id, epoch } => {
+                        if !groups.iter().any(|(g, _)| g == id) {
+                            let state = match group_epoch(&tx, *id).map_err(unavailable)? {
+                                Some(e) => Some((e, group_members(&tx, *id).map_err(unavailable)?)),
+                                None => None,
+                            };
+                            groups.push((*id, state));
+                        }
+                        let state = &groups.iter().find(|(g, _)| g == id).expect("cached").1;
+                        let refusal = match state {
+                            None => Some((ErrorCode::UnknownGroup, "no such group".to_string())),
+                            Some((_, members)) if !members.contains(&from) => Some((
+                                ErrorCode::NotMember,
+                                "you are not a member of this group".to_string(),
+                            )),
+                            Some((current, _)) if current != epoch => Some((
+                                ErrorCode::StaleEpoch,
+                                "the group has a newer key; sync and resend".to_string(),
+                            )),
+                            _ => None,
+                        };
+                        if let Some((code, why)) = refusal {
+                            out.push(Queuing::Refused(ProtoError::new(code, why)));
+                            continue;
+                        }
+                        let members = &state.as_ref().expect("checked").1;
+                        members.iter().filter(|m| **m != from).cloned().collect()
                     }
                 };
-                if !is_friend {
-                    out.push(Queuing::Refused(ProtoError::new(
-                        ErrorCode::NotFriends,
-                        format!(
-                            "{} is not your friend; send a friend request first",
-                            text.to
-                        ),
-                    )));
-                    continue;
+                let mut stored = Vec::with_capacity(recipients.len());
+                for to in recipients {
+                    if let Some(seq) =
+                        enqueue(&tx, &to, &text.id.0, &text.envelope).map_err(unavailable)?
+                    {
+                        stored.push((to, seq));
+                    }
                 }
-                match enqueue(&tx, &text.to, &text.id.0, &text.envelope).map_err(unavailable)? {
-                    Some(seq) => out.push(Queuing::Stored(seq)),
-                    None => out.push(Queuing::Duplicate),
-                }
+                out.push(if stored.is_empty() {
+                    Queuing::Duplicate
+                } else {
+                    Queuing::Stored(stored)
+                });
             }
             tx.commit().map_err(unavailable)?;
             Ok(out)
@@ -422,12 +598,12 @@ mod tests {
 
         let texts = vec![
             TextToQueue {
-                to: "bob".into(),
+                to: Target::Direct("bob".into()),
                 id: MessageId([1; 16]),
                 envelope: b"t1".to_vec(),
             },
             TextToQueue {
-                to: "bob".into(),
+                to: Target::Direct("bob".into()),
                 id: MessageId([1; 16]),
                 envelope: b"t1".to_vec(),
             },
@@ -439,7 +615,7 @@ mod tests {
             .enqueue_texts(
                 "bob",
                 vec![TextToQueue {
-                    to: "carol".into(),
+                    to: Target::Direct("carol".into()),
                     id: MessageId([2; 16]),
                     envelope: vec![],
                 }],
@@ -455,5 +631,63 @@ mod tests {
         s.ack("bob", &[bob[0].0]).await.unwrap();
         s.ack("alice", &[bob[1].0]).await.unwrap(); // not alice's: no effect
         assert_eq!(s.pending("bob", 0, 100).await.unwrap().len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod group_tests {
+    use super::*;
+    use fastchat_proto::MessageId;
+
+    #[tokio::test]
+    async fn groups_fan_out_and_refuse() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("n.db"), Durability::Process).unwrap();
+        let id = s.create_group("team", "alice").await.unwrap();
+        assert_eq!(
+            s.create_group("team", "bob").await,
+            Err(StoreError::NameTaken)
+        );
+        s.rekey(
+            id,
+            1,
+            Membership::Add("bob".into()),
+            vec![("bob".into(), b"k".to_vec())],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            s.rekey(id, 1, Membership::Add("carol".into()), vec![])
+                .await,
+            Err(StoreError::StaleEpoch)
+        );
+        s.rekey(id, 2, Membership::Add("carol".into()), vec![])
+            .await
+            .unwrap();
+        let g = s.group_by_name("team").await.unwrap().unwrap();
+        assert_eq!(g.members, vec!["alice", "bob", "carol"]);
+        assert_eq!(g.epoch, 2);
+        let text = |epoch, n| TextToQueue {
+            to: Target::Group { id, epoch },
+            id: MessageId([n; 16]),
+            envelope: vec![n],
+        };
+        let r = s
+            .enqueue_texts("bob", vec![text(2, 1), text(1, 2)])
+            .await
+            .unwrap();
+        match &r[0] {
+            Queuing::Stored(to) => {
+                let names: Vec<_> = to.iter().map(|(n, _)| n.as_str()).collect();
+                assert_eq!(names, vec!["alice", "carol"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(&r[1], Queuing::Refused(e) if e.code == ErrorCode::StaleEpoch));
+        s.rekey(id, 3, Membership::Remove("carol".into()), vec![])
+            .await
+            .unwrap();
+        let r = s.enqueue_texts("carol", vec![text(3, 3)]).await.unwrap();
+        assert!(matches!(&r[0], Queuing::Refused(e) if e.code == ErrorCode::NotMember));
     }
 }
