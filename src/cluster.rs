@@ -70,6 +70,12 @@ pub struct NodeArgs {
     /// fsync every commit (survives power loss, ~30x fewer commits/s).
     #[arg(long)]
     fsync: bool,
+    /// Largest image accepted, in MiB.
+    #[arg(long, default_value_t = 100)]
+    max_image_mib: u64,
+    /// Most MiB of not-yet-collected images one user may have stored.
+    #[arg(long, default_value_t = 1024)]
+    image_quota_mib: u64,
 }
 
 fn durability(fsync: bool) -> Durability {
@@ -129,19 +135,19 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             .port()
             .checked_add(k)
             .context("the listen port leaves no room for node ports after it")?;
-        let node = fastchat_node::start(NodeConfig {
-            listen: SocketAddr::new(
+        let mut config = NodeConfig::new(
+            SocketAddr::new(
                 args.listen.ip(),
                 if args.listen.port() == 0 { 0 } else { port },
             ),
-            advertise: None,
-            data_dir: args.dir.join(format!("node-{k}")),
-            certs_dir: certs_dir.clone(),
-            balancer: Some(balancer_addr.to_string()),
-            durability: durability(args.fsync),
-        })
-        .await
-        .with_context(|| format!("cannot start node {k}"))?;
+            args.dir.join(format!("node-{k}")),
+            certs_dir.clone(),
+        );
+        config.balancer = Some(balancer_addr.to_string());
+        config.durability = durability(args.fsync);
+        let node = fastchat_node::start(config)
+            .await
+            .with_context(|| format!("cannot start node {k}"))?;
         nodes.push(node);
     }
     println!(
@@ -179,15 +185,13 @@ pub async fn balancer(args: BalancerArgs) -> anyhow::Result<()> {
 }
 
 pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
-    let handle = fastchat_node::start(NodeConfig {
-        listen: args.listen,
-        advertise: args.advertise,
-        data_dir: args.data,
-        certs_dir: args.certs,
-        balancer: args.balancer,
-        durability: durability(args.fsync),
-    })
-    .await?;
+    let mut config = NodeConfig::new(args.listen, args.data, args.certs);
+    config.advertise = args.advertise;
+    config.balancer = args.balancer;
+    config.durability = durability(args.fsync);
+    config.max_image_bytes = args.max_image_mib * 1024 * 1024;
+    config.image_quota = args.image_quota_mib * 1024 * 1024;
+    let handle = fastchat_node::start(config).await?;
     println!(
         "node listening on {} (advertised as {})",
         handle.local_addr(),

@@ -2,6 +2,7 @@
 
 mod cluster;
 mod output;
+mod progress;
 mod user;
 
 use std::path::PathBuf;

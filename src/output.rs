@@ -25,6 +25,11 @@ pub fn json(item: &InboxItem) -> serde_json::Value {
     if let Some(member) = &item.member {
         v["member"] = serde_json::Value::String(member.clone());
     }
+    if let Some(a) = &item.attachment {
+        v["path"] = serde_json::Value::String(a.path.clone());
+        v["bytes"] = serde_json::Value::from(a.bytes);
+        v["sha256"] = serde_json::Value::String(a.sha256.clone());
+    }
     v
 }
 
@@ -52,6 +57,27 @@ pub fn human(item: &InboxItem) -> String {
         ),
         InboxKind::FriendAccepted => {
             format!("[{when}] {} accepted your friend request", item.from)
+        }
+        InboxKind::Image | InboxKind::File => {
+            let what = if item.kind == InboxKind::Image {
+                "an image"
+            } else {
+                "a file"
+            };
+            let place = item
+                .group
+                .as_ref()
+                .map(|g| format!("#{g} "))
+                .unwrap_or_default();
+            let (path, bytes) = item
+                .attachment
+                .as_ref()
+                .map(|a| (a.path.as_str(), a.bytes))
+                .unwrap_or(("?", 0));
+            format!(
+                "[{when}] {place}{} sent {what} ({bytes} bytes), saved as {path}",
+                item.from
+            )
         }
     }
 }

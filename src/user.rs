@@ -4,9 +4,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use fastchat_client::{Client, FriendAdd, PeerState};
+use fastchat_client::{AttachmentKind, Client, FriendAdd, PeerState, Recipient};
 
-use crate::output;
+use crate::{output, progress};
 
 #[derive(Args)]
 pub struct RegisterArgs {
@@ -34,6 +34,7 @@ pub enum FriendCommand {
 
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("target").required(true).args(["to", "group"])))]
+#[command(group(clap::ArgGroup::new("content").required(true).args(["text", "image", "file"])))]
 pub struct SendArgs {
     /// The friend to send to.
     #[arg(long)]
@@ -41,8 +42,14 @@ pub struct SendArgs {
     /// The group to send to.
     #[arg(long)]
     group: Option<String>,
+    /// An image to send (PNG, JPEG, GIF, WebP, ...).
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// Any file to send.
+    #[arg(long)]
+    file: Option<PathBuf>,
     /// The message.
-    text: String,
+    text: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -133,13 +140,52 @@ pub async fn friend(home: &Path, cmd: FriendCommand) -> anyhow::Result<()> {
 }
 
 pub async fn send(home: &Path, args: SendArgs) -> anyhow::Result<()> {
-    let client = Client::connect(home).await?;
-    let id = match (&args.to, &args.group) {
-        (Some(to), _) => client.send_text(to, &args.text).await?,
-        (None, Some(group)) => client.send_group_text(group, &args.text).await?,
+    let recipient = match (&args.to, &args.group) {
+        (Some(to), _) => Recipient::Friend(to.clone()),
+        (None, Some(group)) => Recipient::Group(group.clone()),
         (None, None) => unreachable!("clap requires --to or --group"),
     };
-    println!("sent {id}");
+    let attachment = match (&args.image, &args.file) {
+        (Some(p), _) => Some((p.clone(), AttachmentKind::Image)),
+        (None, Some(p)) => Some((p.clone(), AttachmentKind::File)),
+        (None, None) => None,
+    };
+    let Some((path, kind)) = attachment else {
+        let client = Client::connect(home).await?;
+        let text = args.text.as_deref().unwrap_or_default();
+        let id = match &recipient {
+            Recipient::Friend(to) => client.send_text(to, text).await?,
+            Recipient::Group(group) => client.send_group_text(group, text).await?,
+        };
+        println!("sent {id}");
+        client.close().await;
+        return Ok(());
+    };
+    let bar = progress::bar(&path.display().to_string());
+    let report = |done: u64, total: u64| progress::update(&bar, done, total);
+    let mut client = Client::connect(home).await?;
+    let mut result = client
+        .send_attachment(&recipient, &path, kind, &report)
+        .await;
+    // A dropped connection is not the end: reconnect and continue from
+    // where the node stopped.
+    for attempt in 1..=5u64 {
+        match &result {
+            Err(fastchat_client::ClientError::Disconnected) => {}
+            _ => break,
+        }
+        tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
+        if let Ok(c) = Client::connect(home).await {
+            client = c;
+            result = client
+                .resume_uploads(&report)
+                .await
+                .map(|mut r| r.pop().expect("the upload was pending"));
+        }
+    }
+    let report = result?;
+    bar.finish_and_clear();
+    println!("sent {} ({} bytes)", report.id, report.bytes);
     client.close().await;
     Ok(())
 }
@@ -171,8 +217,18 @@ fn print_unshown(client: &Client, json: bool) -> anyhow::Result<()> {
 pub async fn recv(home: &Path, args: RecvArgs) -> anyhow::Result<()> {
     let client = Client::connect(home).await?;
     let mut events = client.subscribe();
+    let bars = (!args.json && std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .then(|| progress::follow_downloads(client.subscribe_progress()));
     client.sync().await?;
+    // Images that arrived take their bytes separately; wait for them (or
+    // until the sender's upload stalls).
+    let left = client.wait_downloads(Duration::from_secs(10)).await?;
     print_unshown(&client, args.json)?;
+    if left > 0 {
+        eprintln!(
+            "{left} image(s) are still arriving (the sender's upload is incomplete); they finish on a later recv"
+        );
+    }
     if let Some(wait) = args.wait {
         let wait = Duration::from_secs(wait);
         use tokio::sync::broadcast::error::RecvError;
@@ -182,6 +238,9 @@ pub async fn recv(home: &Path, args: RecvArgs) -> anyhow::Result<()> {
         {
             print_unshown(&client, args.json)?;
         }
+    }
+    if let Some(bars) = bars {
+        bars.abort();
     }
     client.close().await;
     Ok(())

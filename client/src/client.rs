@@ -1,6 +1,7 @@
 //! The SDK's front door: register, connect, befriend, send, receive.
 
-use std::path::Path;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use fastchat_crypto::{
@@ -10,7 +11,8 @@ use fastchat_proto::control::{Relation, Request, Response};
 use fastchat_proto::envelope::{Outgoing, OutgoingGroupText, OutgoingText, TextContent};
 use fastchat_proto::frame::encode_body;
 use fastchat_proto::group::{GroupChange, GroupUpdate, MemberKey, RosterEntry};
-use fastchat_proto::limits::MAX_TEXT_BYTES;
+use fastchat_proto::image::{AttachmentKind, ImageHeader, ImageTarget};
+use fastchat_proto::limits::{MAX_TEXT_BYTES, image_ciphertext_len};
 use fastchat_proto::{ErrorCode, MessageId};
 use fastchat_transport::client_endpoint;
 use fastchat_transport::quinn::{Connection, Endpoint};
@@ -19,17 +21,56 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::connect::{login, reach_node, register};
 use crate::control::Control;
 use crate::error::ClientError;
-use crate::keystore::{GroupState, InboxItem, Keystore, Peer, PeerState, Profile};
+use crate::keystore::{GroupState, InboxItem, Keystore, Peer, PeerState, Profile, Transfers};
 use crate::outbox::{self, Pending};
+use crate::transfer::{Direction, Progress, UploadRecord, UploadReport};
 use crate::{KEYSTORE_FILE, inbox};
 
 /// What the delivery side and the API share.
 pub(crate) struct Core {
     pub name: String,
+    pub home: PathBuf,
     pub identity: Identity,
     pub signing: SigningIdentity,
     pub keystore: Mutex<Keystore>,
     pub events: broadcast::Sender<InboxItem>,
+    pub progress: broadcast::Sender<Progress>,
+    pub control: Control,
+    /// Downloads running now, by (sender, id), so none runs twice.
+    pub active_downloads: Mutex<HashSet<(String, [u8; 16])>>,
+}
+
+/// Where an attachment goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Recipient {
+    /// A friend, by name.
+    Friend(String),
+    /// A group, by name.
+    Group(String),
+}
+
+async fn hash_file(path: &Path) -> Result<[u8; 32], ClientError> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let err = |e: std::io::Error| ClientError::File {
+            path: path.clone(),
+            why: e.to_string(),
+        };
+        let mut f = std::fs::File::open(&path).map_err(err)?;
+        let mut hasher = fastchat_crypto::Hasher::default();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf).map_err(err)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        Ok(hasher.finish())
+    })
+    .await
+    .map_err(|e| ClientError::Keystore(e.to_string()))?
 }
 
 /// What `friend add` did.
@@ -46,7 +87,6 @@ pub struct Client {
     core: Arc<Core>,
     endpoint: Endpoint,
     conn: Connection,
-    control: Control,
     outbox: mpsc::UnboundedSender<Pending>,
     pending_at_login: u64,
 }
@@ -107,7 +147,7 @@ impl Client {
         let keystore = Keystore::create(&home.join(KEYSTORE_FILE), &profile, &identity, &signing)?;
         let pending = login(&control, name, &identity).await?;
         Ok(Self::assemble(
-            name, identity, signing, keystore, endpoint, conn, control, pending,
+            home, name, identity, signing, keystore, endpoint, conn, control, pending,
         ))
     }
 
@@ -122,6 +162,7 @@ impl Client {
         let (conn, control) = reach_node(&endpoint, &profile.server).await?;
         let pending = login(&control, &profile.name, &identity).await?;
         Ok(Self::assemble(
+            home,
             &profile.name,
             identity,
             signing,
@@ -135,6 +176,7 @@ impl Client {
 
     #[allow(clippy::too_many_arguments)]
     fn assemble(
+        home: &Path,
         name: &str,
         identity: Identity,
         signing: SigningIdentity,
@@ -145,12 +187,17 @@ impl Client {
         pending_at_login: u64,
     ) -> Self {
         let (events, _) = broadcast::channel(4096);
+        let (progress, _) = broadcast::channel(1024);
         let core = Arc::new(Core {
             name: name.to_string(),
+            home: home.to_path_buf(),
             identity,
             signing,
             keystore: Mutex::new(keystore),
             events,
+            progress,
+            control,
+            active_downloads: Mutex::new(HashSet::new()),
         });
         tokio::spawn(inbox::run(core.clone(), conn.clone()));
         let outbox = outbox::start(conn.clone());
@@ -158,7 +205,6 @@ impl Client {
             core,
             endpoint,
             conn,
-            control,
             outbox,
             pending_at_login,
         }
@@ -191,7 +237,7 @@ impl Client {
     /// Waits until everything queued for us at the node has been received,
     /// stored and acknowledged.
     pub async fn sync(&self) -> Result<(), ClientError> {
-        match self.control.request(Request::Sync).await? {
+        match self.core.control.request(Request::Sync).await? {
             Response::Synced => Ok(()),
             _ => Err(ClientError::UnexpectedReply),
         }
@@ -214,6 +260,7 @@ impl Client {
             return Err(ClientError::AlreadyFriends(name.to_string()));
         }
         let (their_der, relation) = match self
+            .core
             .control
             .request(Request::LookupUser {
                 name: name.to_string(),
@@ -247,7 +294,8 @@ impl Client {
                 &their_der,
                 &signing_key,
             ))?;
-            self.control
+            self.core
+                .control
                 .request(Request::FriendAccept {
                     to: name.to_string(),
                     wrapped_key,
@@ -273,7 +321,8 @@ impl Client {
             &their_der,
             &signing_key,
         ))?;
-        self.control
+        self.core
+            .control
             .request(Request::FriendRequest {
                 to: name.to_string(),
                 signing_key,
@@ -386,6 +435,7 @@ impl Client {
     pub async fn group_create(&self, name: &str) -> Result<u64, ClientError> {
         fastchat_proto::validate_name(name).map_err(ClientError::InvalidName)?;
         let id = match self
+            .core
             .control
             .request(Request::GroupCreate {
                 name: name.to_string(),
@@ -495,6 +545,7 @@ impl Client {
         let removed_notice = matches!(change, GroupChange::Removed(_))
             .then(|| self.core.signing.sign(&transcript::group_removed(&bytes)));
         match self
+            .core
             .control
             .request(Request::GroupRekey {
                 update: update.clone(),
@@ -589,6 +640,227 @@ impl Client {
             ErrorCode::StaleEpoch,
             "the group keeps changing; try again",
         )))
+    }
+
+    /// Progress of every upload and download of this client.
+    pub fn subscribe_progress(&self) -> broadcast::Receiver<Progress> {
+        self.core.progress.subscribe()
+    }
+
+    /// Drops the connection at once, as a network failure would (what was
+    /// not acknowledged stays queued on both sides and resumes later).
+    pub fn abort(&self) {
+        self.conn.close(0u32.into(), b"aborted");
+    }
+
+    /// Sends the file at `path` to a friend (`to`) or a group (`group`), as
+    /// an image (checked to be one) or as a plain file, encrypted chunk by
+    /// chunk on its own stream. `progress(done, total)` gets plaintext bytes.
+    /// If the connection drops, [`Client::resume_uploads`] on a new client
+    /// continues where the node stopped.
+    pub async fn send_attachment(
+        &self,
+        to: &Recipient,
+        path: &Path,
+        kind: AttachmentKind,
+        progress: &(dyn Fn(u64, u64) + Send + Sync),
+    ) -> Result<UploadReport, ClientError> {
+        let file_err = |e: std::io::Error| ClientError::File {
+            path: path.to_path_buf(),
+            why: e.to_string(),
+        };
+        let meta = tokio::fs::metadata(path).await.map_err(file_err)?;
+        if !meta.is_file() {
+            return Err(ClientError::File {
+                path: path.to_path_buf(),
+                why: "it is not a regular file".into(),
+            });
+        }
+        let size = meta.len();
+        if kind == AttachmentKind::Image {
+            let mut head = [0u8; 64];
+            let mut f = tokio::fs::File::open(path).await.map_err(file_err)?;
+            let n = tokio::io::AsyncReadExt::read(&mut f, &mut head)
+                .await
+                .map_err(file_err)?;
+            if !infer::is_image(&head[..n]) {
+                return Err(ClientError::NotAnImage(path.to_path_buf()));
+            }
+        }
+        let sha256 = hash_file(path).await?;
+        let title = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "file".into());
+        let mut id = [0u8; 16];
+        random_bytes(&mut id)?;
+        let mut nonce_prefix = [0u8; 7];
+        random_bytes(&mut nonce_prefix)?;
+        let (target, label, key, aad, epoch_group) = match to {
+            Recipient::Friend(name) => {
+                let key = match self.friend_key(name)? {
+                    Some(k) => k,
+                    None => {
+                        self.sync().await?;
+                        self.friend_key(name)?
+                            .ok_or_else(|| ClientError::NotFriend(name.clone()))?
+                    }
+                };
+                let aad = transcript::image_aad(self.name(), name, &id, 0);
+                (
+                    ImageTarget::Direct(name.clone()),
+                    name.clone(),
+                    key,
+                    aad,
+                    None,
+                )
+            }
+            Recipient::Group(name) => {
+                if self.my_group(name).is_err() {
+                    self.sync().await?;
+                }
+                let g = self.my_group(name)?;
+                let key = g
+                    .key
+                    .clone()
+                    .ok_or_else(|| ClientError::RemovedFromGroup(name.clone()))?;
+                let aad =
+                    transcript::image_aad(self.name(), &format!("group:{}", g.id), &id, g.epoch);
+                (
+                    ImageTarget::Group {
+                        id: g.id,
+                        epoch: g.epoch,
+                    },
+                    name.clone(),
+                    key,
+                    aad,
+                    Some((g.id, g.epoch)),
+                )
+            }
+        };
+        let header = ImageHeader {
+            title,
+            size,
+            sha256,
+            kind,
+            sent_at_ms: now_ms(),
+        };
+        let mut rec = UploadRecord {
+            id,
+            path: path.to_path_buf(),
+            to: target,
+            label,
+            key: *key.as_bytes(),
+            aad,
+            nonce_prefix,
+            header: Vec::new(),
+            signature: Vec::new(),
+            size,
+            total_len: image_ciphertext_len(size),
+        };
+        let header_plain =
+            encode_body(&header).map_err(|e| ClientError::Keystore(e.to_string()))?;
+        rec.header = rec.cipher().seal_header(&header_plain)?;
+        if let Some((gid, epoch)) = epoch_group {
+            rec.signature = self.core.signing.sign(&transcript::group_image_signature(
+                gid,
+                epoch,
+                self.name(),
+                &id,
+                &nonce_prefix,
+                &rec.header,
+                rec.total_len,
+            ));
+        }
+        let record = encode_body(&rec).map_err(|e| ClientError::Keystore(e.to_string()))?;
+        self.keystore()
+            .put_transfer(Transfers::Uploads, self.name(), &id, &record, "uploading")?;
+        self.upload(&rec, progress).await
+    }
+
+    async fn upload(
+        &self,
+        rec: &UploadRecord,
+        progress: &(dyn Fn(u64, u64) + Send + Sync),
+    ) -> Result<UploadReport, ClientError> {
+        let report = |done: u64, total: u64| {
+            progress(done, total);
+            let _ = self.core.progress.send(Progress {
+                id: MessageId(rec.id),
+                direction: Direction::Up,
+                peer: rec.label.clone(),
+                title: rec
+                    .path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                done,
+                total,
+                resumed_from: 0,
+            });
+        };
+        match crate::upload::run(&self.conn, rec, &report).await {
+            Ok(r) => {
+                self.keystore().set_transfer_state(
+                    Transfers::Uploads,
+                    self.name(),
+                    &rec.id,
+                    "done",
+                )?;
+                Ok(r)
+            }
+            Err(ClientError::Refused(e)) => {
+                self.keystore().set_transfer_state(
+                    Transfers::Uploads,
+                    self.name(),
+                    &rec.id,
+                    "failed",
+                )?;
+                Err(ClientError::Refused(e))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Finishes uploads an earlier connection left incomplete.
+    pub async fn resume_uploads(
+        &self,
+        progress: &(dyn Fn(u64, u64) + Send + Sync),
+    ) -> Result<Vec<UploadReport>, ClientError> {
+        let records = self.keystore().transfers(Transfers::Uploads, "uploading")?;
+        let mut out = Vec::with_capacity(records.len());
+        for record in records {
+            let rec: UploadRecord = fastchat_proto::decode(&record)
+                .map_err(|_| ClientError::Keystore("a saved upload is corrupt".into()))?;
+            out.push(self.upload(&rec, progress).await?);
+        }
+        Ok(out)
+    }
+
+    /// Starts every download an earlier connection left incomplete, then
+    /// waits until none is left running, or until nothing moved for
+    /// `stall`. Returns how many are still incomplete.
+    pub async fn wait_downloads(&self, stall: std::time::Duration) -> Result<usize, ClientError> {
+        let mut progress = self.core.progress.subscribe();
+        let records = self.keystore().transfers(Transfers::Downloads, "pending")?;
+        for record in records {
+            if let Ok(rec) = fastchat_proto::decode(&record) {
+                crate::download::spawn(self.core.clone(), self.conn.clone(), rec);
+            }
+        }
+        loop {
+            let left = self
+                .keystore()
+                .transfers(Transfers::Downloads, "pending")?
+                .len();
+            let running = self.core.active_downloads.lock().expect("lock").len();
+            if left == 0 || running == 0 {
+                return Ok(left);
+            }
+            if tokio::time::timeout(stall, progress.recv()).await.is_err() {
+                return Ok(left);
+            }
+        }
     }
 
     /// Received items `recv` has not shown yet, oldest first.

@@ -79,6 +79,27 @@ pub enum ClientError {
     /// Not in the group.
     #[error("{0} is not a member of that group")]
     NotMember(String),
+    /// A local file could not be read or written.
+    #[error("cannot use {path}: {why}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        why: String,
+    },
+    /// The file to send is not an image.
+    #[error("{0} is not an image (PNG, JPEG, GIF, WebP, ...); send it with --file instead")]
+    NotAnImage(PathBuf),
+    /// A received image failed its checks and was discarded.
+    #[error("the image '{title}' from {from} was discarded: {why}")]
+    Corrupt {
+        /// Its title.
+        title: String,
+        /// Its sender.
+        from: String,
+        /// What failed.
+        why: String,
+    },
     /// The connection to the node went away.
     #[error("the connection to the node was lost; try again")]
     Disconnected,

@@ -16,21 +16,30 @@ use fastchat_transport::{StreamError, read_frame, write_frame};
 
 use crate::client::Core;
 use crate::error::ClientError;
-use crate::keystore::{InboxItem, InboxKind, Keystore, Peer, PeerState};
+use crate::keystore::{InboxItem, InboxKind, Keystore, Peer, PeerState, Transfers};
+use crate::transfer::DownloadRecord;
+use fastchat_crypto::chunked::ChunkCipher;
+use fastchat_proto::image::ImageHeader;
+use fastchat_proto::limits::image_ciphertext_len;
 
 /// Accepts delivery streams until the connection closes.
 pub(crate) async fn run(core: Arc<Core>, conn: Connection) {
     while let Ok((send, recv)) = conn.accept_bi().await {
-        let core = core.clone();
+        let (core, conn) = (core.clone(), conn.clone());
         tokio::spawn(async move {
-            if let Err(e) = serve(&core, send, recv).await {
+            if let Err(e) = serve(&core, &conn, send, recv).await {
                 tracing::debug!(error = %e, "delivery stream failed; the node will redeliver");
             }
         });
     }
 }
 
-async fn serve(core: &Core, mut send: SendStream, mut recv: RecvStream) -> Result<(), StreamError> {
+async fn serve(
+    core: &Arc<Core>,
+    conn: &Connection,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) -> Result<(), StreamError> {
     let mut buf = Vec::new();
     let kind = read_frame::<StreamKind>(&mut recv, 64, &mut buf).await?;
     if kind != Some(StreamKind::Delivery) {
@@ -42,20 +51,27 @@ async fn serve(core: &Core, mut send: SendStream, mut recv: RecvStream) -> Resul
         deliveries.push(d);
     }
     let seqs: Vec<u64> = deliveries.iter().map(|d| d.seq).collect();
-    let fresh = process(core, deliveries).map_err(|e| StreamError::Connection(e.to_string()))?;
+    let (fresh, downloads) =
+        process(core, deliveries).map_err(|e| StreamError::Connection(e.to_string()))?;
     write_frame(&mut send, &DeliveryAck { seqs }, MAX_CONTROL_FRAME).await?;
     let _ = send.finish();
     for item in fresh {
         let _ = core.events.send(item);
     }
+    for rec in downloads {
+        crate::download::spawn(core.clone(), conn.clone(), rec);
+    }
     Ok(())
 }
 
-fn process(core: &Core, deliveries: Vec<Delivery>) -> Result<Vec<InboxItem>, ClientError> {
+type Processed = (Vec<InboxItem>, Vec<DownloadRecord>);
+
+fn process(core: &Core, deliveries: Vec<Delivery>) -> Result<Processed, ClientError> {
     let ks = core.keystore.lock().expect("keystore lock");
     // One transaction: a key that arrives in the same batch as the texts it
     // opens is visible to them, and nothing is half-applied on a crash.
     ks.begin()?;
+    let mut downloads = Vec::new();
     let result = (|| {
         let mut items = Vec::with_capacity(deliveries.len());
         for d in deliveries {
@@ -68,7 +84,14 @@ fn process(core: &Core, deliveries: Vec<Delivery>) -> Result<Vec<InboxItem>, Cli
             };
             let h = sha256(&d.envelope);
             let event_id = <[u8; 16]>::try_from(&h[..16]).expect("16 bytes");
-            match handle(core, &ks, envelope, event_id) {
+            match handle(
+                &core.name,
+                &core.identity,
+                &ks,
+                envelope,
+                event_id,
+                &mut downloads,
+            ) {
                 Ok(Some(item)) => items.push(item),
                 Ok(None) => {}
                 Err(Rejected::Keystore(e)) => return Err(e),
@@ -82,7 +105,7 @@ fn process(core: &Core, deliveries: Vec<Delivery>) -> Result<Vec<InboxItem>, Cli
     match result {
         Ok(fresh) => {
             ks.commit()?;
-            Ok(fresh)
+            Ok((fresh, downloads))
         }
         Err(e) => {
             ks.rollback();
@@ -123,19 +146,21 @@ fn event(id: [u8; 16], from: &str, kind: InboxKind) -> InboxItem {
         kind,
         group: None,
         member: None,
+        attachment: None,
         text: String::new(),
         sent_at_ms: now_ms(),
     }
 }
 
 fn handle(
-    core: &Core,
+    me: &str,
+    identity: &fastchat_crypto::Identity,
     ks: &Keystore,
     envelope: Envelope,
     event_id: [u8; 16],
+    downloads: &mut Vec<DownloadRecord>,
 ) -> Result<Option<InboxItem>, Rejected> {
-    let me = core.name.as_str();
-    let my_key = core.identity.public().der();
+    let my_key = identity.public().der();
     match envelope {
         Envelope::Text { id, from, sealed } => {
             let key = match ks.peer(&from)?.and_then(|p| p.key) {
@@ -201,8 +226,7 @@ fn handle(
                     &signature,
                 )
                 .map_err(|_| invalid(format!("a key from {from} is not signed by {from}")))?;
-            let conv = core
-                .identity
+            let conv = identity
                 .unwrap_key(&wrapped_key)
                 .map_err(|_| invalid(format!("the key from {from} could not be unwrapped")))?;
             peer.state = PeerState::Friend;
@@ -230,8 +254,7 @@ fn handle(
                 return Ok(None);
             }
             // Only now, with the admin's signature verified, touch RSA decryption.
-            let key = core
-                .identity
+            let key = identity
                 .unwrap_key(&wrapped_key)
                 .map_err(|_| invalid("a group key could not be unwrapped"))?;
             ks.put_group_epoch(
@@ -266,6 +289,82 @@ fn handle(
             item.member = Some(me.to_string());
             Ok(Some(item))
         }
+        Envelope::Image {
+            id,
+            from,
+            group,
+            header,
+            nonce_prefix,
+            total_len,
+            signature,
+        } => {
+            if ks.has_download(&from, &id.0)? {
+                return Ok(None);
+            }
+            let (key, aad, group_name) = match group {
+                None => {
+                    let key = ks.peer(&from)?.and_then(|p| p.key).ok_or_else(|| {
+                        invalid(format!("an image from {from}, who is not a friend"))
+                    })?;
+                    (key, transcript::image_aad(&from, me, &id.0, 0), None)
+                }
+                Some((gid, epoch)) => {
+                    let g = ks
+                        .group(gid)?
+                        .ok_or_else(|| invalid("an image for a group we do not know"))?;
+                    let (key, roster) = ks.group_epoch(gid, epoch)?.ok_or_else(|| {
+                        invalid(format!("an image in {} under an epoch we lack", g.name))
+                    })?;
+                    let sender = roster.iter().find(|r| r.name == from).ok_or_else(|| {
+                        invalid(format!(
+                            "an image from {from}, not a member at epoch {epoch}"
+                        ))
+                    })?;
+                    signing::verify(
+                        &sender.signing_key,
+                        &transcript::group_image_signature(
+                            gid,
+                            epoch,
+                            &from,
+                            &id.0,
+                            &nonce_prefix,
+                            &header,
+                            total_len,
+                        ),
+                        &signature,
+                    )
+                    .map_err(|_| invalid(format!("an image in {} not signed by {from}", g.name)))?;
+                    let aad = transcript::image_aad(&from, &format!("group:{gid}"), &id.0, epoch);
+                    (key, aad, Some(g.name))
+                }
+            };
+            let rec_cipher = ChunkCipher::new(&key, nonce_prefix, aad.clone());
+            let plain = rec_cipher.open_header(&header).map_err(|_| {
+                invalid(format!("an image header from {from} failed authentication"))
+            })?;
+            let header: ImageHeader = decode(&plain)
+                .map_err(|_| invalid(format!("an image header from {from} is malformed")))?;
+            if image_ciphertext_len(header.size) != total_len {
+                return Err(invalid(format!(
+                    "an image from {from} has an inconsistent length"
+                )));
+            }
+            let rec = DownloadRecord {
+                id: id.0,
+                from: from.clone(),
+                group: group_name,
+                header,
+                key: *key.as_bytes(),
+                aad,
+                nonce_prefix,
+                total_len,
+            };
+            let record = fastchat_proto::frame::encode_body(&rec)
+                .map_err(|e| Rejected::Keystore(ClientError::Keystore(e.to_string())))?;
+            ks.put_transfer(Transfers::Downloads, &from, &id.0, &record, "pending")?;
+            downloads.push(rec);
+            Ok(None)
+        }
         Envelope::GroupText {
             id,
             group_id,
@@ -298,6 +397,7 @@ fn text_item(
         kind: InboxKind::Text,
         group,
         member: None,
+        attachment: None,
         text: content.text,
         sent_at_ms: content.sent_at_ms,
     }))
@@ -423,8 +523,14 @@ mod tests {
             .collect()
     }
 
-    /// Bob's client, with alice (the admin) as a verified friend.
-    fn bob_core(dir: &std::path::Path, alice: &Member) -> Core {
+    /// Bob's side: his identities and keystore, with alice (the admin) as a verified friend.
+    struct Bob {
+        identity: Identity,
+        signing: SigningIdentity,
+        keystore: Mutex<Keystore>,
+    }
+
+    fn bob_core(dir: &std::path::Path, alice: &Member) -> Bob {
         let identity = Identity::generate().unwrap();
         let signing = SigningIdentity::generate().unwrap();
         let profile = Profile {
@@ -442,17 +548,15 @@ mod tests {
             key: Some(ConversationKey::generate().unwrap()),
         })
         .unwrap();
-        Core {
-            name: "bob".into(),
+        Bob {
             identity,
             signing,
             keystore: Mutex::new(ks),
-            events: tokio::sync::broadcast::channel(8).0,
         }
     }
 
     fn key_envelope(
-        core: &Core,
+        core: &Bob,
         signer: &Member,
         epoch: u64,
         change: GroupChange,
@@ -517,10 +621,11 @@ mod tests {
         }
     }
 
-    fn apply(core: &Core, envelope: Envelope) -> Result<Option<InboxItem>, String> {
+    fn apply(core: &Bob, envelope: Envelope) -> Result<Option<InboxItem>, String> {
         let ks = core.keystore.lock().unwrap();
-        let id = sha256(&encode_body(&envelope).unwrap());
-        handle(core, &ks, envelope, id[..16].try_into().unwrap()).map_err(|e| match e {
+        let digest = sha256(&encode_body(&envelope).unwrap());
+        let id: [u8; 16] = digest[..16].try_into().unwrap();
+        handle("bob", &core.identity, &ks, envelope, id, &mut Vec::new()).map_err(|e| match e {
             Rejected::Invalid(why) => why,
             Rejected::Keystore(e) => panic!("keystore: {e}"),
         })

@@ -46,6 +46,9 @@ CREATE TABLE IF NOT EXISTS messages(
     kind TEXT NOT NULL,
     grp TEXT,
     member TEXT,
+    att_path TEXT,
+    att_bytes INTEGER,
+    att_sha256 TEXT,
     body TEXT NOT NULL,
     sent_at INTEGER NOT NULL,
     received_at INTEGER NOT NULL,
@@ -53,6 +56,18 @@ CREATE TABLE IF NOT EXISTS messages(
     shown INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS messages_by_peer ON messages(peer, pos);
+CREATE TABLE IF NOT EXISTS uploads(
+    id BLOB PRIMARY KEY,
+    record BLOB NOT NULL,
+    state TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS downloads(
+    sender TEXT NOT NULL,
+    id BLOB NOT NULL,
+    record BLOB NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY(sender, id)
+);
 CREATE INDEX IF NOT EXISTS messages_unshown ON messages(pos) WHERE shown = 0 AND outgoing = 0;
 ";
 
@@ -128,6 +143,10 @@ pub enum InboxKind {
     MemberRemoved,
     /// We were removed from a group.
     YouWereRemoved,
+    /// An image, saved under the home's downloads.
+    Image,
+    /// A file, saved under the home's downloads.
+    File,
 }
 
 impl InboxKind {
@@ -139,6 +158,8 @@ impl InboxKind {
             Self::MemberAdded => "member_added",
             Self::MemberRemoved => "member_removed",
             Self::YouWereRemoved => "you_were_removed",
+            Self::Image => "image",
+            Self::File => "file",
         }
     }
 
@@ -149,6 +170,8 @@ impl InboxKind {
             "member_added" => Self::MemberAdded,
             "member_removed" => Self::MemberRemoved,
             "you_were_removed" => Self::YouWereRemoved,
+            "image" => Self::Image,
+            "file" => Self::File,
             _ => Self::Text,
         }
     }
@@ -167,6 +190,8 @@ pub struct InboxItem {
     pub group: Option<String>,
     /// The member who joined or left, for membership changes.
     pub member: Option<String>,
+    /// The saved file, for images and files.
+    pub attachment: Option<Attachment>,
     /// The text, for texts; empty otherwise.
     pub text: String,
     /// When the sender sent it (ms since the Unix epoch).
@@ -178,6 +203,17 @@ fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// A received image or file, checked and saved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    /// Where it was saved.
+    pub path: String,
+    /// Its size.
+    pub bytes: u64,
+    /// Its SHA-256, hex.
+    pub sha256: String,
 }
 
 /// A group as this user knows it.
@@ -197,6 +233,15 @@ pub struct GroupState {
     pub roster: Vec<RosterEntry>,
     /// The key at that epoch (none once removed).
     pub key: Option<ConversationKey>,
+}
+
+/// Which transfer table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transfers {
+    /// Images we send.
+    Uploads,
+    /// Images we receive.
+    Downloads,
 }
 
 /// The open keystore.
@@ -381,11 +426,12 @@ impl Keystore {
     pub fn insert_inbox(&self, items: Vec<InboxItem>) -> Result<Vec<InboxItem>, ClientError> {
         let mut fresh = Vec::with_capacity(items.len());
         let mut stmt = self.conn.prepare_cached(
-            "INSERT OR IGNORE INTO messages(id, peer, outgoing, kind, grp, member, body, sent_at, received_at, state, shown)
-             VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6, ?7, ?8, 'received', 0)",
+            "INSERT OR IGNORE INTO messages(id, peer, outgoing, kind, grp, member, body, sent_at, received_at, state, shown, att_path, att_bytes, att_sha256)
+             VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6, ?7, ?8, 'received', 0, ?9, ?10, ?11)",
         )?;
         let now = now_ms() as i64;
         for item in items {
+            let att = item.attachment.as_ref();
             let n = stmt.execute(params![
                 &item.id[..],
                 item.from,
@@ -394,13 +440,83 @@ impl Keystore {
                 item.member,
                 item.text,
                 item.sent_at_ms as i64,
-                now
+                now,
+                att.map(|a| a.path.clone()),
+                att.map(|a| a.bytes as i64),
+                att.map(|a| a.sha256.clone()),
             ])?;
             if n == 1 {
                 fresh.push(item);
             }
         }
         Ok(fresh)
+    }
+
+    /// Saves (or replaces) a record of a transfer, `uploads` or `downloads`.
+    pub fn put_transfer(
+        &self,
+        table: Transfers,
+        sender: &str,
+        id: &[u8; 16],
+        record: &[u8],
+        state: &str,
+    ) -> Result<(), ClientError> {
+        match table {
+            Transfers::Uploads => self.conn.execute(
+                "INSERT OR REPLACE INTO uploads(id, record, state) VALUES (?1, ?2, ?3)",
+                params![&id[..], record, state],
+            ),
+            Transfers::Downloads => self.conn.execute(
+                "INSERT OR REPLACE INTO downloads(sender, id, record, state) VALUES (?1, ?2, ?3, ?4)",
+                params![sender, &id[..], record, state],
+            ),
+        }?;
+        Ok(())
+    }
+
+    /// Changes a transfer's state.
+    pub fn set_transfer_state(
+        &self,
+        table: Transfers,
+        sender: &str,
+        id: &[u8; 16],
+        state: &str,
+    ) -> Result<(), ClientError> {
+        match table {
+            Transfers::Uploads => self.conn.execute(
+                "UPDATE uploads SET state = ?2 WHERE id = ?1",
+                params![&id[..], state],
+            ),
+            Transfers::Downloads => self.conn.execute(
+                "UPDATE downloads SET state = ?3 WHERE sender = ?1 AND id = ?2",
+                params![sender, &id[..], state],
+            ),
+        }?;
+        Ok(())
+    }
+
+    /// Records of transfers in `state`.
+    pub fn transfers(&self, table: Transfers, state: &str) -> Result<Vec<Vec<u8>>, ClientError> {
+        let sql = match table {
+            Transfers::Uploads => "SELECT record FROM uploads WHERE state = ?1",
+            Transfers::Downloads => "SELECT record FROM downloads WHERE state = ?1",
+        };
+        let mut stmt = self.conn.prepare(sql)?;
+        let rows = stmt.query_map(params![state], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Whether a download is already known (any state).
+    pub fn has_download(&self, sender: &str, id: &[u8; 16]) -> Result<bool, ClientError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT 1 FROM downloads WHERE sender = ?1 AND id = ?2",
+                params![sender, &id[..]],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
     }
 
     /// A group by name.
@@ -530,7 +646,7 @@ impl Keystore {
     /// Received items not yet shown by `recv`, oldest first.
     pub fn unshown(&self) -> Result<Vec<InboxItem>, ClientError> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, peer, kind, body, sent_at, grp, member FROM messages WHERE shown = 0 AND outgoing = 0 ORDER BY pos",
+            "SELECT id, peer, kind, body, sent_at, grp, member, att_path, att_bytes, att_sha256 FROM messages WHERE shown = 0 AND outgoing = 0 ORDER BY pos",
         )?;
         let rows = stmt.query_map([], |r| {
             let id: Vec<u8> = r.get(0)?;
@@ -542,6 +658,14 @@ impl Keystore {
                 sent_at_ms: r.get::<_, i64>(4)? as u64,
                 group: r.get(5)?,
                 member: r.get(6)?,
+                attachment: match r.get::<_, Option<String>>(7)? {
+                    Some(path) => Some(Attachment {
+                        path,
+                        bytes: r.get::<_, i64>(8)? as u64,
+                        sha256: r.get(9)?,
+                    }),
+                    None => None,
+                },
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

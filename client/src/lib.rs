@@ -7,14 +7,20 @@
 mod client;
 mod connect;
 mod control;
+mod download;
 mod error;
 mod inbox;
 pub mod keystore;
 mod outbox;
+mod transfer;
+mod upload;
 
-pub use client::{Client, FriendAdd};
+pub use client::{Client, FriendAdd, Recipient};
+pub use download::DOWNLOADS_DIR;
 pub use error::ClientError;
-pub use keystore::{GroupState, InboxItem, InboxKind, Peer, PeerState};
+pub use fastchat_proto::image::AttachmentKind;
+pub use keystore::{Attachment, GroupState, InboxItem, InboxKind, Peer, PeerState};
+pub use transfer::{Direction, Progress, UploadReport, safe_file_name};
 
 /// File name of the keystore inside a user's home directory.
 pub const KEYSTORE_FILE: &str = "keystore.db";

@@ -4,6 +4,7 @@
 //! numbers. Nothing here does I/O or logs.
 
 pub mod aead;
+pub mod chunked;
 pub mod fingerprint;
 pub mod identity;
 pub mod signing;
@@ -41,4 +42,22 @@ pub fn random_bytes(buf: &mut [u8]) -> Result<(), CryptoError> {
 pub fn sha256(data: &[u8]) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(data).into()
+}
+
+/// Incremental SHA-256, for hashing files chunk by chunk.
+#[derive(Default, Clone)]
+pub struct Hasher(sha2::Sha256);
+
+impl Hasher {
+    /// Adds bytes.
+    pub fn update(&mut self, data: &[u8]) {
+        use sha2::Digest;
+        self.0.update(data);
+    }
+
+    /// The digest of everything added.
+    pub fn finish(self) -> [u8; 32] {
+        use sha2::Digest;
+        self.0.finalize().into()
+    }
 }

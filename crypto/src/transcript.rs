@@ -76,6 +76,39 @@ pub fn group_removed(update: &[u8]) -> Vec<u8> {
     build("group-removed", &[update])
 }
 
+/// Associated data of an image: sender, recipient (or group id), image id, epoch.
+pub fn image_aad(from: &str, to: &str, id: &[u8; 16], epoch: u64) -> Vec<u8> {
+    build(
+        "image",
+        &[from.as_bytes(), to.as_bytes(), id, &epoch.to_be_bytes()],
+    )
+}
+
+/// What a group image's sender signs: the group, epoch, sender, image id,
+/// nonce prefix, sealed header (which holds the plaintext's SHA-256) and length.
+pub fn group_image_signature(
+    group_id: u64,
+    epoch: u64,
+    from: &str,
+    id: &[u8; 16],
+    nonce_prefix: &[u8; 7],
+    header: &[u8],
+    total_len: u64,
+) -> Vec<u8> {
+    build(
+        "group-image-sig",
+        &[
+            &group_id.to_be_bytes(),
+            &epoch.to_be_bytes(),
+            from.as_bytes(),
+            id,
+            nonce_prefix,
+            header,
+            &total_len.to_be_bytes(),
+        ],
+    )
+}
+
 /// Associated data of a group text.
 pub fn group_text_aad(group_id: u64, epoch: u64, from: &str, id: &[u8; 16]) -> Vec<u8> {
     build(

@@ -159,6 +159,12 @@ async fn serve_stream(
     };
     let result = match kind {
         StreamKind::Text => cmd::send::serve(&shared, &user, &mut send, &mut recv).await,
+        StreamKind::ImageUpload => {
+            cmd::image::serve_upload(&shared, &user, &mut send, &mut recv).await
+        }
+        StreamKind::ImageFetch => {
+            cmd::image::serve_fetch(&shared, &user, &mut send, &mut recv).await
+        }
         StreamKind::Control | StreamKind::Delivery => {
             Err(StreamError::Connection("unexpected stream kind".into()))
         }

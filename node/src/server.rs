@@ -11,7 +11,7 @@ use fastchat_transport::quinn::Endpoint;
 use fastchat_transport::{ClientAuth, server_endpoint};
 use tokio::task::JoinHandle;
 
-use crate::shared::Shared;
+use crate::shared::{ImageLimits, Shared};
 use crate::store::{Durability, SqliteStore, StoreError};
 
 /// Everything a node needs to start.
@@ -30,6 +30,26 @@ pub struct NodeConfig {
     pub balancer: Option<String>,
     /// Commit durability.
     pub durability: Durability,
+    /// Largest image accepted, in bytes.
+    pub max_image_bytes: u64,
+    /// Most bytes of uncollected images one user may have stored.
+    pub image_quota: u64,
+}
+
+impl NodeConfig {
+    /// A configuration with default durability and image limits.
+    pub fn new(listen: SocketAddr, data_dir: PathBuf, certs_dir: PathBuf) -> Self {
+        Self {
+            listen,
+            advertise: None,
+            data_dir,
+            certs_dir,
+            balancer: None,
+            durability: Durability::default(),
+            max_image_bytes: fastchat_proto::limits::DEFAULT_MAX_IMAGE,
+            image_quota: fastchat_proto::limits::DEFAULT_IMAGE_QUOTA,
+        }
+    }
 }
 
 /// Why a node could not start.
@@ -116,7 +136,20 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         };
         SocketAddr::new(ip, local.port()).to_string()
     });
-    let shared = Arc::new(Shared::new(Arc::new(store)));
+    let blob_dir = config.data_dir.join("blobs");
+    std::fs::create_dir_all(&blob_dir).map_err(|cause| NodeError::DataDir {
+        dir: blob_dir.clone(),
+        cause,
+    })?;
+    let shared = Arc::new(Shared::new(
+        Arc::new(store),
+        blob_dir,
+        ImageLimits {
+            max_bytes: config.max_image_bytes,
+            quota: config.image_quota,
+        },
+        config.durability == Durability::PowerLoss,
+    ));
 
     let accept = tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
     let link = config.balancer.clone().map(|balancer| {

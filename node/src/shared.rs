@@ -1,10 +1,11 @@
 //! State every connection of a node shares: the store, who is online, counters.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::store::Store;
 
@@ -30,22 +31,62 @@ pub(crate) struct Stats {
     pub messages: AtomicU64,
 }
 
+/// Limits on images, from the node's configuration.
+#[derive(Clone, Debug)]
+pub(crate) struct ImageLimits {
+    /// Largest image, in plaintext bytes.
+    pub max_bytes: u64,
+    /// Largest total of one user's uncollected uploads, in ciphertext bytes.
+    pub quota: u64,
+}
+
 /// Node-wide state.
 pub(crate) struct Shared {
     pub store: Arc<dyn Store>,
     sessions: Mutex<HashMap<String, Vec<Sink>>>,
     next_session: AtomicU64,
     pub stats: Stats,
+    /// Where image ciphertext is kept until every recipient has it.
+    pub blob_dir: PathBuf,
+    pub images: ImageLimits,
+    /// Bytes written so far, per blob being uploaded, so fetches can
+    /// follow an upload as it arrives (cut-through).
+    blobs: Mutex<HashMap<u64, watch::Sender<u64>>>,
+    /// Whether blob files are fsynced before an upload is acknowledged.
+    pub fsync: bool,
 }
 
 impl Shared {
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    pub fn new(store: Arc<dyn Store>, blob_dir: PathBuf, images: ImageLimits, fsync: bool) -> Self {
         Self {
             store,
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
             stats: Stats::default(),
+            blob_dir,
+            images,
+            blobs: Mutex::new(HashMap::new()),
+            fsync,
         }
+    }
+
+    /// The file holding blob `id`.
+    pub fn blob_path(&self, id: u64) -> PathBuf {
+        self.blob_dir.join(id.to_string())
+    }
+
+    /// The progress channel of blob `id`, created at `have` bytes if new.
+    pub fn blob_progress(&self, id: u64, have: u64) -> watch::Sender<u64> {
+        let mut blobs = self.blobs.lock().expect("blobs lock");
+        blobs
+            .entry(id)
+            .or_insert_with(|| watch::channel(have).0)
+            .clone()
+    }
+
+    /// Forgets a blob's progress channel (the blob is gone).
+    pub fn forget_blob(&self, id: u64) {
+        self.blobs.lock().expect("blobs lock").remove(&id);
     }
 
     /// Adds an online session for `user`; returns its id.

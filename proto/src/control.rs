@@ -98,6 +98,14 @@ pub enum Request {
     /// Replies once everything queued for the caller when the request
     /// arrived has been delivered and acknowledged.
     Sync,
+    /// The caller has the whole image and checked it; the node may forget
+    /// it once every recipient has said so.
+    ImageReceived {
+        /// Who sent it.
+        from: String,
+        /// The sender's id for it.
+        id: crate::MessageId,
+    },
 }
 
 /// How a looked-up user relates to the caller, as the node sees it.
@@ -150,4 +158,6 @@ pub enum Response {
     },
     /// The re-key is stored and queued for every member.
     GroupRekeyed,
+    /// Noted.
+    Done,
 }

@@ -118,6 +118,24 @@ pub enum Envelope {
         /// The admin's Ed25519 signature over `transcript::group_removed`.
         signature: Vec<u8>,
     },
+    /// An image or file waiting at the node; fetch it with an
+    /// [`crate::image::ImageFetch`] stream.
+    Image {
+        /// The sender's id for it.
+        id: MessageId,
+        /// Who sent it.
+        from: String,
+        /// The group and epoch, for group images.
+        group: Option<(u64, u64)>,
+        /// The sealed [`crate::image::ImageHeader`].
+        header: Vec<u8>,
+        /// Per-image nonce prefix of the chunk nonces.
+        nonce_prefix: [u8; 7],
+        /// Ciphertext bytes to fetch.
+        total_len: u64,
+        /// The sender's Ed25519 signature, for group images.
+        signature: Vec<u8>,
+    },
     /// A text to a group the recipient belongs to.
     GroupText {
         /// The sender's id for it.

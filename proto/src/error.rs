@@ -25,6 +25,8 @@ pub enum ErrorCode {
     AlreadyFriends,
     /// Something was larger than the limit allows.
     TooLarge,
+    /// A stored-bytes quota would be exceeded.
+    QuotaExceeded,
     /// Too many requests; slow down.
     RateLimited,
     /// The node could not store the data (disk full, read-only store, ...).

@@ -8,6 +8,7 @@ pub mod envelope;
 pub mod error;
 pub mod frame;
 pub mod group;
+pub mod image;
 pub mod limits;
 pub mod stream;
 
@@ -92,5 +93,21 @@ mod tests {
         let id = MessageId([7; 16]);
         assert_eq!(MessageId::from_hex(&id.to_hex()), Some(id));
         assert_eq!(MessageId::from_hex("zz"), None);
+    }
+}
+
+#[cfg(test)]
+mod image_len_tests {
+    use crate::limits::{IMAGE_CHUNK, image_ciphertext_len, image_plaintext_len};
+
+    #[test]
+    fn lengths_roundtrip() {
+        let c = IMAGE_CHUNK as u64;
+        for plain in [0, 1, c - 1, c, c + 1, 3 * c, 50 << 20] {
+            let cipher = image_ciphertext_len(plain);
+            assert_eq!(image_plaintext_len(cipher), Some(plain), "{plain}");
+        }
+        assert_eq!(image_ciphertext_len(0), 16);
+        assert_eq!(image_plaintext_len(5), None);
     }
 }

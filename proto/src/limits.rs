@@ -21,3 +21,30 @@ pub const MAX_PUBLIC_KEY: usize = 1024;
 
 /// Most members a group may have (bounds a re-key request's size).
 pub const MAX_GROUP_MEMBERS: usize = 256;
+
+/// Plaintext bytes per encrypted image chunk.
+pub const IMAGE_CHUNK: usize = 64 * 1024;
+
+/// AEAD tag bytes per chunk.
+pub const IMAGE_TAG: usize = 16;
+
+/// Default largest image a node accepts, in plaintext bytes.
+pub const DEFAULT_MAX_IMAGE: u64 = 100 * 1024 * 1024;
+
+/// Default bytes of not-yet-collected images one user may have stored on a node.
+pub const DEFAULT_IMAGE_QUOTA: u64 = 1024 * 1024 * 1024;
+
+/// Ciphertext length of an image of `plain` bytes: every chunk carries a
+/// tag, and even an empty image has one (empty, final) chunk.
+pub fn image_ciphertext_len(plain: u64) -> u64 {
+    let chunks = plain.div_ceil(IMAGE_CHUNK as u64).max(1);
+    plain + chunks * IMAGE_TAG as u64
+}
+
+/// Plaintext length for a ciphertext length, if it is a valid one.
+pub fn image_plaintext_len(cipher: u64) -> Option<u64> {
+    let full = (IMAGE_CHUNK + IMAGE_TAG) as u64;
+    let chunks = cipher.div_ceil(full).max(1);
+    let plain = cipher.checked_sub(chunks * IMAGE_TAG as u64)?;
+    (image_ciphertext_len(plain) == cipher).then_some(plain)
+}

@@ -12,4 +12,8 @@ pub enum StreamKind {
     Text,
     /// A batch of queued deliveries from the node; the reply is a [`crate::envelope::DeliveryAck`].
     Delivery,
+    /// An image upload: [`crate::image::ImageOffer`], then ciphertext bytes.
+    ImageUpload,
+    /// An image download: [`crate::image::ImageFetch`], then ciphertext bytes back.
+    ImageFetch,
 }

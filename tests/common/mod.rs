@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fastchat_balancer::{BalancerConfig, BalancerHandle};
-use fastchat_node::{Durability, NodeConfig, NodeHandle};
+use fastchat_node::{NodeConfig, NodeHandle};
 use fastchat_proto::ProtoError;
 use fastchat_proto::control::{Request, RequestFrame, Response, ResponseFrame};
 use fastchat_proto::limits::MAX_CONTROL_FRAME;
@@ -69,14 +69,9 @@ impl Cluster {
     }
 
     pub fn node_config(&self, listen: SocketAddr) -> NodeConfig {
-        NodeConfig {
-            listen,
-            advertise: None,
-            data_dir: self.data_dir(),
-            certs_dir: self.certs_dir(),
-            balancer: Some(self.server()),
-            durability: Durability::Process,
-        }
+        let mut config = NodeConfig::new(listen, self.data_dir(), self.certs_dir());
+        config.balancer = Some(self.server());
+        config
     }
 
     pub fn certs_dir(&self) -> PathBuf {

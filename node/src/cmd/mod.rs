@@ -4,6 +4,7 @@
 
 mod friend;
 mod group;
+pub(crate) mod image;
 mod login;
 mod lookup;
 mod register;
@@ -96,6 +97,9 @@ pub(crate) async fn apply(
             keys,
             removed_notice,
         } => group::rekey(shared, session.user()?, update, keys, removed_notice).await,
+        Request::ImageReceived { from, id } => {
+            image::received(shared, session.user()?, &from, id).await
+        }
         Request::Sync => Err(ProtoError::new(ErrorCode::NotLoggedIn, "log in first")),
     }
 }

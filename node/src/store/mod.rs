@@ -31,6 +31,9 @@ pub enum StoreError {
     /// The group moved on since the caller read it.
     #[error("the group changed meanwhile; sync and try again")]
     StaleEpoch,
+    /// The sender's stored-bytes quota would be exceeded.
+    #[error("your stored images on this node would exceed the quota")]
+    QuotaExceeded,
     /// The data could not be stored (disk full, read-only, corrupt).
     #[error("the node cannot store data right now: {0}")]
     Unavailable(String),
@@ -44,6 +47,7 @@ impl From<StoreError> for ProtoError {
             StoreError::AlreadyFriends => ErrorCode::AlreadyFriends,
             StoreError::NoPendingRequest => ErrorCode::NoPendingRequest,
             StoreError::StaleEpoch => ErrorCode::StaleEpoch,
+            StoreError::QuotaExceeded => ErrorCode::QuotaExceeded,
             StoreError::Unavailable(_) => ErrorCode::StoreUnavailable,
         };
         ProtoError::new(code, e.to_string())
@@ -109,6 +113,17 @@ pub enum Membership {
     Remove(String),
 }
 
+/// An upload the node holds (or is receiving).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobStart {
+    /// The blob's id (its file name in the blob directory).
+    pub blob_id: u64,
+    /// Ciphertext length.
+    pub total_len: u64,
+    /// Envelopes queued by this call (empty when resuming).
+    pub queued: Vec<(String, u64)>,
+}
+
 /// The node's durable state.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -157,6 +172,33 @@ pub trait Store: Send + Sync + 'static {
         from: &str,
         texts: Vec<TextToQueue>,
     ) -> Result<Vec<Queuing>, StoreError>;
+    /// Records an upload from `sender` and queues `envelope` for each
+    /// recipient, atomically; an upload with the same id resumes instead.
+    /// Refuses if the sender's uncollected uploads would exceed `quota` bytes.
+    async fn begin_blob(
+        &self,
+        sender: &str,
+        id: MessageId,
+        total_len: u64,
+        recipients: Vec<String>,
+        envelope: Vec<u8>,
+        quota: u64,
+    ) -> Result<BlobStart, StoreError>;
+    /// The blob `recipient` may fetch: (blob id, ciphertext length).
+    async fn blob_for(
+        &self,
+        recipient: &str,
+        sender: &str,
+        id: MessageId,
+    ) -> Result<Option<(u64, u64)>, StoreError>;
+    /// Notes that `recipient` has the image; returns the blob id once every
+    /// recipient has it (the caller then deletes the file).
+    async fn blob_received(
+        &self,
+        recipient: &str,
+        sender: &str,
+        id: MessageId,
+    ) -> Result<Option<u64>, StoreError>;
     /// Up to `limit` envelopes queued for `user` after position `after`, oldest first.
     async fn pending(
         &self,

@@ -9,7 +9,11 @@ use fastchat_proto::control::Relation;
 use fastchat_proto::{ErrorCode, ProtoError};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{GroupRecord, Membership, Queued, Queuing, Store, StoreError, Target, TextToQueue};
+use fastchat_proto::MessageId;
+
+use super::{
+    BlobStart, GroupRecord, Membership, Queued, Queuing, Store, StoreError, Target, TextToQueue,
+};
 
 /// How hard a commit tries to reach the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -56,6 +60,18 @@ CREATE TABLE IF NOT EXISTS groups(
     name TEXT NOT NULL UNIQUE,
     admin TEXT NOT NULL,
     epoch INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS blobs(
+    blob_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    sender TEXT NOT NULL,
+    msg_id BLOB NOT NULL,
+    total_len INTEGER NOT NULL,
+    UNIQUE(sender, msg_id)
+);
+CREATE TABLE IF NOT EXISTS blob_recipients(
+    blob_id INTEGER NOT NULL,
+    recipient TEXT NOT NULL,
+    PRIMARY KEY(blob_id, recipient)
 );
 CREATE TABLE IF NOT EXISTS group_members(
     group_id INTEGER NOT NULL,
@@ -488,6 +504,135 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn begin_blob(
+        &self,
+        sender: &str,
+        id: MessageId,
+        total_len: u64,
+        recipients: Vec<String>,
+        envelope: Vec<u8>,
+        quota: u64,
+    ) -> Result<BlobStart, StoreError> {
+        let sender = sender.to_string();
+        self.with(move |c| {
+            let tx = c.transaction().map_err(unavailable)?;
+            let existing: Option<(i64, i64)> = tx
+                .query_row(
+                    "SELECT blob_id, total_len FROM blobs WHERE sender = ?1 AND msg_id = ?2",
+                    params![sender, &id.0[..]],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            if let Some((blob_id, len)) = existing {
+                return Ok(BlobStart {
+                    blob_id: blob_id as u64,
+                    total_len: len as u64,
+                    queued: Vec::new(),
+                });
+            }
+            let used: i64 = tx
+                .query_row(
+                    "SELECT COALESCE(SUM(total_len), 0) FROM blobs WHERE sender = ?1",
+                    params![sender],
+                    |r| r.get(0),
+                )
+                .map_err(unavailable)?;
+            if used as u64 + total_len > quota {
+                return Err(StoreError::QuotaExceeded);
+            }
+            tx.execute(
+                "INSERT INTO blobs(sender, msg_id, total_len) VALUES (?1, ?2, ?3)",
+                params![sender, &id.0[..], total_len as i64],
+            )
+            .map_err(unavailable)?;
+            let blob_id = tx.last_insert_rowid();
+            let mut queued = Vec::with_capacity(recipients.len());
+            for r in recipients {
+                tx.execute(
+                    "INSERT OR IGNORE INTO blob_recipients(blob_id, recipient) VALUES (?1, ?2)",
+                    params![blob_id, r],
+                )
+                .map_err(unavailable)?;
+                if let Some(seq) = enqueue(&tx, &r, &id.0, &envelope).map_err(unavailable)? {
+                    queued.push((r, seq));
+                }
+            }
+            tx.commit().map_err(unavailable)?;
+            Ok(BlobStart {
+                blob_id: blob_id as u64,
+                total_len,
+                queued,
+            })
+        })
+        .await
+    }
+
+    async fn blob_for(
+        &self,
+        recipient: &str,
+        sender: &str,
+        id: MessageId,
+    ) -> Result<Option<(u64, u64)>, StoreError> {
+        let (recipient, sender) = (recipient.to_string(), sender.to_string());
+        self.with(move |c| {
+            c.query_row(
+                "SELECT b.blob_id, b.total_len FROM blobs b JOIN blob_recipients r ON r.blob_id = b.blob_id
+                 WHERE b.sender = ?1 AND b.msg_id = ?2 AND r.recipient = ?3",
+                params![sender, &id.0[..], recipient],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )
+            .optional()
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn blob_received(
+        &self,
+        recipient: &str,
+        sender: &str,
+        id: MessageId,
+    ) -> Result<Option<u64>, StoreError> {
+        let (recipient, sender) = (recipient.to_string(), sender.to_string());
+        self.with(move |c| {
+            let tx = c.transaction().map_err(unavailable)?;
+            let blob_id: Option<i64> = tx
+                .query_row(
+                    "SELECT blob_id FROM blobs WHERE sender = ?1 AND msg_id = ?2",
+                    params![sender, &id.0[..]],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            let Some(blob_id) = blob_id else {
+                return Ok(None);
+            };
+            tx.execute(
+                "DELETE FROM blob_recipients WHERE blob_id = ?1 AND recipient = ?2",
+                params![blob_id, recipient],
+            )
+            .map_err(unavailable)?;
+            let left: i64 = tx
+                .query_row(
+                    "SELECT COUNT(*) FROM blob_recipients WHERE blob_id = ?1",
+                    params![blob_id],
+                    |r| r.get(0),
+                )
+                .map_err(unavailable)?;
+            let gone = if left == 0 {
+                tx.execute("DELETE FROM blobs WHERE blob_id = ?1", params![blob_id])
+                    .map_err(unavailable)?;
+                Some(blob_id as u64)
+            } else {
+                None
+            };
+            tx.commit().map_err(unavailable)?;
+            Ok(gone)
+        })
+        .await
+    }
+
     async fn pending(
         &self,
         user: &str,
@@ -631,6 +776,49 @@ mod tests {
         s.ack("bob", &[bob[0].0]).await.unwrap();
         s.ack("alice", &[bob[1].0]).await.unwrap(); // not alice's: no effect
         assert_eq!(s.pending("bob", 0, 100).await.unwrap().len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod blob_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn blobs_resume_count_quota_and_go_when_all_have_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("n.db"), Durability::Process).unwrap();
+        let id = MessageId([5; 16]);
+        let who = vec!["bob".to_string(), "carol".to_string()];
+        let b = s
+            .begin_blob("alice", id, 100, who.clone(), b"env".to_vec(), 150)
+            .await
+            .unwrap();
+        assert_eq!(b.queued.len(), 2);
+        let again = s
+            .begin_blob("alice", id, 100, who.clone(), b"env".to_vec(), 150)
+            .await
+            .unwrap();
+        assert_eq!((again.blob_id, again.queued.len()), (b.blob_id, 0));
+        assert_eq!(
+            s.begin_blob("alice", MessageId([6; 16]), 100, who, vec![], 150)
+                .await,
+            Err(StoreError::QuotaExceeded)
+        );
+        assert_eq!(
+            s.blob_for("bob", "alice", id).await.unwrap(),
+            Some((b.blob_id, 100))
+        );
+        assert_eq!(s.blob_for("eve", "alice", id).await.unwrap(), None);
+        assert_eq!(s.blob_received("bob", "alice", id).await.unwrap(), None);
+        assert_eq!(s.blob_for("bob", "alice", id).await.unwrap(), None);
+        assert_eq!(
+            s.blob_received("carol", "alice", id).await.unwrap(),
+            Some(b.blob_id)
+        );
+        // The quota is free again.
+        s.begin_blob("alice", MessageId([7; 16]), 100, vec![], vec![], 150)
+            .await
+            .unwrap();
     }
 }
 

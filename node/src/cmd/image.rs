@@ -1,0 +1,299 @@
+//! Image streams. An upload is written to a blob file as it arrives; every
+//! recipient's fetch streams from that file, following it while it grows, so
+//! an online recipient gets bytes as they reach the node (cut-through) and
+//! an offline one gets them later. Either side can resume from an offset.
+//! The blob is deleted once every recipient has said it has the image.
+
+use std::io::SeekFrom;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fastchat_proto::control::{Relation, Response};
+use fastchat_proto::envelope::Envelope;
+use fastchat_proto::frame::encode_body;
+use fastchat_proto::image::{
+    ImageAccept, ImageFetch, ImageFetchReply, ImageOffer, ImageStored, ImageTarget,
+};
+use fastchat_proto::limits::{MAX_CONTROL_FRAME, image_plaintext_len};
+use fastchat_proto::{ErrorCode, MessageId, ProtoError};
+use fastchat_transport::quinn::{RecvStream, SendStream};
+use fastchat_transport::{StreamError, read_frame, write_frame};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+use crate::shared::{Live, Shared};
+use crate::store::StoreError;
+
+/// Bytes gathered before each write to the blob file (and progress update).
+const WRITE_CHUNK: usize = 256 * 1024;
+/// Bytes read from the blob file per send to a fetching recipient.
+const READ_CHUNK: usize = 256 * 1024;
+/// How long a fetch waits for a stalled upload before giving up (the
+/// recipient resumes later).
+const STALL: Duration = Duration::from_secs(30);
+
+fn io_err(e: std::io::Error) -> StreamError {
+    StreamError::Connection(format!("blob file: {e}"))
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// Checks an offer and works out who receives it.
+async fn admit(shared: &Shared, user: &str, offer: &ImageOffer) -> Result<Vec<String>, ProtoError> {
+    if offer.header.len() > 4096 || offer.signature.len() > 64 {
+        return Err(ProtoError::new(
+            ErrorCode::BadRequest,
+            "oversized image header",
+        ));
+    }
+    let plain = image_plaintext_len(offer.total_len)
+        .ok_or_else(|| ProtoError::new(ErrorCode::BadRequest, "impossible image length"))?;
+    if plain > shared.images.max_bytes {
+        return Err(ProtoError::new(
+            ErrorCode::TooLarge,
+            format!(
+                "the image is {}; this node accepts images up to {}",
+                mib(plain),
+                mib(shared.images.max_bytes)
+            ),
+        ));
+    }
+    match &offer.to {
+        ImageTarget::Direct(to) => {
+            if shared.store.relation(user, to).await? != Relation::Friends {
+                return Err(ProtoError::new(
+                    ErrorCode::NotFriends,
+                    format!("{to} is not your friend; send a friend request first"),
+                ));
+            }
+            Ok(vec![to.clone()])
+        }
+        ImageTarget::Group { id, epoch } => {
+            let group = shared
+                .store
+                .group(*id)
+                .await?
+                .ok_or_else(|| ProtoError::new(ErrorCode::UnknownGroup, "no such group"))?;
+            if !group.members.iter().any(|m| m == user) {
+                return Err(ProtoError::new(
+                    ErrorCode::NotMember,
+                    "you are not a member of this group",
+                ));
+            }
+            if group.epoch != *epoch {
+                return Err(ProtoError::new(
+                    ErrorCode::StaleEpoch,
+                    "the group has a newer key; sync and resend",
+                ));
+            }
+            Ok(group.members.into_iter().filter(|m| m != user).collect())
+        }
+    }
+}
+
+pub(crate) async fn serve_upload(
+    shared: &Shared,
+    user: &str,
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+) -> Result<(), StreamError> {
+    let mut buf = Vec::new();
+    let offer: ImageOffer = read_frame(recv, MAX_CONTROL_FRAME, &mut buf)
+        .await?
+        .ok_or(StreamError::Truncated)?;
+    let refuse = |e: ProtoError| ImageAccept::Refused(e);
+    let recipients = match admit(shared, user, &offer).await {
+        Ok(r) => r,
+        Err(e) => return write_frame(send, &refuse(e), MAX_CONTROL_FRAME).await,
+    };
+    let envelope = Envelope::Image {
+        id: offer.id,
+        from: user.to_string(),
+        group: match offer.to {
+            ImageTarget::Direct(_) => None,
+            ImageTarget::Group { id, epoch } => Some((id, epoch)),
+        },
+        header: offer.header.clone(),
+        nonce_prefix: offer.nonce_prefix,
+        total_len: offer.total_len,
+        signature: offer.signature.clone(),
+    };
+    let envelope = encode_body(&envelope)?;
+    let start = match shared
+        .store
+        .begin_blob(
+            user,
+            offer.id,
+            offer.total_len,
+            recipients,
+            envelope.clone(),
+            shared.images.quota,
+        )
+        .await
+    {
+        Ok(s) => s,
+        Err(StoreError::QuotaExceeded) => {
+            let e = ProtoError::new(
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "your images waiting on this node would exceed your {} quota; wait until recipients collect them",
+                    mib(shared.images.quota)
+                ),
+            );
+            return write_frame(send, &refuse(e), MAX_CONTROL_FRAME).await;
+        }
+        Err(e) => return write_frame(send, &refuse(e.into()), MAX_CONTROL_FRAME).await,
+    };
+    if start.total_len != offer.total_len {
+        let e = ProtoError::new(ErrorCode::BadRequest, "this id was used for another image");
+        return write_frame(send, &refuse(e), MAX_CONTROL_FRAME).await;
+    }
+    // Recipients hear of the image now, so they can fetch while it uploads.
+    let envelope = Arc::new(envelope);
+    for (to, seq) in start.queued {
+        shared.push(
+            &to,
+            Live {
+                seq,
+                envelope: envelope.clone(),
+            },
+        );
+    }
+
+    let path = shared.blob_path(start.blob_id);
+    let mut file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(&path)
+        .await
+        .map_err(io_err)?;
+    let mut have = file
+        .metadata()
+        .await
+        .map_err(io_err)?
+        .len()
+        .min(start.total_len);
+    file.set_len(have).await.map_err(io_err)?;
+    file.seek(SeekFrom::Start(have)).await.map_err(io_err)?;
+    let progress = shared.blob_progress(start.blob_id, have);
+    progress.send_replace(have);
+    write_frame(send, &ImageAccept::Continue { have }, MAX_CONTROL_FRAME).await?;
+
+    let mut pending: Vec<u8> = Vec::with_capacity(WRITE_CHUNK);
+    loop {
+        let chunk = recv.read_chunk(WRITE_CHUNK, true).await?;
+        let done = chunk.is_none();
+        if let Some(c) = chunk {
+            if have + pending.len() as u64 + c.bytes.len() as u64 > start.total_len {
+                return Err(StreamError::Connection(
+                    "the upload is longer than offered".into(),
+                ));
+            }
+            pending.extend_from_slice(&c.bytes);
+        }
+        if pending.len() >= WRITE_CHUNK || (done && !pending.is_empty()) {
+            file.write_all(&pending).await.map_err(io_err)?;
+            file.flush().await.map_err(io_err)?;
+            have += pending.len() as u64;
+            pending.clear();
+            progress.send_replace(have);
+        }
+        if done {
+            break;
+        }
+    }
+    let outcome = if have == start.total_len {
+        if shared.fsync {
+            file.sync_data().await.map_err(io_err)?;
+        }
+        ImageStored::Stored
+    } else {
+        ImageStored::Failed(ProtoError::new(
+            ErrorCode::BadRequest,
+            "the upload ended before the offered length",
+        ))
+    };
+    write_frame(send, &outcome, MAX_CONTROL_FRAME).await
+}
+
+pub(crate) async fn serve_fetch(
+    shared: &Shared,
+    user: &str,
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+) -> Result<(), StreamError> {
+    let mut buf = Vec::new();
+    let fetch: ImageFetch = read_frame(recv, MAX_CONTROL_FRAME, &mut buf)
+        .await?
+        .ok_or(StreamError::Truncated)?;
+    let found = match shared.store.blob_for(user, &fetch.from, fetch.id).await {
+        Ok(f) => f,
+        Err(e) => {
+            let reply = ImageFetchReply::Refused(e.into());
+            return write_frame(send, &reply, MAX_CONTROL_FRAME).await;
+        }
+    };
+    let Some((blob_id, total_len)) = found.filter(|(_, len)| fetch.offset <= *len) else {
+        let reply = ImageFetchReply::Refused(ProtoError::new(
+            ErrorCode::UnknownUser,
+            "no such image waiting for you",
+        ));
+        return write_frame(send, &reply, MAX_CONTROL_FRAME).await;
+    };
+    write_frame(
+        send,
+        &ImageFetchReply::Sending { total_len },
+        MAX_CONTROL_FRAME,
+    )
+    .await?;
+
+    let path = shared.blob_path(blob_id);
+    let mut file = tokio::fs::File::open(&path).await.map_err(io_err)?;
+    let on_disk = file.metadata().await.map_err(io_err)?.len();
+    let mut written = shared.blob_progress(blob_id, on_disk).subscribe();
+    file.seek(SeekFrom::Start(fetch.offset))
+        .await
+        .map_err(io_err)?;
+    let mut pos = fetch.offset;
+    let mut chunk = vec![0u8; READ_CHUNK];
+    while pos < total_len {
+        let available = *written.borrow_and_update();
+        if available <= pos {
+            // Wait for the uploader; a stalled upload ends this fetch and the
+            // recipient resumes later.
+            match tokio::time::timeout(STALL, written.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => {
+                    return Err(StreamError::Connection(
+                        "the sender's upload stalled".into(),
+                    ));
+                }
+            }
+        }
+        let want = ((available - pos) as usize).min(READ_CHUNK);
+        let n = file.read(&mut chunk[..want]).await.map_err(io_err)?;
+        if n == 0 {
+            return Err(StreamError::Connection("the blob file is short".into()));
+        }
+        send.write_all(&chunk[..n]).await?;
+        pos += n as u64;
+    }
+    Ok(())
+}
+
+pub(crate) async fn received(
+    shared: &Shared,
+    user: &str,
+    from: &str,
+    id: MessageId,
+) -> Result<Response, ProtoError> {
+    if let Some(blob_id) = shared.store.blob_received(user, from, id).await? {
+        shared.forget_blob(blob_id);
+        if let Err(e) = tokio::fs::remove_file(shared.blob_path(blob_id)).await {
+            tracing::warn!(blob = blob_id, error = %e, "cannot delete a collected blob");
+        }
+    }
+    Ok(Response::Done)
+}
