@@ -59,12 +59,13 @@ pub enum GroupCommand {
         /// Its name (unique on the cluster).
         name: String,
     },
-    /// Add a friend to a group you administer (moves the group to a new key).
+    /// Add friends to a group you administer (moves the group to a new key).
     Add {
         /// The group.
         group: String,
-        /// The friend to add.
-        member: String,
+        /// The friends to add.
+        #[arg(required = true)]
+        members: Vec<String>,
     },
     /// Remove a member from a group you administer (the rest get a new key).
     Kick {
@@ -267,9 +268,10 @@ pub async fn group(home: &Path, cmd: GroupCommand) -> anyhow::Result<()> {
             let id = client.group_create(&name).await?;
             println!("created group {name} (id {id}); you are its admin");
         }
-        GroupCommand::Add { group, member } => {
-            client.group_add(&group, &member).await?;
-            println!("added {member} to {group}");
+        GroupCommand::Add { group, members } => {
+            let names: Vec<&str> = members.iter().map(String::as_str).collect();
+            client.group_add(&group, &names).await?;
+            println!("added {} to {group}", members.join(", "));
         }
         GroupCommand::Kick { group, member } => {
             client.group_kick(&group, &member).await?;

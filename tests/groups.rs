@@ -45,7 +45,7 @@ async fn add_message_kick_message() {
     }
     alice.group_create("team").await.unwrap();
     for m in ["bob", "carol", "dave"] {
-        alice.group_add("team", m).await.unwrap();
+        alice.group_add("team", &[m]).await.unwrap();
     }
     for m in [&bob, &carol, &dave] {
         let items = drain(m).await;
@@ -158,8 +158,8 @@ async fn the_node_refuses_non_admins_non_members_and_kicked_members() {
     befriend(&alice, &bob).await;
     befriend(&alice, &carol).await;
     let id = alice.group_create("team").await.unwrap();
-    alice.group_add("team", "bob").await.unwrap();
-    alice.group_add("team", "carol").await.unwrap();
+    alice.group_add("team", &["bob"]).await.unwrap();
+    alice.group_add("team", &["carol"]).await.unwrap();
     drain(&bob).await;
 
     // Bob bypasses his client and asks the node to kick carol.
@@ -200,7 +200,7 @@ async fn the_node_refuses_non_admins_non_members_and_kicked_members() {
 
     // Adding a stranger (not the admin's friend) is refused.
     assert!(matches!(
-        alice.group_add("team", "eve").await,
+        alice.group_add("team", &["eve"]).await,
         Err(ClientError::NotFriend(n)) if n == "eve"
     ));
     drop(raw_bob);
@@ -219,12 +219,12 @@ async fn an_offline_member_catches_up_across_two_epochs_in_order() {
     }
     alice.group_create("team").await.unwrap();
     for m in ["bob", "carol", "dave"] {
-        alice.group_add("team", m).await.unwrap();
+        alice.group_add("team", &[m]).await.unwrap();
     }
     drain(&dave).await;
     dave.close().await;
 
-    alice.group_add("team", "erin").await.unwrap();
+    alice.group_add("team", &["erin"]).await.unwrap();
     alice.send_group_text("team", "welcome erin").await.unwrap();
     alice.group_kick("team", "carol").await.unwrap();
     drain(&bob).await;
@@ -280,9 +280,9 @@ async fn fan_out_to_fifty_members_delivers_each_message_once() {
         befriend(&admin, m).await;
     }
     admin.group_create("team").await.unwrap();
-    for m in &members {
-        admin.group_add("team", m.name()).await.unwrap();
-    }
+    // All 49 join in one re-key.
+    let names: Vec<&str> = members.iter().map(|m| m.name()).collect();
+    admin.group_add("team", &names).await.unwrap();
     admin.send_group_text("team", "to all fifty").await.unwrap();
     members[7]
         .send_group_text("team", "from m07")

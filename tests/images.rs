@@ -71,8 +71,8 @@ async fn sizes_around_the_chunk_boundary_arrive_identical_one_to_one_and_in_grou
     befriend(&alice, &bob).await;
     befriend(&alice, &carol).await;
     alice.group_create("team").await.unwrap();
-    alice.group_add("team", "bob").await.unwrap();
-    alice.group_add("team", "carol").await.unwrap();
+    alice.group_add("team", &["bob"]).await.unwrap();
+    alice.group_add("team", &["carol"]).await.unwrap();
 
     let files = tempfile::tempdir().unwrap();
     let sizes = [

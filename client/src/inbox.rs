@@ -266,7 +266,7 @@ fn handle(
                 &update.roster,
             )?;
             let (kind, member) = match &update.change {
-                GroupChange::Added(m) => (InboxKind::MemberAdded, m.clone()),
+                GroupChange::Added(m) => (InboxKind::MemberAdded, m.join(", ")),
                 GroupChange::Removed(m) => (InboxKind::MemberRemoved, m.clone()),
             };
             let mut item = event(event_id, &update.admin, kind);
@@ -649,7 +649,7 @@ mod tests {
             &core,
             &carol,
             1,
-            GroupChange::Added("bob".into()),
+            GroupChange::Added(vec!["bob".into()]),
             &[&alice, &bob, &carol],
             &k1,
         );
@@ -663,7 +663,7 @@ mod tests {
             &core,
             &alice,
             1,
-            GroupChange::Added("bob".into()),
+            GroupChange::Added(vec!["bob".into()]),
             &[&alice, &bob, &carol],
             &k1,
         );

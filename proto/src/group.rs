@@ -16,8 +16,8 @@ pub struct RosterEntry {
 /// What moved the group to its new epoch.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum GroupChange {
-    /// This member joined.
-    Added(String),
+    /// These members joined (one re-key for all of them).
+    Added(Vec<String>),
     /// This member was removed.
     Removed(String),
 }

@@ -69,28 +69,34 @@ pub(super) async fn rekey(
     }
     let mut expected = group.members.clone();
     let (change, removed) = match &update.change {
-        GroupChange::Added(m) => {
-            check_name(m)?;
-            if expected.contains(m) {
-                return Err(bad_request(format!(
-                    "{m} is already a member of {}",
-                    group.name
-                )));
+        GroupChange::Added(new) => {
+            if new.is_empty() {
+                return Err(bad_request("name at least one member to add"));
             }
-            if shared.store.relation(me, m).await? != fastchat_proto::control::Relation::Friends {
-                return Err(ProtoError::new(
-                    ErrorCode::NotFriends,
-                    format!("{m} must be your friend before you can add them"),
-                ));
+            for m in new {
+                check_name(m)?;
+                if expected.contains(m) {
+                    return Err(bad_request(format!(
+                        "{m} is already a member of {}",
+                        group.name
+                    )));
+                }
+                if shared.store.relation(me, m).await? != fastchat_proto::control::Relation::Friends
+                {
+                    return Err(ProtoError::new(
+                        ErrorCode::NotFriends,
+                        format!("{m} must be your friend before you can add them"),
+                    ));
+                }
+                expected.push(m.clone());
             }
-            if expected.len() >= MAX_GROUP_MEMBERS {
+            if expected.len() > MAX_GROUP_MEMBERS {
                 return Err(ProtoError::new(
                     ErrorCode::TooLarge,
                     format!("a group may have at most {MAX_GROUP_MEMBERS} members"),
                 ));
             }
-            expected.push(m.clone());
-            (Membership::Add(m.clone()), None)
+            (Membership::Add(new.clone()), None)
         }
         GroupChange::Removed(m) => {
             if m == me {

@@ -107,8 +107,8 @@ pub struct GroupRecord {
 /// A membership change to apply with a re-key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Membership {
-    /// Add this user.
-    Add(String),
+    /// Add these users.
+    Add(Vec<String>),
     /// Remove this user.
     Remove(String),
 }

@@ -399,16 +399,23 @@ impl Store for SqliteStore {
             )
             .map_err(unavailable)?;
             match &change {
-                Membership::Add(m) => tx.execute(
-                    "INSERT INTO group_members(group_id, member) VALUES (?1, ?2)",
-                    params![id as i64, m],
-                ),
-                Membership::Remove(m) => tx.execute(
-                    "DELETE FROM group_members WHERE group_id = ?1 AND member = ?2",
-                    params![id as i64, m],
-                ),
+                Membership::Add(members) => {
+                    for m in members {
+                        tx.execute(
+                            "INSERT INTO group_members(group_id, member) VALUES (?1, ?2)",
+                            params![id as i64, m],
+                        )
+                        .map_err(unavailable)?;
+                    }
+                }
+                Membership::Remove(m) => {
+                    tx.execute(
+                        "DELETE FROM group_members WHERE group_id = ?1 AND member = ?2",
+                        params![id as i64, m],
+                    )
+                    .map_err(unavailable)?;
+                }
             }
-            .map_err(unavailable)?;
             let mut out = Vec::with_capacity(envelopes.len());
             for (to, envelope) in envelopes {
                 let seq = enqueue(&tx, &to, &random_id(), &envelope)
@@ -839,17 +846,17 @@ mod group_tests {
         s.rekey(
             id,
             1,
-            Membership::Add("bob".into()),
+            Membership::Add(vec!["bob".into()]),
             vec![("bob".into(), b"k".to_vec())],
         )
         .await
         .unwrap();
         assert_eq!(
-            s.rekey(id, 1, Membership::Add("carol".into()), vec![])
+            s.rekey(id, 1, Membership::Add(vec!["carol".into()]), vec![])
                 .await,
             Err(StoreError::StaleEpoch)
         );
-        s.rekey(id, 2, Membership::Add("carol".into()), vec![])
+        s.rekey(id, 2, Membership::Add(vec!["carol".into()]), vec![])
             .await
             .unwrap();
         let g = s.group_by_name("team").await.unwrap().unwrap();
