@@ -1,5 +1,6 @@
 //! The `fastchat` command: parses flags and calls the libraries.
 
+mod bench;
 mod cluster;
 mod output;
 mod progress;
@@ -50,6 +51,8 @@ enum Command {
     Recv(user::RecvArgs),
     /// Show the safety number to compare with a friend.
     Fingerprint(user::FingerprintArgs),
+    /// Load-test a cluster (see BENCHMARKS.md).
+    Bench(bench::BenchArgs),
 }
 
 fn init_logging(server: bool, verbose: u8) {
@@ -85,6 +88,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Send(args) => user::send(&home(cli.home)?, args).await,
         Command::Recv(args) => user::recv(&home(cli.home)?, args).await,
         Command::Fingerprint(args) => user::fingerprint(&home(cli.home)?, args).await,
+        Command::Bench(args) => bench::run(args).await,
     }
 }
 

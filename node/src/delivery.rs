@@ -88,6 +88,7 @@ async fn run(
             deliver(&shared, &user, &conn, &frames, &acked).await?;
             cursor = last;
         }
+        let backlog_end = cursor;
         while let Some(first) = live.recv().await {
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
@@ -96,11 +97,15 @@ async fn run(
                     Err(_) => break,
                 }
             }
-            // The backlog read may already have delivered what was pushed meanwhile.
-            batch.retain(|l| l.seq > cursor);
-            let Some(last) = batch.iter().map(|l| l.seq).max() else {
+            // The backlog read may already have delivered what was pushed
+            // meanwhile: exactly the positions up to where it ended. (Live
+            // pushes arrive in any order, so later ones are never filtered;
+            // the store's positions grow in commit order, so nothing at or
+            // below `backlog_end` can have been missed by the backlog read.)
+            batch.retain(|l| l.seq > backlog_end);
+            if batch.is_empty() {
                 continue;
-            };
+            }
             let frames = batch
                 .into_iter()
                 .map(|l| DeliveryFrame {
@@ -109,7 +114,6 @@ async fn run(
                 })
                 .collect::<Vec<_>>();
             deliver(&shared, &user, &conn, &frames, &acked).await?;
-            cursor = last;
         }
         Ok(())
     }

@@ -24,9 +24,10 @@ pub(crate) async fn wait(
     };
     let deadline = Instant::now() + SYNC_TIMEOUT;
     loop {
-        if *acked.borrow_and_update() >= upto
-            || shared.store.count_pending_upto(user, upto).await? == 0
-        {
+        // Acks may come in any order, so only the store can say that
+        // nothing at or before `upto` is left; the watch just wakes us.
+        acked.borrow_and_update();
+        if shared.store.count_pending_upto(user, upto).await? == 0 {
             return Ok(Response::Synced);
         }
         if Instant::now() > deadline {

@@ -1,0 +1,211 @@
+//! The scenarios, one file each, and what they share: befriending, paced or
+//! windowed senders, counting receivers, progress bars and timelines.
+
+mod connect;
+mod drain;
+mod fanout;
+mod image;
+mod latency;
+mod raw;
+mod ring;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use fastchat_client::{Client, InboxKind};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::Options;
+use crate::env::{Env, harness_peak_rss};
+use crate::report::ScenarioResult;
+
+/// Most unacknowledged messages a simulated client keeps in flight.
+pub const WINDOW: usize = 64;
+
+pub async fn run(name: &str, env: &Env, options: &Options) -> anyhow::Result<ScenarioResult> {
+    let mut result = match name {
+        "raw-quic" => raw::run(env, options).await?,
+        "ring" => ring::run(env, options).await?,
+        "latency" => latency::run(env, options).await?,
+        "image" => image::run(env, options).await?,
+        "fanout" => fanout::run(env, options).await?,
+        "drain" => drain::run(env, options).await?,
+        "connect" => connect::run(env, options).await?,
+        other => anyhow::bail!("unknown scenario {other}"),
+    };
+    if let Some((rss, peak)) = env.node_rss() {
+        result.node_rss_kib = Some(rss);
+        result.node_peak_rss_kib = Some(peak);
+    }
+    result.harness_peak_rss_kib = harness_peak_rss();
+    Ok(result)
+}
+
+/// A bar counting `total` operations, hidden when stderr is not a terminal.
+pub fn bar(name: &str, total: u64) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:10} [{bar:40}] {pos}/{len} {per_sec} ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(name.to_string());
+    bar
+}
+
+/// Makes each `(a, b)` pair friends: all requests first, then all accepts.
+pub async fn befriend(pairs: &[(Arc<Client>, Arc<Client>)]) -> anyhow::Result<()> {
+    let mut tasks = Vec::new();
+    for (a, b) in pairs {
+        let (a, b) = (a.clone(), b.clone());
+        tasks.push(tokio::spawn(async move { a.friend_add(b.name()).await }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let mut tasks = Vec::new();
+    for (a, b) in pairs {
+        let (a, b) = (a.clone(), b.clone());
+        tasks.push(tokio::spawn(async move { b.friend_add(a.name()).await }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    for (a, _) in pairs {
+        a.sync().await?;
+    }
+    Ok(())
+}
+
+/// A text of `size` bytes that starts with the nanoseconds since `start`,
+/// so the receiver can compute the latency on the same clock.
+pub fn stamped(start: Instant, size: usize) -> String {
+    let mut s = format!("{:020}", start.elapsed().as_nanos());
+    while s.len() < size {
+        s.push('.');
+    }
+    s
+}
+
+/// The send time written by [`stamped`].
+pub fn stamp_of(text: &str) -> Option<Duration> {
+    text.get(..20)?
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_nanos)
+}
+
+/// Counts texts arriving at `client` until `expect` have, adding each one's
+/// latency (from its stamp) to `latencies`. Returns the count reached.
+pub fn count_texts(
+    client: &Client,
+    expect: u64,
+    counter: Arc<AtomicU64>,
+    start: Instant,
+    latencies: Option<Arc<std::sync::Mutex<hdrhistogram::Histogram<u64>>>>,
+) -> tokio::task::JoinHandle<u64> {
+    let mut events = client.subscribe();
+    tokio::spawn(async move {
+        let mut got = 0u64;
+        while got < expect {
+            match events.recv().await {
+                Ok(item) if item.kind == InboxKind::Text => {
+                    got += 1;
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    if let (Some(h), Some(sent)) = (&latencies, stamp_of(&item.text)) {
+                        let us = start.elapsed().saturating_sub(sent).as_micros() as u64;
+                        let _ = h.lock().expect("histogram lock").record(us.max(1));
+                    }
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    got += n;
+                    counter.fetch_add(n, Ordering::Relaxed);
+                }
+                Err(_) => break,
+            }
+        }
+        got
+    })
+}
+
+/// Text size for text scenarios: `--size` where it fits a text (in `all`,
+/// `--size` sizes the image), else 200 bytes.
+pub fn text_size(options: &Options) -> usize {
+    match options.size {
+        Some(s) if s as usize <= fastchat_proto::limits::MAX_TEXT_BYTES => s as usize,
+        _ => 200,
+    }
+}
+
+/// Samples `counter` every 100 ms (and moves `bar`) until it reaches
+/// `expect`, `limit` passes, or nothing moved for 10 s; returns the timeline
+/// and the time of the last progress (what throughput is measured over).
+pub async fn watch(
+    counter: &AtomicU64,
+    expect: u64,
+    start: Instant,
+    limit: Duration,
+    bar: &ProgressBar,
+) -> (Vec<(f64, u64)>, Duration) {
+    let mut timeline = vec![(0.0, 0)];
+    let mut last_change = Instant::now();
+    let mut progressed_at = Duration::ZERO;
+    let mut last = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let n = counter.load(Ordering::Relaxed);
+        if n != last {
+            last = n;
+            last_change = Instant::now();
+            progressed_at = start.elapsed();
+        }
+        bar.set_position(n);
+        timeline.push((start.elapsed().as_secs_f64(), n));
+        if n >= expect || start.elapsed() > limit || last_change.elapsed() > Duration::from_secs(10)
+        {
+            return (timeline, progressed_at);
+        }
+    }
+}
+
+/// Sends `count` texts from `from` to `to`, at most [`WINDOW`] unacknowledged;
+/// returns how many failed.
+pub async fn send_windowed(
+    from: Arc<Client>,
+    to: String,
+    count: usize,
+    size: usize,
+    start: Instant,
+    group: bool,
+) -> u64 {
+    let window = Arc::new(tokio::sync::Semaphore::new(WINDOW));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::with_capacity(count);
+    for _ in 0..count {
+        let permit = window
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("open semaphore");
+        let (from, to, errors) = (from.clone(), to.clone(), errors.clone());
+        let text = stamped(start, size);
+        tasks.push(tokio::spawn(async move {
+            let r = if group {
+                from.send_group_text(&to, &text).await
+            } else {
+                from.send_text(&to, &text).await
+            };
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "send failed");
+                errors.fetch_add(1, Ordering::Relaxed);
+            }
+            drop(permit);
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    errors.load(Ordering::Relaxed)
+}

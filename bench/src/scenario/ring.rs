@@ -1,0 +1,64 @@
+//! `ring`: N clients, each sending M texts to the next, flat out, at most 64
+//! unacknowledged each; done when every recipient has every message.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use super::{bar, befriend, count_texts, send_windowed, watch};
+use crate::Options;
+use crate::env::Env;
+use crate::report::ScenarioResult;
+
+pub async fn run(env: &Env, options: &Options) -> anyhow::Result<ScenarioResult> {
+    let n = options.clients.unwrap_or(50).max(2);
+    let m = options.messages.unwrap_or(2000);
+    let size = super::text_size(options);
+    let clients = env.users(n).await?;
+    let pairs: Vec<_> = (0..n)
+        .map(|i| (clients[i].clone(), clients[(i + 1) % n].clone()))
+        .collect();
+    befriend(&pairs).await?;
+
+    let expect = (n * m) as u64;
+    let received = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let counters: Vec<_> = clients
+        .iter()
+        .map(|c| count_texts(c, m as u64, received.clone(), start, None))
+        .collect();
+    let senders: Vec<_> = (0..n)
+        .map(|i| {
+            let to = clients[(i + 1) % n].name().to_string();
+            tokio::spawn(send_windowed(clients[i].clone(), to, m, size, start, false))
+        })
+        .collect();
+    let progress = bar("ring", expect);
+    let (timeline, elapsed) = watch(
+        &received,
+        expect,
+        start,
+        Duration::from_secs(120),
+        &progress,
+    )
+    .await;
+    progress.finish_and_clear();
+    let mut errors = 0;
+    for s in senders {
+        errors += s.await?;
+    }
+    let mut got = 0;
+    for c in counters {
+        c.abort();
+    }
+    got += received.load(std::sync::atomic::Ordering::Relaxed);
+    let mut r = ScenarioResult::new("ring", n, got.min(expect), "msg", elapsed);
+    r.errors = errors;
+    r.lost = expect.saturating_sub(got);
+    r.timeline = timeline;
+    r.notes.push(format!(
+        "{n} clients x {m} texts of {size} bytes, window {}",
+        super::WINDOW
+    ));
+    Ok(r)
+}
