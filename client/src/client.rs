@@ -22,7 +22,7 @@ use crate::connect::{login, reach_node, register};
 use crate::control::Control;
 use crate::error::ClientError;
 use crate::keystore::{GroupState, InboxItem, Keystore, Peer, PeerState, Profile, Transfers};
-use crate::outbox::{self, Pending};
+use crate::outbox::{self, History, Pending};
 use crate::transfer::{Direction, Progress, UploadRecord, UploadReport};
 use crate::{KEYSTORE_FILE, inbox};
 
@@ -213,7 +213,7 @@ impl Client {
             active_downloads: Mutex::new(HashSet::new()),
         });
         tokio::spawn(inbox::run(core.clone(), conn.clone()));
-        let outbox = outbox::start(conn.clone());
+        let outbox = outbox::start(core.clone(), conn.clone());
         Self {
             core,
             endpoint,
@@ -416,18 +416,19 @@ impl Client {
         })
         .map_err(|_| ClientError::TooLong(text.len()))?;
         let sealed = key.seal(&transcript::text_aad(self.name(), to, &id.0, 0), &plain)?;
-        self.keystore()
-            .record_outgoing(&id.0, to, None, text, sent_at_ms)?;
         let message = Outgoing::Direct(OutgoingText {
             id,
             to: to.to_string(),
             sealed,
         });
-        match self.submit(message).await {
-            Ok(()) => {
-                self.keystore().mark_sent(&id.0)?;
-                Ok(id)
-            }
+        let history = History {
+            peer: to.to_string(),
+            group: None,
+            text: text.to_string(),
+            sent_at_ms,
+        };
+        match self.submit(message, Some(history)).await {
+            Ok(()) => Ok(id),
             Err(ClientError::Refused(e)) if e.code == ErrorCode::NotFriends => {
                 Err(ClientError::NotFriend(to.to_string()))
             }
@@ -436,10 +437,14 @@ impl Client {
     }
 
     /// Hands a message to the sender task and waits for the node's answer.
-    async fn submit(&self, message: Outgoing) -> Result<(), ClientError> {
+    async fn submit(&self, message: Outgoing, history: Option<History>) -> Result<(), ClientError> {
         let (done, rx) = oneshot::channel();
         self.outbox
-            .send(Pending { message, done })
+            .send(Pending {
+                message,
+                history,
+                done,
+            })
             .map_err(|_| ClientError::Disconnected)?;
         rx.await.map_err(|_| ClientError::Disconnected)?
     }
@@ -613,8 +618,6 @@ impl Client {
             self.sync().await?;
             self.my_group(group)?;
         }
-        self.keystore()
-            .record_outgoing(&id.0, group, Some(group), text, sent_at_ms)?;
         // One retry: if the admin re-keyed meanwhile, take in the new key first.
         for attempt in 0..2 {
             let state = self.my_group(group)?;
@@ -641,11 +644,14 @@ impl Client {
                 sealed,
                 signature,
             });
-            match self.submit(message).await {
-                Ok(()) => {
-                    self.keystore().mark_sent(&id.0)?;
-                    return Ok(id);
-                }
+            let history = History {
+                peer: group.to_string(),
+                group: Some(group.to_string()),
+                text: text.to_string(),
+                sent_at_ms,
+            };
+            match self.submit(message, Some(history)).await {
+                Ok(()) => return Ok(id),
                 Err(ClientError::Refused(e)) if e.code == ErrorCode::StaleEpoch && attempt == 0 => {
                     self.sync().await?;
                 }

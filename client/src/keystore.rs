@@ -363,11 +363,10 @@ impl Keystore {
     pub fn peer(&self, name: &str) -> Result<Option<Peer>, ClientError> {
         Ok(self
             .conn
-            .query_row(
+            .prepare_cached(
                 "SELECT name, public_key, state, conv_key, signing_key FROM peers WHERE name = ?1",
-                params![name],
-                row_to_peer,
-            )
+            )?
+            .query_row(params![name], row_to_peer)
             .optional()?)
     }
 
@@ -396,8 +395,8 @@ impl Keystore {
         Ok(())
     }
 
-    /// Records a message we are sending.
-    pub fn record_outgoing(
+    /// Records a message the node has accepted from us.
+    pub fn record_sent(
         &self,
         id: &[u8; 16],
         to: &str,
@@ -405,20 +404,12 @@ impl Keystore {
         text: &str,
         sent_at_ms: u64,
     ) -> Result<(), ClientError> {
-        self.conn.execute(
-            "INSERT OR IGNORE INTO messages(id, peer, outgoing, kind, grp, body, sent_at, received_at, state, shown)
-             VALUES (?1, ?2, 1, 'text', ?3, ?4, ?5, ?5, 'sending', 1)",
-            params![&id[..], to, group, text, sent_at_ms as i64],
-        )?;
-        Ok(())
-    }
-
-    /// Marks an outgoing message as acknowledged by the node.
-    pub fn mark_sent(&self, id: &[u8; 16]) -> Result<(), ClientError> {
-        self.conn.execute(
-            "UPDATE messages SET state = 'sent' WHERE id = ?1",
-            params![&id[..]],
-        )?;
+        self.conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO messages(id, peer, outgoing, kind, grp, body, sent_at, received_at, state, shown)
+                 VALUES (?1, ?2, 1, 'text', ?3, ?4, ?5, ?5, 'sent', 1)",
+            )?
+            .execute(params![&id[..], to, group, text, sent_at_ms as i64])?;
         Ok(())
     }
 
@@ -539,18 +530,15 @@ impl Keystore {
     pub fn group(&self, id: u64) -> Result<Option<GroupState>, ClientError> {
         let head = self
             .conn
-            .query_row(
-                "SELECT name, admin, epoch, member FROM groups WHERE id = ?1",
-                params![id as i64],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, i64>(2)? as u64,
-                        r.get::<_, bool>(3)?,
-                    ))
-                },
-            )
+            .prepare_cached("SELECT name, admin, epoch, member FROM groups WHERE id = ?1")?
+            .query_row(params![id as i64], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)? as u64,
+                    r.get::<_, bool>(3)?,
+                ))
+            })
             .optional()?;
         let Some((name, admin, epoch, member)) = head else {
             return Ok(None);
@@ -594,11 +582,12 @@ impl Keystore {
     ) -> Result<Option<(ConversationKey, Vec<RosterEntry>)>, ClientError> {
         let row: Option<(Vec<u8>, Vec<u8>)> = self
             .conn
-            .query_row(
+            .prepare_cached(
                 "SELECT key, roster FROM group_epochs WHERE group_id = ?1 AND epoch = ?2",
-                params![id as i64, epoch as i64],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            )?
+            .query_row(params![id as i64, epoch as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()?;
         let Some((key, roster)) = row else {
             return Ok(None);
