@@ -22,6 +22,12 @@ pub struct UpArgs {
     /// fsync every commit (survives power loss, ~30x fewer commits/s).
     #[arg(long)]
     fsync: bool,
+    /// Largest image accepted, in MiB.
+    #[arg(long, default_value_t = 100)]
+    max_image_mib: u64,
+    /// Most MiB of not-yet-collected images one user may have stored.
+    #[arg(long, default_value_t = 1024)]
+    image_quota_mib: u64,
 }
 
 #[derive(Args)]
@@ -145,6 +151,8 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         );
         config.balancer = Some(balancer_addr.to_string());
         config.durability = durability(args.fsync);
+        config.max_image_bytes = args.max_image_mib * 1024 * 1024;
+        config.image_quota = args.image_quota_mib * 1024 * 1024;
         let node = fastchat_node::start(config)
             .await
             .with_context(|| format!("cannot start node {k}"))?;

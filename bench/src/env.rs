@@ -28,7 +28,7 @@ pub struct Env {
 }
 
 impl Env {
-    pub async fn start(target: &Target) -> anyhow::Result<Self> {
+    pub async fn start(target: &Target, image_bytes: u64) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let mut tag = [0u8; 3];
         fastchat_crypto::random_bytes(&mut tag)?;
@@ -36,9 +36,15 @@ impl Env {
         let (server, ca, child) = match target {
             Target::Remote { server, ca } => (server.clone(), ca.clone(), None),
             Target::Local { binary } => {
+                // Room for the largest image this run sends.
+                let image_mib = (image_bytes >> 20) + 1;
                 let mut child = Command::new(binary)
                     .args(["up", "--listen", "127.0.0.1:0", "--dir"])
                     .arg(dir.path().join("cluster"))
+                    .arg("--max-image-mib")
+                    .arg(image_mib.max(100).to_string())
+                    .arg("--image-quota-mib")
+                    .arg((image_mib * 4).max(1024).to_string())
                     .env("FASTCHAT_LOG", "warn")
                     .stdout(Stdio::piped())
                     .stderr(Stdio::inherit())

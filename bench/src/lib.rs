@@ -72,7 +72,7 @@ pub async fn run(options: Options) -> anyhow::Result<Vec<ScenarioResult>> {
             SCENARIOS.join(", ")
         );
     };
-    let env = env::Env::start(&options.target).await?;
+    let env = env::Env::start(&options.target, options.size.unwrap_or(0)).await?;
     let mut results: Vec<ScenarioResult> = Vec::new();
     for name in names {
         let mut result = scenario::run(name, &env, &options).await?;
@@ -86,6 +86,9 @@ pub async fn run(options: Options) -> anyhow::Result<Vec<ScenarioResult>> {
         report::print_table(&results);
     }
     if let Some(out) = &options.out {
+        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
         std::fs::write(out, serde_json::to_string_pretty(&results)?)?;
         for r in &results {
             plot::write(out, r)?;
