@@ -51,6 +51,8 @@ enum Command {
     Recv(user::RecvArgs),
     /// Show the safety number to compare with a friend.
     Fingerprint(user::FingerprintArgs),
+    /// Open the full-screen chat.
+    Chat,
     /// Load-test a cluster (see BENCHMARKS.md).
     Bench(bench::BenchArgs),
 }
@@ -67,6 +69,28 @@ fn init_logging(server: bool, verbose: u8) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn init_chat_logging(home: Option<PathBuf>, verbose: u8) {
+    let Some(dir) = home.or_else(|| dirs::data_dir().map(|d| d.join("fastchat"))) else {
+        return;
+    };
+    let _ = std::fs::create_dir_all(&dir);
+    let Ok(file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("chat.log"))
+    else {
+        return;
+    };
+    let level = if verbose > 0 { "debug" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FASTCHAT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::sync::Mutex::new(file))
+        .with_ansi(false)
         .init();
 }
 
@@ -89,6 +113,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Recv(args) => user::recv(&home(cli.home)?, args).await,
         Command::Fingerprint(args) => user::fingerprint(&home(cli.home)?, args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Chat => fastchat_tui::run(&home(cli.home)?).await,
     }
 }
 
@@ -98,7 +123,12 @@ fn main() -> ExitCode {
         cli.command,
         Command::Up(_) | Command::Balancer(_) | Command::Node(_)
     );
-    init_logging(server, cli.verbose);
+    // Logs would scribble over the full-screen chat; send them to a file there.
+    if matches!(cli.command, Command::Chat) {
+        init_chat_logging(cli.home.clone(), cli.verbose);
+    } else {
+        init_logging(server, cli.verbose);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

@@ -21,7 +21,10 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::connect::{login, reach_node, register};
 use crate::control::Control;
 use crate::error::ClientError;
-use crate::keystore::{GroupState, InboxItem, Keystore, Peer, PeerState, Profile, Transfers};
+use crate::keystore::{
+    Conversation, GroupState, HistoryEntry, InboxItem, Keystore, Peer, PeerState, Profile,
+    Transfers,
+};
 use crate::outbox::{self, History, Pending};
 use crate::transfer::{Direction, Progress, UploadRecord, UploadReport};
 use crate::{KEYSTORE_FILE, inbox};
@@ -235,7 +238,9 @@ impl Client {
 
     /// The address of the node this client is connected to.
     pub fn node_addr(&self) -> std::net::SocketAddr {
-        self.conn.remote_address()
+        let a = self.conn.remote_address();
+        // The dual-stack endpoint reports IPv4 peers as IPv4-mapped IPv6.
+        std::net::SocketAddr::new(a.ip().to_canonical(), a.port())
     }
 
     /// Live stream of newly received items (texts, friend requests, accepts).
@@ -668,6 +673,11 @@ impl Client {
         )))
     }
 
+    /// Whether the connection to the node is still up.
+    pub fn is_connected(&self) -> bool {
+        self.conn.close_reason().is_none()
+    }
+
     /// Progress of every upload and download of this client.
     pub fn subscribe_progress(&self) -> broadcast::Receiver<Progress> {
         self.core.progress.subscribe()
@@ -887,6 +897,30 @@ impl Client {
                 return Ok(left);
             }
         }
+    }
+
+    /// The newest `limit` entries of a conversation, oldest first.
+    pub fn history(
+        &self,
+        conversation: &Conversation,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, ClientError> {
+        self.keystore().history(self.name(), conversation, limit)
+    }
+
+    /// Unread items per conversation.
+    pub fn unread_counts(&self) -> Result<Vec<(Conversation, u64)>, ClientError> {
+        self.keystore().unread_counts()
+    }
+
+    /// Marks a conversation read.
+    pub fn mark_read(&self, conversation: &Conversation) -> Result<(), ClientError> {
+        self.keystore().mark_read(conversation)
+    }
+
+    /// Searches local history for texts containing `words`, newest first.
+    pub fn search(&self, words: &str, limit: usize) -> Result<Vec<HistoryEntry>, ClientError> {
+        self.keystore().search(self.name(), words, limit)
     }
 
     /// Received items `recv` has not shown yet, oldest first.

@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS messages(
     shown INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS messages_by_peer ON messages(peer, pos);
+CREATE INDEX IF NOT EXISTS messages_by_group ON messages(grp, pos);
 CREATE TABLE IF NOT EXISTS uploads(
     id BLOB PRIMARY KEY,
     record BLOB NOT NULL,
@@ -234,6 +235,76 @@ pub struct GroupState {
     /// The key at that epoch (none once removed).
     pub key: Option<ConversationKey>,
 }
+
+/// A conversation: a friend or a group.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Conversation {
+    /// With one friend.
+    Friend(String),
+    /// In a group.
+    Group(String),
+}
+
+/// One line of a conversation's history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryEntry {
+    /// The message's id.
+    pub id: [u8; 16],
+    /// Who wrote it (the sender, or our name for ours).
+    pub from: String,
+    /// Whether we sent it.
+    pub outgoing: bool,
+    /// What it is.
+    pub kind: InboxKind,
+    /// The text (empty for events).
+    pub text: String,
+    /// The member concerned, for membership events.
+    pub member: Option<String>,
+    /// The saved file, for images and files.
+    pub path: Option<String>,
+    /// When it was sent (ms since the Unix epoch).
+    pub sent_at_ms: u64,
+    /// For ours: "sent" once the node stored it.
+    pub state: String,
+    /// Which conversation it belongs to.
+    pub conversation: Conversation,
+}
+
+fn conversation_filter(c: &Conversation) -> (&'static str, &str) {
+    match c {
+        Conversation::Friend(n) => ("grp IS NULL AND peer = ?1", n.as_str()),
+        Conversation::Group(g) => ("grp = ?1", g.as_str()),
+    }
+}
+
+fn row_to_history(r: &rusqlite::Row<'_>, me: &str) -> rusqlite::Result<HistoryEntry> {
+    let id: Vec<u8> = r.get(0)?;
+    let peer: String = r.get(1)?;
+    let outgoing: bool = r.get(2)?;
+    let grp: Option<String> = r.get(8)?;
+    Ok(HistoryEntry {
+        id: id.try_into().unwrap_or([0; 16]),
+        from: if outgoing {
+            me.to_string()
+        } else {
+            peer.clone()
+        },
+        outgoing,
+        kind: InboxKind::parse(&r.get::<_, String>(3)?),
+        text: r.get(4)?,
+        sent_at_ms: r.get::<_, i64>(5)? as u64,
+        state: r.get(6)?,
+        path: r.get(7)?,
+        member: r.get(9)?,
+        conversation: match grp {
+            Some(g) => Conversation::Group(g),
+            None => Conversation::Friend(peer),
+        },
+    })
+}
+
+const HISTORY_COLUMNS: &str =
+    "id, peer, outgoing, kind, body, sent_at, state, att_path, grp, member";
 
 /// Which transfer table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -508,6 +579,81 @@ impl Keystore {
             )
             .optional()?
             .is_some())
+    }
+
+    /// The newest `limit` entries of a conversation, oldest first.
+    pub fn history(
+        &self,
+        me: &str,
+        conversation: &Conversation,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, ClientError> {
+        let (filter, key) = conversation_filter(conversation);
+        let sql = format!(
+            "SELECT {HISTORY_COLUMNS} FROM messages WHERE {filter} ORDER BY pos DESC LIMIT ?2"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(params![key, limit as i64], |r| row_to_history(r, me))?;
+        let mut out: Vec<HistoryEntry> = rows.collect::<Result<_, _>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Unread (received, not yet shown) items per conversation.
+    pub fn unread_counts(&self) -> Result<Vec<(Conversation, u64)>, ClientError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT peer, grp, COUNT(*) FROM messages WHERE shown = 0 AND outgoing = 0 GROUP BY peer, grp",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let peer: String = r.get(0)?;
+            let grp: Option<String> = r.get(1)?;
+            let n: i64 = r.get(2)?;
+            Ok((
+                grp.map(Conversation::Group)
+                    .unwrap_or(Conversation::Friend(peer)),
+                n as u64,
+            ))
+        })?;
+        let mut totals: Vec<(Conversation, u64)> = Vec::new();
+        for row in rows {
+            let (c, n) = row?;
+            match totals.iter_mut().find(|(k, _)| *k == c) {
+                Some((_, t)) => *t += n,
+                None => totals.push((c, n)),
+            }
+        }
+        Ok(totals)
+    }
+
+    /// Marks everything received in a conversation as shown.
+    pub fn mark_read(&self, conversation: &Conversation) -> Result<(), ClientError> {
+        let (filter, key) = conversation_filter(conversation);
+        let sql =
+            format!("UPDATE messages SET shown = 1 WHERE shown = 0 AND outgoing = 0 AND {filter}");
+        self.conn.prepare_cached(&sql)?.execute(params![key])?;
+        Ok(())
+    }
+
+    /// The newest `limit` entries whose text contains `words`, newest first.
+    pub fn search(
+        &self,
+        me: &str,
+        words: &str,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, ClientError> {
+        let pattern = format!(
+            "%{}%",
+            words
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        let sql = format!(
+            "SELECT {HISTORY_COLUMNS} FROM messages WHERE kind = 'text' AND body LIKE ?1 ESCAPE '\\' ORDER BY pos DESC LIMIT ?2"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(params![pattern, limit as i64], |r| row_to_history(r, me))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// A group by name.

@@ -19,7 +19,9 @@ pub use client::{Client, FriendAdd, Recipient};
 pub use download::DOWNLOADS_DIR;
 pub use error::ClientError;
 pub use fastchat_proto::image::AttachmentKind;
-pub use keystore::{Attachment, GroupState, InboxItem, InboxKind, Peer, PeerState};
+pub use keystore::{
+    Attachment, Conversation, GroupState, HistoryEntry, InboxItem, InboxKind, Peer, PeerState,
+};
 pub use transfer::{Direction, Progress, UploadReport, safe_file_name};
 
 /// File name of the keystore inside a user's home directory.

@@ -1,0 +1,207 @@
+//! The terminal client as a person uses it: two `fastchat chat` sessions in
+//! real terminals under tmux, typed into with send-keys and read with
+//! capture-pane. `.ci/run` installs tmux.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{ChildGuard, cli_ok};
+
+/// A private tmux server, killed when dropped.
+struct Tmux(String);
+
+impl Tmux {
+    fn new() -> Self {
+        let status = Command::new("tmux").arg("-V").status();
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "tmux is needed for this test (apt-get install tmux; .ci/run does it)"
+        );
+        Self(format!("fastchat-test-{}", std::process::id()))
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("tmux");
+        c.args(["-L", &self.0]);
+        c
+    }
+
+    fn open(&self, name: &str, shell_command: &str) {
+        let ok = self
+            .cmd()
+            .args([
+                "new-session",
+                "-d",
+                "-s",
+                name,
+                "-x",
+                "80",
+                "-y",
+                "24",
+                shell_command,
+            ])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "tmux new-session failed");
+    }
+
+    fn keys(&self, name: &str, keys: &[&str]) {
+        assert!(
+            self.cmd()
+                .args(["send-keys", "-t", name])
+                .args(keys)
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    fn type_line(&self, name: &str, line: &str) {
+        self.keys(name, &["-l", line]);
+        self.keys(name, &["Enter"]);
+    }
+
+    fn screen(&self, name: &str) -> String {
+        let out = self
+            .cmd()
+            .args(["capture-pane", "-p", "-t", name])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Waits until the screen shows `want`; returns the screen.
+    fn wait_for(&self, name: &str, want: &str, timeout: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            let s = self.screen(name);
+            if s.contains(want) {
+                return s;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "{name} never showed {want:?}; screen:\n{s}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd().arg("kill-server").status();
+    }
+}
+
+fn png(path: &Path) {
+    // The smallest valid PNG signature and header is enough for the sniffing.
+    let mut bytes = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR".to_vec();
+    bytes.extend_from_slice(&[
+        0, 0, 0, 1, 0, 0, 0, 1, 8, 2, 0, 0, 0, 0x90, 0x77, 0x53, 0xde,
+    ]);
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn two_people_chat_in_real_terminals() {
+    let tmux = Tmux::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut up = Command::new(common::bin())
+        .args(["up", "--listen", "127.0.0.1:0", "--dir"])
+        .arg(dir.path().join("cluster"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = up.stdout.take().unwrap();
+    let _up = ChildGuard(up);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let word = |k: &str| {
+        line.split(k)
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let (server, ca) = (word("--server "), word("--ca "));
+    let home = |u: &str| dir.path().join(u);
+    for u in ["alice", "bob"] {
+        cli_ok(
+            &home(u),
+            &["register", "--name", u, "--server", &server, "--ca", &ca],
+        );
+    }
+    cli_ok(&home("alice"), &["friend", "add", "bob"]);
+    cli_ok(&home("bob"), &["friend", "add", "alice"]);
+
+    let bin = common::bin();
+    let alice_home = home("alice").display().to_string();
+    tmux.open(
+        "a",
+        &format!("{bin} --home {alice_home} chat; echo RESTORED; stty -a | grep -o -- '-\\?icanon'; sleep 30"),
+    );
+    tmux.open("b", &format!("{bin} --home {} chat", home("bob").display()));
+    let t = Duration::from_secs(20);
+    tmux.wait_for("a", "connected", t);
+    tmux.wait_for("b", "connected", t);
+
+    // A message typed by one appears for the other.
+    tmux.type_line("a", "hello bob, typed in a terminal");
+    let b = tmux.wait_for("b", "alice: hello bob, typed in a terminal", t);
+    assert!(b.contains("chats"), "{b}");
+
+    // /help lists the commands.
+    tmux.type_line("a", "/help");
+    let help = tmux.wait_for("a", "/verify NAME", t);
+    for cmd in [
+        "/chat NAME",
+        "/add NAME",
+        "/group create",
+        "/kick NAME",
+        "/image PATH",
+        "/search WORDS",
+        "/quit",
+    ] {
+        assert!(help.contains(cmd), "{cmd} missing:\n{help}");
+    }
+    tmux.keys("a", &["Escape"]);
+
+    // An image send shows progress, completes, and arrives.
+    let big = dir.path().join("big.png");
+    png(&big);
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&big).unwrap();
+        f.write_all(&vec![7u8; 40 << 20]).unwrap();
+    }
+    tmux.type_line("a", &format!("/image {}", big.display()));
+    tmux.wait_for("a", "% ", t);
+    tmux.wait_for(
+        "a",
+        &format!("sent {}", big.display()),
+        Duration::from_secs(60),
+    );
+    tmux.wait_for("b", "sent an image, saved as", Duration::from_secs(60));
+
+    // History search finds what was said.
+    tmux.type_line("b", "/search typed in");
+    tmux.wait_for("b", "search \"typed in\"", t);
+    tmux.keys("b", &["Escape"]);
+
+    // /quit restores the terminal: the shell sees canonical mode again.
+    tmux.type_line("a", "/quit");
+    tmux.wait_for("a", "RESTORED", t);
+    let after = tmux.wait_for("a", "icanon", t);
+    assert!(
+        after.lines().any(|l| l.trim() == "icanon"),
+        "terminal left in raw mode:\n{after}"
+    );
+}
