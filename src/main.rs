@@ -53,6 +53,8 @@ enum Command {
     Fingerprint(user::FingerprintArgs),
     /// Open the full-screen chat.
     Chat,
+    /// The cluster's nodes, their load and the balancer's strategy.
+    Status(user::StatusArgs),
     /// Load-test a cluster (see BENCHMARKS.md).
     Bench(bench::BenchArgs),
 }
@@ -94,7 +96,7 @@ fn init_chat_logging(home: Option<PathBuf>, verbose: u8) {
         .init();
 }
 
-fn home(cli_home: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+pub(crate) fn home(cli_home: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     cli_home
         .or_else(|| dirs::data_dir().map(|d| d.join("fastchat")))
         .ok_or_else(|| anyhow::anyhow!("cannot find a home directory; pass --home DIR"))
@@ -114,6 +116,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fingerprint(args) => user::fingerprint(&home(cli.home)?, args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Chat => fastchat_tui::run(&home(cli.home)?).await,
+        Command::Status(args) => user::status(cli.home, args).await,
     }
 }
 

@@ -298,3 +298,61 @@ pub async fn group(home: &Path, cmd: GroupCommand) -> anyhow::Result<()> {
     client.close().await;
     Ok(())
 }
+
+#[derive(Args)]
+pub struct StatusArgs {
+    /// The balancer (default: the one in the home's profile).
+    #[arg(long, requires = "ca")]
+    server: Option<String>,
+    /// The cluster CA (default: the one in the home's profile).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// One JSON document.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn status(home: Option<PathBuf>, args: StatusArgs) -> anyhow::Result<()> {
+    let (server, ca_pem) = match (args.server, args.ca) {
+        (Some(server), Some(ca)) => (
+            server,
+            std::fs::read(&ca).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", ca.display()))?,
+        ),
+        _ => {
+            let home = crate::home(home)?;
+            let profile = fastchat_client::keystore::Keystore::profile_of(&home)?;
+            (profile.server, profile.ca_pem)
+        }
+    };
+    let ca = fastchat_certs::load_certs_pem(&ca_pem)
+        .ok_or_else(|| anyhow::anyhow!("the CA file holds no PEM certificate"))?;
+    let (strategy, nodes) = fastchat_client::cluster_status(&server, &ca).await?;
+    if args.json {
+        let nodes: Vec<_> = nodes
+            .iter()
+            .map(|n| {
+                serde_json::json!({
+                    "addr": n.addr, "connections": n.connections, "users": n.users,
+                    "messages_per_sec": n.messages_per_sec, "messages_total": n.messages_total,
+                    "queue_depth": n.queue_depth, "rss_kib": n.rss_kib,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({ "balancer": server, "strategy": strategy, "nodes": nodes })
+        );
+        return Ok(());
+    }
+    println!(
+        "balancer {server}, strategy {strategy}, {} live node(s)",
+        nodes.len()
+    );
+    for n in nodes {
+        println!(
+            "  {:<22} {:>5} conns {:>5} users {:>8} msg/s {:>8} queued {:>8} KiB RSS",
+            n.addr, n.connections, n.users, n.messages_per_sec, n.queue_depth, n.rss_kib
+        );
+    }
+    Ok(())
+}

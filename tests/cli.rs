@@ -127,6 +127,20 @@ fn readme_flow_through_the_cli() {
     );
     assert_eq!(err.lines().count(), 1, "{err}");
 
+    // The balancer reports its node, with the node's own counters.
+    let status: serde_json::Value =
+        serde_json::from_str(&cli_ok(&alice, &["status", "--json"])).unwrap();
+    assert_eq!(status["strategy"], "p2c");
+    let nodes = status["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 1, "{status}");
+    assert!(nodes[0]["rss_kib"].as_u64().unwrap() > 0, "{status}");
+    assert!(
+        nodes[0]["messages_total"].as_u64().unwrap() >= 2,
+        "{status}"
+    );
+    let human = cli_ok(&alice, &["status"]);
+    assert!(human.contains("strategy p2c, 1 live node(s)"), "{human}");
+
     // SIGTERM shuts the cluster down cleanly.
     let pid = up.0.id().to_string();
     assert!(

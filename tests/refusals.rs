@@ -267,6 +267,7 @@ async fn only_cluster_nodes_may_report_to_the_balancer() {
         connections: 0,
         users: 0,
         messages_per_sec: 0,
+        ..Default::default()
     };
     write_frame(&mut send, &BalancerRequest::Report(fake), 1024)
         .await

@@ -160,6 +160,7 @@ mod tests {
             connections,
             users: 0,
             messages_per_sec: 0,
+            ..Default::default()
         }
     }
 

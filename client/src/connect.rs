@@ -115,3 +115,30 @@ pub(crate) async fn login(
         _ => Err(ClientError::UnexpectedReply),
     }
 }
+
+/// What the balancer at `server` knows: its strategy and its live nodes.
+pub async fn cluster_status(
+    server: &str,
+    ca: &[fastchat_transport::quinn::rustls::pki_types::CertificateDer<'static>],
+) -> Result<(String, Vec<fastchat_proto::balancer::NodeReport>), ClientError> {
+    let endpoint = fastchat_transport::client_endpoint(ca, None)?;
+    let conn = connect(&endpoint, server).await?;
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|_| ClientError::Disconnected)?;
+    write_frame(&mut send, &BalancerRequest::Status, MAX_CONTROL_FRAME)
+        .await
+        .map_err(|_| ClientError::Disconnected)?;
+    let _ = send.finish();
+    let mut buf = Vec::new();
+    let reply = read_frame::<BalancerResponse>(&mut recv, MAX_CONTROL_FRAME, &mut buf)
+        .await
+        .map_err(|_| ClientError::Disconnected)?;
+    conn.close(0u32.into(), b"thanks");
+    match reply {
+        Some(BalancerResponse::Status { strategy, nodes }) => Ok((strategy, nodes)),
+        Some(BalancerResponse::Error(e)) => Err(ClientError::Refused(e)),
+        _ => Err(ClientError::UnexpectedReply),
+    }
+}

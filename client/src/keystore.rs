@@ -389,6 +389,11 @@ impl Keystore {
             .ok_or_else(|| ClientError::Keystore(format!("the keystore lacks '{key}'")))
     }
 
+    /// The stored profile of the identity in `home`, without logging in.
+    pub fn profile_of(home: &Path) -> Result<Profile, ClientError> {
+        Self::open(home)?.profile()
+    }
+
     /// The stored profile.
     pub fn profile(&self) -> Result<Profile, ClientError> {
         let text =

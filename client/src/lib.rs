@@ -16,8 +16,10 @@ mod transfer;
 mod upload;
 
 pub use client::{Client, FriendAdd, Recipient};
+pub use connect::cluster_status;
 pub use download::DOWNLOADS_DIR;
 pub use error::ClientError;
+pub use fastchat_proto::balancer::NodeReport;
 pub use fastchat_proto::image::AttachmentKind;
 pub use keystore::{
     Attachment, Conversation, GroupState, HistoryEntry, InboxItem, InboxKind, Peer, PeerState,

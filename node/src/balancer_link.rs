@@ -70,6 +70,9 @@ async fn report_loop(
             connections: shared.stats.connections.load(Ordering::Relaxed),
             users: shared.online_users() as u32,
             messages_per_sec: per_sec,
+            messages_total: messages,
+            queue_depth: shared.store.queue_depth().await.unwrap_or(0),
+            rss_kib: rss_kib(),
         };
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
         write_frame(
@@ -87,4 +90,17 @@ async fn report_loop(
             Err(e) => return Err(e.to_string()),
         }
     }
+}
+
+/// This process's resident memory in KiB, where /proc tells it.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
 }

@@ -17,7 +17,7 @@ pub enum BalancerRequest {
 }
 
 /// One node's report of itself.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 pub struct NodeReport {
     /// Address clients should connect to.
     pub addr: String,
@@ -27,6 +27,12 @@ pub struct NodeReport {
     pub users: u32,
     /// Messages accepted per second, averaged over the last report interval.
     pub messages_per_sec: u64,
+    /// Messages accepted since the node started.
+    pub messages_total: u64,
+    /// Envelopes waiting in the queue for offline or slow recipients.
+    pub queue_depth: u64,
+    /// The node process's resident memory, KiB (0 where unknown).
+    pub rss_kib: u64,
 }
 
 /// The balancer's answer.

@@ -208,6 +208,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Queued>, StoreError>;
     /// Deletes envelopes `user` has acknowledged.
     async fn ack(&self, user: &str, seqs: &[u64]) -> Result<(), StoreError>;
+    /// Envelopes queued for all users.
+    async fn queue_depth(&self) -> Result<u64, StoreError>;
     /// The newest queue position holding something for `user`.
     async fn last_pending(&self, user: &str) -> Result<Option<u64>, StoreError>;
     /// How many envelopes for `user` remain at or before position `upto`.

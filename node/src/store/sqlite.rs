@@ -681,6 +681,15 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn queue_depth(&self) -> Result<u64, StoreError> {
+        self.with(|c| {
+            c.query_row("SELECT COUNT(*) FROM queue", [], |r| r.get::<_, i64>(0))
+                .map(|n| n as u64)
+                .map_err(unavailable)
+        })
+        .await
+    }
+
     async fn last_pending(&self, user: &str) -> Result<Option<u64>, StoreError> {
         let user = user.to_string();
         self.with(move |c| {
