@@ -39,6 +39,11 @@ pub(crate) struct Core {
     pub events: broadcast::Sender<InboxItem>,
     pub progress: broadcast::Sender<Progress>,
     pub control: Control,
+    /// The sender task's queue (receipts are sent from the inbox side).
+    pub outbox: mpsc::UnboundedSender<Pending>,
+    /// Fires whenever a delivery batch changed the keystore (new items,
+    /// receipts), for screens that redraw from it.
+    pub changes: broadcast::Sender<()>,
     /// Downloads running now, by (sender, id), so none runs twice.
     pub active_downloads: Mutex<HashSet<(String, [u8; 16])>>,
 }
@@ -90,7 +95,6 @@ pub struct Client {
     core: Arc<Core>,
     endpoint: Endpoint,
     conn: Connection,
-    outbox: mpsc::UnboundedSender<Pending>,
     pending_at_login: u64,
 }
 
@@ -204,6 +208,8 @@ impl Client {
     ) -> Self {
         let (events, _) = broadcast::channel(4096);
         let (progress, _) = broadcast::channel(1024);
+        let (changes, _) = broadcast::channel(64);
+        let (outbox, outbox_rx) = mpsc::unbounded_channel();
         let core = Arc::new(Core {
             name: name.to_string(),
             home: home.to_path_buf(),
@@ -213,15 +219,16 @@ impl Client {
             events,
             progress,
             control,
+            outbox,
+            changes,
             active_downloads: Mutex::new(HashSet::new()),
         });
         tokio::spawn(inbox::run(core.clone(), conn.clone()));
-        let outbox = outbox::start(core.clone(), conn.clone());
+        outbox::start(core.clone(), conn.clone(), outbox_rx);
         Self {
             core,
             endpoint,
             conn,
-            outbox,
             pending_at_login,
         }
     }
@@ -444,7 +451,8 @@ impl Client {
     /// Hands a message to the sender task and waits for the node's answer.
     async fn submit(&self, message: Outgoing, history: Option<History>) -> Result<(), ClientError> {
         let (done, rx) = oneshot::channel();
-        self.outbox
+        self.core
+            .outbox
             .send(Pending {
                 message,
                 history,
@@ -676,6 +684,11 @@ impl Client {
     /// Whether the connection to the node is still up.
     pub fn is_connected(&self) -> bool {
         self.conn.close_reason().is_none()
+    }
+
+    /// Fires whenever received data changed the keystore (new items, receipts).
+    pub fn subscribe_changes(&self) -> broadcast::Receiver<()> {
+        self.core.changes.subscribe()
     }
 
     /// Progress of every upload and download of this client.

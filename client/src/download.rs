@@ -51,6 +51,7 @@ pub(crate) fn spawn(core: Arc<Core>, conn: Connection, rec: DownloadRecord) {
         match result {
             Ok(item) => {
                 let _ = core.events.send(item);
+                let _ = core.changes.send(());
             }
             Err(ClientError::Disconnected) => {
                 tracing::debug!(from = %rec.from, "download interrupted; it resumes on the next connection")

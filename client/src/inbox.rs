@@ -55,6 +55,8 @@ async fn serve(
         process(core, deliveries).map_err(|e| StreamError::Connection(e.to_string()))?;
     write_frame(&mut send, &DeliveryAck { seqs }, MAX_CONTROL_FRAME).await?;
     let _ = send.finish();
+    send_receipts(core, &fresh);
+    let _ = core.changes.send(());
     for item in fresh {
         let _ = core.events.send(item);
     }
@@ -62,6 +64,38 @@ async fn serve(
         crate::download::spawn(core.clone(), conn.clone(), rec);
     }
     Ok(())
+}
+
+/// Tells each friend which of their texts we just stored (sent → delivered
+/// on their side). Best effort: a lost receipt only leaves "sent" showing.
+fn send_receipts(core: &Core, fresh: &[InboxItem]) {
+    let mut by_sender: Vec<(String, Vec<MessageId>)> = Vec::new();
+    for item in fresh
+        .iter()
+        .filter(|i| i.kind == InboxKind::Text && i.group.is_none())
+    {
+        match by_sender.iter_mut().find(|(s, _)| *s == item.from) {
+            Some((_, ids)) => ids.push(MessageId(item.id)),
+            None => by_sender.push((item.from.clone(), vec![MessageId(item.id)])),
+        }
+    }
+    for (to, ids) in by_sender {
+        let mut id = [0u8; 16];
+        if fastchat_crypto::random_bytes(&mut id).is_err() {
+            continue;
+        }
+        let receipt = fastchat_proto::envelope::Receipt {
+            id: MessageId(id),
+            to,
+            ids,
+        };
+        let (done, _) = tokio::sync::oneshot::channel();
+        let _ = core.outbox.send(crate::outbox::Pending {
+            message: fastchat_proto::envelope::Outgoing::Receipt(receipt),
+            history: None,
+            done,
+        });
+    }
 }
 
 type Processed = (Vec<InboxItem>, Vec<DownloadRecord>);
@@ -162,6 +196,11 @@ fn handle(
 ) -> Result<Option<InboxItem>, Rejected> {
     let my_key = identity.public().der();
     match envelope {
+        Envelope::Delivered { from, ids } => {
+            let ids: Vec<[u8; 16]> = ids.into_iter().map(|i| i.0).collect();
+            ks.mark_delivered(&from, &ids)?;
+            Ok(None)
+        }
         Envelope::Text { id, from, sealed } => {
             let key = match ks.peer(&from)?.and_then(|p| p.key) {
                 Some(k) => k,

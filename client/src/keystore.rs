@@ -489,6 +489,17 @@ impl Keystore {
         Ok(())
     }
 
+    /// Marks our texts to `peer` with these ids as delivered.
+    pub fn mark_delivered(&self, peer: &str, ids: &[[u8; 16]]) -> Result<(), ClientError> {
+        let mut stmt = self.conn.prepare_cached(
+            "UPDATE messages SET state = 'delivered' WHERE id = ?1 AND outgoing = 1 AND peer = ?2 AND grp IS NULL",
+        )?;
+        for id in ids {
+            stmt.execute(params![&id[..], peer])?;
+        }
+        Ok(())
+    }
+
     /// Stores received items, skipping ids already stored; returns the new ones.
     pub fn insert_inbox(&self, items: Vec<InboxItem>) -> Result<Vec<InboxItem>, ClientError> {
         let mut fresh = Vec::with_capacity(items.len());

@@ -35,11 +35,9 @@ pub(crate) struct History {
     pub sent_at_ms: u64,
 }
 
-/// Starts the sender task for `conn`.
-pub(crate) fn start(core: Arc<Core>, conn: Connection) -> mpsc::UnboundedSender<Pending> {
-    let (tx, rx) = mpsc::unbounded_channel();
+/// Starts the sender task for `conn`, fed by `rx`.
+pub(crate) fn start(core: Arc<Core>, conn: Connection, rx: mpsc::UnboundedReceiver<Pending>) {
     tokio::spawn(run(core, conn, rx));
-    tx
 }
 
 /// Runs `f` on the keystore inside one transaction.

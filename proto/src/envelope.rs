@@ -21,6 +21,19 @@ pub enum Outgoing {
     Direct(OutgoingText),
     /// To every other member of a group.
     Group(OutgoingGroupText),
+    /// Tells a friend which of their texts we have stored.
+    Receipt(Receipt),
+}
+
+/// Which of a friend's texts the sender of the receipt has stored.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct Receipt {
+    /// Id of the receipt itself.
+    pub id: MessageId,
+    /// The friend whose texts these were.
+    pub to: String,
+    /// Their ids.
+    pub ids: Vec<MessageId>,
 }
 
 impl Outgoing {
@@ -29,6 +42,7 @@ impl Outgoing {
         match self {
             Self::Direct(t) => t.id,
             Self::Group(t) => t.id,
+            Self::Receipt(r) => r.id,
         }
     }
 }
@@ -135,6 +149,13 @@ pub enum Envelope {
         total_len: u64,
         /// The sender's Ed25519 signature, for group images.
         signature: Vec<u8>,
+    },
+    /// A friend has stored these texts of ours.
+    Delivered {
+        /// The friend.
+        from: String,
+        /// Our message ids.
+        ids: Vec<MessageId>,
     },
     /// A text to a group the recipient belongs to.
     GroupText {

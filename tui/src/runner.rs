@@ -123,7 +123,7 @@ async fn event_loop(
         }
     });
     let (reports_tx, mut reports) = mpsc::unbounded_channel::<Report>();
-    let mut inbox = client.subscribe();
+    let mut inbox = client.subscribe_changes();
     let mut progress = client.subscribe_progress();
     let mut unsent: Vec<(Conversation, String)> = Vec::new();
     let mut reconnecting = false;
@@ -176,7 +176,7 @@ async fn event_loop(
                 Report::Overlay(t, lines) => app.overlay = Some((t, lines)),
                 Report::Reconnected(c) => {
                     client = Arc::new(c);
-                    inbox = client.subscribe();
+                    inbox = client.subscribe_changes();
                     progress = client.subscribe_progress();
                     reconnecting = false;
                     start(&client, &mut app);

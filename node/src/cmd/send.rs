@@ -32,6 +32,21 @@ fn admit(user: &str, message: Outgoing) -> Result<TextToQueue, ProtoError> {
             };
             (Target::Direct(t.to), t.id, len, envelope)
         }
+        Outgoing::Receipt(r) => {
+            fastchat_proto::validate_name(&r.to)
+                .map_err(|_| ProtoError::new(ErrorCode::BadRequest, "invalid recipient name"))?;
+            if r.ids.len() > fastchat_proto::limits::MAX_BATCH * 4 {
+                return Err(ProtoError::new(
+                    ErrorCode::TooLarge,
+                    "too many ids in a receipt",
+                ));
+            }
+            let envelope = Envelope::Delivered {
+                from: user.to_string(),
+                ids: r.ids,
+            };
+            (Target::Direct(r.to), r.id, 0, envelope)
+        }
         Outgoing::Group(t) => {
             if t.signature.len() != 64 {
                 return Err(ProtoError::new(
