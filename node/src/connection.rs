@@ -113,6 +113,14 @@ async fn run(shared: Arc<Shared>, conn: Connection) -> Result<(), StreamError> {
             delivery = Some(Delivery::start(shared.clone(), user.clone(), conn.clone()));
         }
         reply(&control, frame.id, result).await?;
+        if session.failed_logins >= crate::limits::MAX_FAILED_LOGINS {
+            // Let the refusal reach the client before closing: finish the
+            // stream and wait (briefly) until it has been read.
+            let mut send = control.lock().await;
+            let _ = send.finish();
+            let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+            return Err(StreamError::Connection("too many failed logins".into()));
+        }
     }
 }
 

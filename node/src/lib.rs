@@ -11,6 +11,7 @@ mod balancer_link;
 mod cmd;
 mod connection;
 mod delivery;
+pub mod limits;
 mod server;
 mod shared;
 pub mod store;

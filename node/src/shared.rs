@@ -54,6 +54,8 @@ pub(crate) struct Shared {
     blobs: Mutex<HashMap<u64, watch::Sender<u64>>>,
     /// Whether blob files are fsynced before an upload is acknowledged.
     pub fsync: bool,
+    /// Friend requests per user.
+    pub friend_requests: crate::limits::RateLimit,
 }
 
 impl Shared {
@@ -67,6 +69,10 @@ impl Shared {
             images,
             blobs: Mutex::new(HashMap::new()),
             fsync,
+            friend_requests: crate::limits::RateLimit::new(
+                crate::limits::FRIEND_REQUESTS_PER_MINUTE,
+                std::time::Duration::from_secs(60),
+            ),
         }
     }
 

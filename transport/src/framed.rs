@@ -1,6 +1,8 @@
 //! Length-prefixed frames on quinn streams, with the limit checked before
 //! the body is read.
 
+use std::time::Duration;
+
 use fastchat_proto::{FrameError, decode, encode_frame, frame_len};
 use quinn::{ReadExactError, RecvStream, SendStream};
 use serde::Serialize;
@@ -15,6 +17,9 @@ pub enum StreamError {
     /// The stream ended in the middle of a frame.
     #[error("the stream ended in the middle of a frame")]
     Truncated,
+    /// The peer started a frame and did not finish it in time.
+    #[error("the peer did not finish a frame within {} s", FRAME_TIMEOUT.as_secs())]
+    Stalled,
     /// The stream or connection failed.
     #[error("the connection failed: {0}")]
     Connection(String),
@@ -32,27 +37,43 @@ impl From<quinn::WriteError> for StreamError {
     }
 }
 
+/// Once a frame's first byte has arrived, the rest must follow within this
+/// long: a peer that starts a frame and never finishes it (slow-loris) is cut
+/// off instead of holding the stream and its buffer forever.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Reads one frame into `buf` and decodes it. `Ok(None)` means the peer
-/// finished the stream cleanly between frames.
+/// finished the stream cleanly between frames. Waiting for a frame to start
+/// has no limit (streams may be idle); finishing one has [`FRAME_TIMEOUT`].
 pub async fn read_frame<T: DeserializeOwned>(
     recv: &mut RecvStream,
     limit: usize,
     buf: &mut Vec<u8>,
 ) -> Result<Option<T>, StreamError> {
     let mut prefix = [0u8; 4];
-    match recv.read_exact(&mut prefix).await {
-        Ok(()) => {}
-        Err(ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(ReadExactError::FinishedEarly(_)) => return Err(StreamError::Truncated),
-        Err(ReadExactError::ReadError(e)) => return Err(e.into()),
+    match recv.read(&mut prefix[..1]).await? {
+        None => return Ok(None),
+        Some(0) => return Err(StreamError::Truncated),
+        Some(_) => {}
     }
-    let len = frame_len(prefix, limit)?;
-    buf.clear();
-    buf.resize(len, 0);
-    match recv.read_exact(buf).await {
-        Ok(()) => {}
-        Err(ReadExactError::FinishedEarly(_)) => return Err(StreamError::Truncated),
-        Err(ReadExactError::ReadError(e)) => return Err(e.into()),
+    let rest = async {
+        match recv.read_exact(&mut prefix[1..]).await {
+            Ok(()) => {}
+            Err(ReadExactError::FinishedEarly(_)) => return Err(StreamError::Truncated),
+            Err(ReadExactError::ReadError(e)) => return Err(e.into()),
+        }
+        let len = frame_len(prefix, limit)?;
+        buf.clear();
+        buf.resize(len, 0);
+        match recv.read_exact(buf).await {
+            Ok(()) => Ok(()),
+            Err(ReadExactError::FinishedEarly(_)) => Err(StreamError::Truncated),
+            Err(ReadExactError::ReadError(e)) => Err(e.into()),
+        }
+    };
+    match tokio::time::timeout(FRAME_TIMEOUT, rest).await {
+        Ok(r) => r?,
+        Err(_) => return Err(StreamError::Stalled),
     }
     Ok(Some(decode(buf)?))
 }

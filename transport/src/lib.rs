@@ -6,5 +6,5 @@ mod endpoint;
 mod framed;
 
 pub use endpoint::{ClientAuth, TransportError, client_endpoint, connect, server_endpoint};
-pub use framed::{StreamError, read_frame, write_frame, write_frames};
+pub use framed::{FRAME_TIMEOUT, StreamError, read_frame, write_frame, write_frames};
 pub use quinn;

@@ -43,6 +43,15 @@ pub(super) async fn request(
     if to == me {
         return Err(bad_request("you cannot befriend yourself"));
     }
+    if !shared.friend_requests.allow(me) {
+        return Err(ProtoError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "too many friend requests; you may send {} a minute",
+                crate::limits::FRIEND_REQUESTS_PER_MINUTE
+            ),
+        ));
+    }
     if signature.len() > MAX_RSA_BLOB {
         return Err(bad_request("the signature is too large"));
     }

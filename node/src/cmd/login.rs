@@ -59,6 +59,7 @@ pub(super) async fn login(
         .is_err()
     {
         tracing::info!(user = %name, "login refused: bad signature");
+        session.failed_logins += 1;
         return Err(auth_failed());
     }
     let pending = shared.store.count_pending_upto(&name, u64::MAX).await?;

@@ -23,6 +23,8 @@ pub(crate) struct Session {
     pub user: Option<String>,
     /// The outstanding login challenge: who asked and the nonce.
     pub challenge: Option<(String, [u8; 32])>,
+    /// Logins refused on this connection so far.
+    pub failed_logins: u32,
 }
 
 impl Session {
