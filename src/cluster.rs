@@ -28,6 +28,9 @@ pub struct UpArgs {
     /// Most MiB of not-yet-collected images one user may have stored.
     #[arg(long, default_value_t = 1024)]
     image_quota_mib: u64,
+    /// Friend requests one user may send a minute.
+    #[arg(long, default_value_t = fastchat_node::limits::DEFAULT_FRIEND_REQUESTS_PER_MINUTE)]
+    friend_requests_per_minute: u32,
 }
 
 #[derive(Args)]
@@ -82,6 +85,9 @@ pub struct NodeArgs {
     /// Most MiB of not-yet-collected images one user may have stored.
     #[arg(long, default_value_t = 1024)]
     image_quota_mib: u64,
+    /// Friend requests one user may send a minute.
+    #[arg(long, default_value_t = fastchat_node::limits::DEFAULT_FRIEND_REQUESTS_PER_MINUTE)]
+    friend_requests_per_minute: u32,
 }
 
 fn durability(fsync: bool) -> Durability {
@@ -153,6 +159,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         config.durability = durability(args.fsync);
         config.max_image_bytes = args.max_image_mib * 1024 * 1024;
         config.image_quota = args.image_quota_mib * 1024 * 1024;
+        config.friend_requests_per_minute = args.friend_requests_per_minute;
         let node = fastchat_node::start(config)
             .await
             .with_context(|| format!("cannot start node {k}"))?;
@@ -199,6 +206,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     config.durability = durability(args.fsync);
     config.max_image_bytes = args.max_image_mib * 1024 * 1024;
     config.image_quota = args.image_quota_mib * 1024 * 1024;
+    config.friend_requests_per_minute = args.friend_requests_per_minute;
     let handle = fastchat_node::start(config).await?;
     println!(
         "node listening on {} (advertised as {})",

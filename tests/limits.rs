@@ -93,7 +93,7 @@ async fn friend_request_floods_are_rate_limited() {
     let cluster = Cluster::start().await;
     let alice = cluster.register("alice").await;
     let _bob = cluster.register("bob").await;
-    let limit = fastchat_node::limits::FRIEND_REQUESTS_PER_MINUTE;
+    let limit = fastchat_node::limits::DEFAULT_FRIEND_REQUESTS_PER_MINUTE;
     for _ in 0..limit {
         alice.friend_add("bob").await.unwrap();
     }

@@ -45,6 +45,8 @@ impl Env {
                     .arg(image_mib.max(100).to_string())
                     .arg("--image-quota-mib")
                     .arg((image_mib * 4).max(1024).to_string())
+                    // The harness befriends hundreds of users from one admin.
+                    .args(["--friend-requests-per-minute", "1000000"])
                     .env("FASTCHAT_LOG", "warn")
                     .stdout(Stdio::piped())
                     .stderr(Stdio::inherit())

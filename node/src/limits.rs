@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Friend requests one user may send in a burst; refilled at this many a minute.
-pub const FRIEND_REQUESTS_PER_MINUTE: u32 = 20;
+/// Default friend requests one user may send in a burst, refilled at this many a minute.
+pub const DEFAULT_FRIEND_REQUESTS_PER_MINUTE: u32 = 60;
 
 /// Failed logins a connection may make before it is closed.
 pub const MAX_FAILED_LOGINS: u32 = 3;

@@ -34,6 +34,8 @@ pub struct NodeConfig {
     pub max_image_bytes: u64,
     /// Most bytes of uncollected images one user may have stored.
     pub image_quota: u64,
+    /// Friend requests one user may send a minute.
+    pub friend_requests_per_minute: u32,
 }
 
 impl NodeConfig {
@@ -48,6 +50,7 @@ impl NodeConfig {
             durability: Durability::default(),
             max_image_bytes: fastchat_proto::limits::DEFAULT_MAX_IMAGE,
             image_quota: fastchat_proto::limits::DEFAULT_IMAGE_QUOTA,
+            friend_requests_per_minute: crate::limits::DEFAULT_FRIEND_REQUESTS_PER_MINUTE,
         }
     }
 }
@@ -149,6 +152,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
             quota: config.image_quota,
         },
         config.durability == Durability::PowerLoss,
+        config.friend_requests_per_minute.max(1),
     ));
 
     let accept = tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));

@@ -56,10 +56,17 @@ pub(crate) struct Shared {
     pub fsync: bool,
     /// Friend requests per user.
     pub friend_requests: crate::limits::RateLimit,
+    pub friend_requests_per_minute: u32,
 }
 
 impl Shared {
-    pub fn new(store: Arc<dyn Store>, blob_dir: PathBuf, images: ImageLimits, fsync: bool) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        blob_dir: PathBuf,
+        images: ImageLimits,
+        fsync: bool,
+        friend_requests_per_minute: u32,
+    ) -> Self {
         Self {
             store,
             sessions: Mutex::new(HashMap::new()),
@@ -70,9 +77,10 @@ impl Shared {
             blobs: Mutex::new(HashMap::new()),
             fsync,
             friend_requests: crate::limits::RateLimit::new(
-                crate::limits::FRIEND_REQUESTS_PER_MINUTE,
+                friend_requests_per_minute,
                 std::time::Duration::from_secs(60),
             ),
+            friend_requests_per_minute,
         }
     }
 

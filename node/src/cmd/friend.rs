@@ -48,7 +48,7 @@ pub(super) async fn request(
             ErrorCode::RateLimited,
             format!(
                 "too many friend requests; you may send {} a minute",
-                crate::limits::FRIEND_REQUESTS_PER_MINUTE
+                shared.friend_requests_per_minute
             ),
         ));
     }
