@@ -115,7 +115,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Recv(args) => user::recv(&home(cli.home)?, args).await,
         Command::Fingerprint(args) => user::fingerprint(&home(cli.home)?, args).await,
         Command::Bench(args) => bench::run(args).await,
-        Command::Chat => fastchat_tui::run(&home(cli.home)?).await,
+        Command::Chat => {
+            let home = home(cli.home)?;
+            let passphrase = user::passphrase_for(&home)?;
+            fastchat_tui::run(&home, passphrase).await
+        }
         Command::Status(args) => user::status(cli.home, args).await,
     }
 }

@@ -19,6 +19,39 @@ pub struct RegisterArgs {
     /// The cluster CA certificate (PEM) you were given.
     #[arg(long)]
     ca: PathBuf,
+    /// Protect the keystore with a passphrase (asked for, or $FASTCHAT_PASSPHRASE).
+    #[arg(long)]
+    passphrase: bool,
+}
+
+/// The passphrase scripts pass in the environment.
+pub fn env_passphrase() -> Option<String> {
+    std::env::var("FASTCHAT_PASSPHRASE").ok()
+}
+
+fn prompt(what: &str) -> anyhow::Result<String> {
+    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        anyhow::bail!("a passphrase is needed: set FASTCHAT_PASSPHRASE or run in a terminal");
+    }
+    Ok(rpassword::prompt_password(what)?)
+}
+
+/// The passphrase for an existing keystore: from the environment, or asked
+/// for when the keystore turns out to need one.
+pub fn passphrase_for(home: &Path) -> anyhow::Result<Option<String>> {
+    if let Some(p) = env_passphrase() {
+        return Ok(Some(p));
+    }
+    match fastchat_client::keystore::Keystore::open(home) {
+        Ok(ks) if ks.is_protected() => Ok(Some(prompt("keystore passphrase: ")?)),
+        _ => Ok(None),
+    }
+}
+
+/// Connects with the identity in `home`, unlocking its keystore if needed.
+pub async fn connect(home: &Path) -> anyhow::Result<Client> {
+    let passphrase = passphrase_for(home)?;
+    Ok(Client::connect_with_passphrase(home, passphrase.as_deref()).await?)
 }
 
 #[derive(Subcommand)]
@@ -95,7 +128,27 @@ pub struct FingerprintArgs {
 }
 
 pub async fn register(home: &Path, args: RegisterArgs) -> anyhow::Result<()> {
-    let client = Client::register(home, &args.name, &args.server, &args.ca).await?;
+    let client = if args.passphrase {
+        let passphrase = match env_passphrase() {
+            Some(p) => p,
+            None => {
+                let first = prompt("passphrase for the new keystore: ")?;
+                if prompt("the same again: ")? != first {
+                    anyhow::bail!("the two passphrases differ; nothing was registered");
+                }
+                first
+            }
+        };
+        if passphrase.is_empty() {
+            anyhow::bail!(
+                "an empty passphrase protects nothing; choose one or leave out --passphrase"
+            );
+        }
+        Client::register_with_passphrase(home, &args.name, &args.server, &args.ca, &passphrase)
+            .await?
+    } else {
+        Client::register(home, &args.name, &args.server, &args.ca).await?
+    };
     println!(
         "registered as {} (identity stored in {})",
         client.name(),
@@ -106,7 +159,7 @@ pub async fn register(home: &Path, args: RegisterArgs) -> anyhow::Result<()> {
 }
 
 pub async fn friend(home: &Path, cmd: FriendCommand) -> anyhow::Result<()> {
-    let client = Client::connect(home).await?;
+    let client = connect(home).await?;
     match cmd {
         FriendCommand::Add { name } => match client.friend_add(&name).await? {
             FriendAdd::RequestSent => println!(
@@ -152,7 +205,7 @@ pub async fn send(home: &Path, args: SendArgs) -> anyhow::Result<()> {
         (None, None) => None,
     };
     let Some((path, kind)) = attachment else {
-        let client = Client::connect(home).await?;
+        let client = connect(home).await?;
         let text = args.text.as_deref().unwrap_or_default();
         let id = match &recipient {
             Recipient::Friend(to) => client.send_text(to, text).await?,
@@ -164,7 +217,7 @@ pub async fn send(home: &Path, args: SendArgs) -> anyhow::Result<()> {
     };
     let bar = progress::bar(&path.display().to_string());
     let report = |done: u64, total: u64| progress::update(&bar, done, total);
-    let mut client = Client::connect(home).await?;
+    let mut client = connect(home).await?;
     let mut result = client
         .send_attachment(&recipient, &path, kind, &report)
         .await;
@@ -176,7 +229,7 @@ pub async fn send(home: &Path, args: SendArgs) -> anyhow::Result<()> {
             _ => break,
         }
         tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
-        if let Ok(c) = Client::connect(home).await {
+        if let Ok(c) = connect(home).await {
             client = c;
             result = client
                 .resume_uploads(&report)
@@ -216,7 +269,7 @@ fn print_unshown(client: &Client, json: bool) -> anyhow::Result<()> {
 }
 
 pub async fn recv(home: &Path, args: RecvArgs) -> anyhow::Result<()> {
-    let client = Client::connect(home).await?;
+    let client = connect(home).await?;
     let mut events = client.subscribe();
     let bars = (!args.json && std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .then(|| progress::follow_downloads(client.subscribe_progress()));
@@ -248,7 +301,7 @@ pub async fn recv(home: &Path, args: RecvArgs) -> anyhow::Result<()> {
 }
 
 pub async fn fingerprint(home: &Path, args: FingerprintArgs) -> anyhow::Result<()> {
-    let client = Client::connect(home).await?;
+    let client = connect(home).await?;
     client.sync().await?;
     println!(
         "safety number for you and {}:\n{}\ncompare it with theirs over a channel you trust; if it differs, a key was swapped",
@@ -260,7 +313,7 @@ pub async fn fingerprint(home: &Path, args: FingerprintArgs) -> anyhow::Result<(
 }
 
 pub async fn group(home: &Path, cmd: GroupCommand) -> anyhow::Result<()> {
-    let client = Client::connect(home).await?;
+    let client = connect(home).await?;
     // Membership and keys may be waiting at the node; take them in first.
     client.sync().await?;
     match cmd {

@@ -131,6 +131,22 @@ impl Client {
         Self::register_with_identity(home, name, server, ca_file, identity).await
     }
 
+    /// Like [`Client::register`], sealing every secret in the keystore under
+    /// a key derived from `passphrase` (argon2id).
+    pub async fn register_with_passphrase(
+        home: &Path,
+        name: &str,
+        server: &str,
+        ca_file: &Path,
+        passphrase: &str,
+    ) -> Result<Self, ClientError> {
+        fastchat_proto::validate_name(name).map_err(ClientError::InvalidName)?;
+        let identity = tokio::task::spawn_blocking(Identity::generate)
+            .await
+            .map_err(|e| ClientError::Keystore(e.to_string()))??;
+        Self::register_inner(home, name, server, ca_file, identity, Some(passphrase)).await
+    }
+
     /// Like [`Client::register`], with an identity made beforehand (the
     /// bench keeps a pool of them: RSA-3072 key generation takes ~0.2 s).
     pub async fn register_with_identity(
@@ -139,6 +155,17 @@ impl Client {
         server: &str,
         ca_file: &Path,
         identity: Identity,
+    ) -> Result<Self, ClientError> {
+        Self::register_inner(home, name, server, ca_file, identity, None).await
+    }
+
+    async fn register_inner(
+        home: &Path,
+        name: &str,
+        server: &str,
+        ca_file: &Path,
+        identity: Identity,
+        passphrase: Option<&str>,
     ) -> Result<Self, ClientError> {
         fastchat_proto::validate_name(name).map_err(ClientError::InvalidName)?;
         if let Ok(ks) = Keystore::open(home) {
@@ -164,7 +191,13 @@ impl Client {
             ca_pem,
         };
         let signing = SigningIdentity::generate()?;
-        let keystore = Keystore::create(&home.join(KEYSTORE_FILE), &profile, &identity, &signing)?;
+        let keystore = Keystore::create(
+            &home.join(KEYSTORE_FILE),
+            &profile,
+            &identity,
+            &signing,
+            passphrase,
+        )?;
         let pending = login(&control, name, &identity).await?;
         Ok(Self::assemble(
             home, name, identity, signing, keystore, endpoint, conn, control, pending,
@@ -173,7 +206,15 @@ impl Client {
 
     /// Connects and logs in with the identity stored in `home`.
     pub async fn connect(home: &Path) -> Result<Self, ClientError> {
-        let keystore = Keystore::open(home)?;
+        Self::connect_with_passphrase(home, None).await
+    }
+
+    /// [`Client::connect`] for a keystore protected by a passphrase.
+    pub async fn connect_with_passphrase(
+        home: &Path,
+        passphrase: Option<&str>,
+    ) -> Result<Self, ClientError> {
+        let keystore = Keystore::open_with(home, passphrase)?;
         let profile = keystore.profile()?;
         let identity = keystore.identity()?;
         let signing = keystore.signing_identity()?;

@@ -100,6 +100,14 @@ pub enum ClientError {
         /// What failed.
         why: String,
     },
+    /// The keystore is protected and no passphrase was given.
+    #[error(
+        "this keystore is protected by a passphrase; set FASTCHAT_PASSPHRASE or run in a terminal to be asked"
+    )]
+    PassphraseNeeded,
+    /// The passphrase does not open the keystore.
+    #[error("the passphrase is wrong")]
+    WrongPassphrase,
     /// The connection to the node went away.
     #[error("the connection to the node was lost; try again")]
     Disconnected,

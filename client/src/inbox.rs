@@ -577,7 +577,7 @@ mod tests {
             server: "127.0.0.1:1".into(),
             ca_pem: vec![],
         };
-        let ks = Keystore::create(&dir.join("ks.db"), &profile, &identity, &signing).unwrap();
+        let ks = Keystore::create(&dir.join("ks.db"), &profile, &identity, &signing, None).unwrap();
         let alice_rsa = Identity::generate().unwrap();
         ks.put_peer(&Peer {
             name: "alice".into(),

@@ -318,6 +318,65 @@ pub enum Transfers {
 /// The open keystore.
 pub struct Keystore {
     conn: Connection,
+    vault: Vault,
+}
+
+/// How the keystore's secrets are stored.
+enum Vault {
+    /// No passphrase was set: secrets are stored as they are (the file is
+    /// mode 0600).
+    Plain,
+    /// Secrets are sealed under this key, derived from the passphrase.
+    Sealed(ConversationKey),
+    /// A passphrase protects the secrets and none was given.
+    Locked,
+}
+
+/// Salt bytes for the passphrase key derivation.
+const KDF_SALT: usize = 16;
+
+/// The key argon2id derives from `passphrase` and `salt`.
+fn derive(passphrase: &str, salt: &[u8]) -> Result<ConversationKey, ClientError> {
+    let mut key = zeroize::Zeroizing::new([0u8; 32]);
+    argon2::Argon2::default()
+        .hash_password_into(passphrase.as_bytes(), salt, &mut key[..])
+        .map_err(|e| ClientError::Keystore(e.to_string()))?;
+    Ok(ConversationKey::from_bytes(*key))
+}
+
+impl Vault {
+    fn seal(&self, label: &str, plain: &[u8]) -> Result<Vec<u8>, ClientError> {
+        match self {
+            Vault::Plain => Ok(plain.to_vec()),
+            Vault::Sealed(k) => {
+                let sealed = k.seal(label.as_bytes(), plain)?;
+                let mut out = sealed.nonce.to_vec();
+                out.extend_from_slice(&sealed.ciphertext);
+                Ok(out)
+            }
+            Vault::Locked => Err(ClientError::PassphraseNeeded),
+        }
+    }
+
+    fn open(&self, label: &str, stored: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, ClientError> {
+        match self {
+            Vault::Plain => Ok(zeroize::Zeroizing::new(stored.to_vec())),
+            Vault::Sealed(k) => {
+                let corrupt = || ClientError::Keystore(format!("the sealed '{label}' is corrupt"));
+                if stored.len() < 12 {
+                    return Err(corrupt());
+                }
+                let sealed = fastchat_proto::envelope::Sealed {
+                    nonce: stored[..12].try_into().expect("12 bytes"),
+                    ciphertext: stored[12..].to_vec(),
+                };
+                k.open(label.as_bytes(), &sealed)
+                    .map(zeroize::Zeroizing::new)
+                    .map_err(|_| corrupt())
+            }
+            Vault::Locked => Err(ClientError::PassphraseNeeded),
+        }
+    }
 }
 
 fn open_conn(path: &Path) -> Result<Connection, ClientError> {
@@ -336,18 +395,32 @@ impl Keystore {
         profile: &Profile,
         identity: &Identity,
         signing: &SigningIdentity,
+        passphrase: Option<&str>,
     ) -> Result<Self, ClientError> {
         let mut conn = open_conn(path)?;
+        let mut salt = [0u8; KDF_SALT];
+        let vault = match passphrase {
+            Some(p) => {
+                fastchat_crypto::random_bytes(&mut salt)?;
+                Vault::Sealed(derive(p, &salt)?)
+            }
+            None => Vault::Plain,
+        };
         let tx = conn.transaction()?;
-        let der = identity.to_pkcs8_der()?;
-        let seed = signing.seed();
-        for (k, v) in [
-            ("name", profile.name.as_bytes()),
-            ("server", profile.server.as_bytes()),
-            ("ca_pem", &profile.ca_pem[..]),
-            ("identity", &der[..]),
-            ("signing_key", &seed[..]),
-        ] {
+        let der = vault.seal("identity", &identity.to_pkcs8_der()?)?;
+        let seed = vault.seal("signing_key", &signing.seed()[..])?;
+        let mut rows: Vec<(&str, Vec<u8>)> = vec![
+            ("name", profile.name.as_bytes().to_vec()),
+            ("server", profile.server.as_bytes().to_vec()),
+            ("ca_pem", profile.ca_pem.clone()),
+            ("identity", der),
+            ("signing_key", seed),
+        ];
+        if passphrase.is_some() {
+            rows.push(("kdf_salt", salt.to_vec()));
+            rows.push(("kdf_check", vault.seal("check", b"fastchat keystore")?));
+        }
+        for (k, v) in rows {
             tx.execute(
                 "INSERT OR REPLACE INTO settings(key, value) VALUES (?1, ?2)",
                 params![k, v],
@@ -355,20 +428,46 @@ impl Keystore {
         }
         tx.commit()?;
         restrict_permissions(path);
-        Ok(Self { conn })
+        Ok(Self { conn, vault })
     }
 
-    /// Opens an existing keystore; `NotRegistered` if there is none.
+    /// Whether a passphrase protects this keystore's secrets.
+    pub fn is_protected(&self) -> bool {
+        !matches!(self.vault, Vault::Plain)
+    }
+
+    /// Opens an existing keystore; `NotRegistered` if there is none. With a
+    /// protected keystore and no passphrase, the profile is readable but the
+    /// secrets are not (`PassphraseNeeded`); a wrong one is `WrongPassphrase`.
     pub fn open(home: &Path) -> Result<Self, ClientError> {
+        Self::open_with(home, None)
+    }
+
+    /// [`Keystore::open`] with the passphrase, if one is set.
+    pub fn open_with(home: &Path, passphrase: Option<&str>) -> Result<Self, ClientError> {
         let path = home.join(crate::KEYSTORE_FILE);
         if !path.exists() {
             return Err(ClientError::NotRegistered(home.to_path_buf()));
         }
-        let ks = Self {
+        let mut ks = Self {
             conn: open_conn(&path)?,
+            vault: Vault::Plain,
         };
         if ks.setting("identity")?.is_none() {
             return Err(ClientError::NotRegistered(home.to_path_buf()));
+        }
+        if let Some(salt) = ks.setting("kdf_salt")? {
+            ks.vault = match passphrase {
+                Some(p) => {
+                    let vault = Vault::Sealed(derive(p, &salt)?);
+                    let check = ks.required("kdf_check")?;
+                    if vault.open("check", &check).is_err() {
+                        return Err(ClientError::WrongPassphrase);
+                    }
+                    vault
+                }
+                None => Vault::Locked,
+            };
         }
         Ok(ks)
     }
@@ -407,13 +506,15 @@ impl Keystore {
 
     /// The user's identity key.
     pub fn identity(&self) -> Result<Identity, ClientError> {
-        let der = zeroize::Zeroizing::new(self.required("identity")?);
+        let der = self.vault.open("identity", &self.required("identity")?)?;
         Ok(Identity::from_pkcs8_der(&der)?)
     }
 
     /// The user's Ed25519 signing key.
     pub fn signing_identity(&self) -> Result<SigningIdentity, ClientError> {
-        let seed = zeroize::Zeroizing::new(self.required("signing_key")?);
+        let seed = self
+            .vault
+            .open("signing_key", &self.required("signing_key")?)?;
         Ok(SigningIdentity::from_seed(&seed)?)
     }
 
@@ -437,13 +538,14 @@ impl Keystore {
 
     /// A peer by name.
     pub fn peer(&self, name: &str) -> Result<Option<Peer>, ClientError> {
-        Ok(self
+        let row = self
             .conn
             .prepare_cached(
                 "SELECT name, public_key, state, conv_key, signing_key FROM peers WHERE name = ?1",
             )?
             .query_row(params![name], row_to_peer)
-            .optional()?)
+            .optional()?;
+        row.map(|r| self.unseal_peer(r)).transpose()
     }
 
     /// Every peer, by name.
@@ -452,7 +554,22 @@ impl Keystore {
             "SELECT name, public_key, state, conv_key, signing_key FROM peers ORDER BY name",
         )?;
         let rows = stmt.query_map([], row_to_peer)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let rows: Vec<(Peer, Option<Vec<u8>>)> = rows.collect::<Result<_, _>>()?;
+        rows.into_iter().map(|r| self.unseal_peer(r)).collect()
+    }
+
+    fn unseal_peer(&self, (mut peer, key): (Peer, Option<Vec<u8>>)) -> Result<Peer, ClientError> {
+        if let Some(sealed) = key {
+            let plain = self
+                .vault
+                .open(&format!("peer-key:{}", peer.name), &sealed)?;
+            let bytes: [u8; 32] = plain
+                .as_slice()
+                .try_into()
+                .map_err(|_| ClientError::Keystore("a stored friend key is corrupt".into()))?;
+            peer.key = Some(ConversationKey::from_bytes(bytes));
+        }
+        Ok(peer)
     }
 
     /// Inserts or replaces a peer.
@@ -463,7 +580,10 @@ impl Keystore {
                 peer.name,
                 peer.public_key,
                 peer.state.as_str(),
-                peer.key.as_ref().map(|k| k.as_bytes().to_vec()),
+                peer.key
+                    .as_ref()
+                    .map(|k| self.vault.seal(&format!("peer-key:{}", peer.name), k.as_bytes()))
+                    .transpose()?,
                 peer.signing_key.map(|k| k.to_vec()),
                 now_ms() as i64
             ],
@@ -539,6 +659,8 @@ impl Keystore {
         record: &[u8],
         state: &str,
     ) -> Result<(), ClientError> {
+        // Records hold the transfer's key.
+        let record = self.vault.seal(&transfer_label(table, id), record)?;
         match table {
             Transfers::Uploads => self.conn.execute(
                 "INSERT OR REPLACE INTO uploads(id, record, state) VALUES (?1, ?2, ?3)",
@@ -576,12 +698,23 @@ impl Keystore {
     /// Records of transfers in `state`.
     pub fn transfers(&self, table: Transfers, state: &str) -> Result<Vec<Vec<u8>>, ClientError> {
         let sql = match table {
-            Transfers::Uploads => "SELECT record FROM uploads WHERE state = ?1",
-            Transfers::Downloads => "SELECT record FROM downloads WHERE state = ?1",
+            Transfers::Uploads => "SELECT id, record FROM uploads WHERE state = ?1",
+            Transfers::Downloads => "SELECT id, record FROM downloads WHERE state = ?1",
         };
         let mut stmt = self.conn.prepare(sql)?;
-        let rows = stmt.query_map(params![state], |r| r.get(0))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let rows = stmt.query_map(params![state], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = rows.collect::<Result<_, _>>()?;
+        rows.into_iter()
+            .map(|(id, record)| {
+                let id: [u8; 16] = id.try_into().unwrap_or([0; 16]);
+                Ok(self
+                    .vault
+                    .open(&transfer_label(table, &id), &record)?
+                    .to_vec())
+            })
+            .collect()
     }
 
     /// Whether a download is already known (any state).
@@ -754,7 +887,9 @@ impl Keystore {
         let Some((key, roster)) = row else {
             return Ok(None);
         };
+        let key = self.vault.open(&format!("group-key:{id}:{epoch}"), &key)?;
         let key: [u8; 32] = key
+            .as_slice()
             .try_into()
             .map_err(|_| ClientError::Keystore("a stored group key is corrupt".into()))?;
         let roster: Vec<RosterEntry> = fastchat_proto::decode(&roster)
@@ -780,7 +915,12 @@ impl Keystore {
         )?;
         self.conn.execute(
             "INSERT OR REPLACE INTO group_epochs(group_id, epoch, key, roster) VALUES (?1, ?2, ?3, ?4)",
-            params![id as i64, epoch as i64, &key.as_bytes()[..], roster],
+            params![
+                id as i64,
+                epoch as i64,
+                self.vault.seal(&format!("group-key:{id}:{epoch}"), key.as_bytes())?,
+                roster
+            ],
         )?;
         Ok(())
     }
@@ -836,18 +976,29 @@ impl Keystore {
     }
 }
 
-fn row_to_peer(r: &rusqlite::Row<'_>) -> rusqlite::Result<Peer> {
+/// A peer row, with its (possibly sealed) conversation key still to open.
+fn row_to_peer(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Peer, Option<Vec<u8>>)> {
     let key: Option<Vec<u8>> = r.get(3)?;
     let signing_key: Option<Vec<u8>> = r.get(4)?;
-    Ok(Peer {
-        name: r.get(0)?,
-        public_key: r.get(1)?,
-        signing_key: signing_key.and_then(|k| <[u8; 32]>::try_from(k).ok()),
-        state: PeerState::parse(&r.get::<_, String>(2)?),
-        key: key
-            .and_then(|k| <[u8; 32]>::try_from(k).ok())
-            .map(ConversationKey::from_bytes),
-    })
+    Ok((
+        Peer {
+            name: r.get(0)?,
+            public_key: r.get(1)?,
+            signing_key: signing_key.and_then(|k| <[u8; 32]>::try_from(k).ok()),
+            state: PeerState::parse(&r.get::<_, String>(2)?),
+            key: None,
+        },
+        key,
+    ))
+}
+
+/// The label a transfer record is sealed under.
+fn transfer_label(table: Transfers, id: &[u8; 16]) -> String {
+    let kind = match table {
+        Transfers::Uploads => "upload",
+        Transfers::Downloads => "download",
+    };
+    format!("{kind}:{}", fastchat_proto::MessageId(*id).to_hex())
 }
 
 fn restrict_permissions(path: &Path) {

@@ -27,11 +27,11 @@ enum Report {
 }
 
 /// Opens the chat for the identity in `home` until the user quits.
-pub async fn run(home: &Path) -> anyhow::Result<()> {
+pub async fn run(home: &Path, passphrase: Option<String>) -> anyhow::Result<()> {
     // Connect before touching the terminal, so an error is a plain sentence.
-    let client = Client::connect(home).await?;
+    let client = Client::connect_with_passphrase(home, passphrase.as_deref()).await?;
     let mut terminal = ratatui::try_init()?;
-    let result = event_loop(&mut terminal, client, home.to_path_buf()).await;
+    let result = event_loop(&mut terminal, client, home.to_path_buf(), passphrase).await;
     ratatui::restore();
     result
 }
@@ -95,11 +95,15 @@ fn recipient(c: &Conversation) -> Recipient {
     }
 }
 
-fn spawn_reconnect(home: PathBuf, reports: mpsc::UnboundedSender<Report>) {
+fn spawn_reconnect(
+    home: PathBuf,
+    passphrase: Option<String>,
+    reports: mpsc::UnboundedSender<Report>,
+) {
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            if let Ok(c) = Client::connect(&home).await {
+            if let Ok(c) = Client::connect_with_passphrase(&home, passphrase.as_deref()).await {
                 let _ = reports.send(Report::Reconnected(c));
                 return;
             }
@@ -111,6 +115,7 @@ async fn event_loop(
     terminal: &mut DefaultTerminal,
     client: Client,
     home: PathBuf,
+    passphrase: Option<String>,
 ) -> anyhow::Result<()> {
     let mut client = Arc::new(client);
     let mut app = App::new(client.name());
@@ -192,7 +197,7 @@ async fn event_loop(
                     reconnecting = true;
                     app.connected = false;
                     app.status = "connection lost · reconnecting through the balancer…".into();
-                    spawn_reconnect(home.clone(), reports_tx.clone());
+                    spawn_reconnect(home.clone(), passphrase.clone(), reports_tx.clone());
                 }
             }
         }
