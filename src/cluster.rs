@@ -19,6 +19,13 @@ pub struct UpArgs {
     /// How many nodes to start.
     #[arg(long, default_value_t = 1)]
     nodes: u16,
+    #[command(flatten)]
+    node: NodeOptions,
+}
+
+/// What `up` and `node` both let a user set about a node.
+#[derive(Args)]
+pub struct NodeOptions {
     /// fsync every commit (survives power loss, ~30x fewer commits/s).
     #[arg(long)]
     fsync: bool,
@@ -31,6 +38,19 @@ pub struct UpArgs {
     /// Friend requests one user may send a minute.
     #[arg(long, default_value_t = fastchat_node::limits::DEFAULT_FRIEND_REQUESTS_PER_MINUTE)]
     friend_requests_per_minute: u32,
+}
+
+impl NodeOptions {
+    fn apply(&self, config: &mut NodeConfig) {
+        config.durability = if self.fsync {
+            Durability::PowerLoss
+        } else {
+            Durability::Process
+        };
+        config.max_image_bytes = self.max_image_mib * 1024 * 1024;
+        config.image_quota = self.image_quota_mib * 1024 * 1024;
+        config.friend_requests_per_minute = self.friend_requests_per_minute;
+    }
 }
 
 #[derive(Args)]
@@ -76,26 +96,8 @@ pub struct NodeArgs {
     /// Address clients should use for this node (default: the listen address).
     #[arg(long)]
     advertise: Option<String>,
-    /// fsync every commit (survives power loss, ~30x fewer commits/s).
-    #[arg(long)]
-    fsync: bool,
-    /// Largest image accepted, in MiB.
-    #[arg(long, default_value_t = 100)]
-    max_image_mib: u64,
-    /// Most MiB of not-yet-collected images one user may have stored.
-    #[arg(long, default_value_t = 1024)]
-    image_quota_mib: u64,
-    /// Friend requests one user may send a minute.
-    #[arg(long, default_value_t = fastchat_node::limits::DEFAULT_FRIEND_REQUESTS_PER_MINUTE)]
-    friend_requests_per_minute: u32,
-}
-
-fn durability(fsync: bool) -> Durability {
-    if fsync {
-        Durability::PowerLoss
-    } else {
-        Durability::Process
-    }
+    #[command(flatten)]
+    node: NodeOptions,
 }
 
 /// Waits for Ctrl-C or SIGTERM.
@@ -156,10 +158,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             certs_dir.clone(),
         );
         config.balancer = Some(balancer_addr.to_string());
-        config.durability = durability(args.fsync);
-        config.max_image_bytes = args.max_image_mib * 1024 * 1024;
-        config.image_quota = args.image_quota_mib * 1024 * 1024;
-        config.friend_requests_per_minute = args.friend_requests_per_minute;
+        args.node.apply(&mut config);
         let node = fastchat_node::start(config)
             .await
             .with_context(|| format!("cannot start node {k}"))?;
@@ -203,10 +202,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     let mut config = NodeConfig::new(args.listen, args.data, args.certs);
     config.advertise = args.advertise;
     config.balancer = args.balancer;
-    config.durability = durability(args.fsync);
-    config.max_image_bytes = args.max_image_mib * 1024 * 1024;
-    config.image_quota = args.image_quota_mib * 1024 * 1024;
-    config.friend_requests_per_minute = args.friend_requests_per_minute;
+    args.node.apply(&mut config);
     let handle = fastchat_node::start(config).await?;
     println!(
         "node listening on {} (advertised as {})",

@@ -3,38 +3,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use common::{ChildGuard, cli, cli_ok};
-
-/// Starts `fastchat up` on port 0 and returns it with the balancer address
-/// and CA path from the line it prints.
-fn start_up(dir: &std::path::Path) -> (ChildGuard, String, String) {
-    let mut child = Command::new(common::bin())
-        .args(["up", "--listen", "127.0.0.1:0", "--dir"])
-        .arg(dir.join("cluster"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let guard = ChildGuard(child);
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    assert!(line.starts_with("fastchat is up"), "{line}");
-    let word_after = |key: &str| {
-        line.split(key)
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .trim_end_matches(',')
-            .to_string()
-    };
-    (guard, word_after("--server "), word_after("--ca "))
-}
+use common::{cli, cli_ok, start_up};
 
 #[test]
 fn readme_flow_through_the_cli() {

@@ -7,13 +7,12 @@ use std::sync::Arc;
 
 use common::{Cluster, RawClient, befriend};
 use fastchat_client::{Client, ClientError, InboxItem, InboxKind};
-use fastchat_crypto::transcript;
-use fastchat_proto::control::{Request, Response};
+use fastchat_proto::control::Request;
 use fastchat_proto::envelope::{Outgoing, OutgoingGroupText, Sealed, SendAck};
 use fastchat_proto::group::{GroupChange, GroupUpdate};
 use fastchat_proto::limits::MAX_MESSAGE_FRAME;
 use fastchat_proto::stream::StreamKind;
-use fastchat_proto::{ErrorCode, MessageId, PROTOCOL_VERSION};
+use fastchat_proto::{ErrorCode, MessageId};
 use fastchat_transport::{read_frame, write_frame};
 
 /// Syncs and returns what arrived, marking it shown.
@@ -109,18 +108,7 @@ async fn raw_as(cluster: &Cluster, name: &str) -> RawClient {
     let ks = fastchat_client::keystore::Keystore::open(&cluster.home(name)).unwrap();
     let identity = ks.identity().unwrap();
     let mut raw = RawClient::connect(&cluster.ca(), cluster.node_addr()).await;
-    let Response::Challenge { nonce } = raw
-        .request(Request::Hello {
-            version: PROTOCOL_VERSION,
-            name: name.into(),
-        })
-        .await
-        .unwrap()
-    else {
-        panic!("no challenge")
-    };
-    let signature = identity.sign(&transcript::login(name, &nonce)).unwrap();
-    raw.request(Request::Login { signature }).await.unwrap();
+    raw.login(name, &identity).await;
     raw
 }
 

@@ -69,27 +69,7 @@ async fn a_protected_keystore_reveals_no_key_and_needs_its_passphrase() {
 #[test]
 fn the_cli_takes_the_passphrase_from_the_environment() {
     let dir = tempfile::tempdir().unwrap();
-    let mut up = std::process::Command::new(common::bin())
-        .args(["up", "--listen", "127.0.0.1:0", "--dir"])
-        .arg(dir.path().join("cluster"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = up.stdout.take().unwrap();
-    let _up = common::ChildGuard(up);
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
-    let word = |k: &str| {
-        line.split(k)
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string()
-    };
-    let (server, ca) = (word("--server "), word("--ca "));
+    let (_up, server, ca) = common::start_up(dir.path());
     let home = dir.path().join("carol");
     let run = |pass: &str, args: &[&str]| {
         let out = std::process::Command::new(common::bin())

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use common::{Cluster, RawClient, befriend};
 use fastchat_client::{ClientError, InboxKind};
 use fastchat_crypto::{Identity, transcript};
-use fastchat_proto::control::{Request, Response};
+use fastchat_proto::ErrorCode;
+use fastchat_proto::control::Request;
 use fastchat_proto::error::close;
-use fastchat_proto::{ErrorCode, PROTOCOL_VERSION};
 use fastchat_transport::FRAME_TIMEOUT;
 use fastchat_transport::quinn::ConnectionError;
 
@@ -62,16 +62,7 @@ async fn repeated_failed_logins_close_the_connection() {
     let mallory = Identity::generate().unwrap();
     let mut raw = RawClient::connect(&cluster.ca(), cluster.node_addr()).await;
     for attempt in 1..=3 {
-        let Response::Challenge { nonce } = raw
-            .request(Request::Hello {
-                version: PROTOCOL_VERSION,
-                name: "alice".into(),
-            })
-            .await
-            .unwrap()
-        else {
-            panic!("no challenge")
-        };
+        let nonce = raw.hello("alice").await;
         let forged = mallory.sign(&transcript::login("alice", &nonce)).unwrap();
         let err = raw
             .request(Request::Login { signature: forged })

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::{Cluster, RawClient, befriend};
 use fastchat_client::{Client, ClientError, InboxKind};
 use fastchat_crypto::{Identity, transcript};
-use fastchat_proto::control::{Request, Response};
+use fastchat_proto::control::Request;
 use fastchat_proto::envelope::{Outgoing, OutgoingText, Sealed, SendAck};
 use fastchat_proto::error::close;
 use fastchat_proto::limits::MAX_MESSAGE_FRAME;
@@ -32,18 +32,7 @@ async fn raw_login(cluster: &Cluster, name: &str, identity: &Identity) -> RawCli
     })
     .await
     .unwrap();
-    let Response::Challenge { nonce } = raw
-        .request(Request::Hello {
-            version: PROTOCOL_VERSION,
-            name: name.into(),
-        })
-        .await
-        .unwrap()
-    else {
-        panic!("no challenge")
-    };
-    let signature = identity.sign(&transcript::login(name, &nonce)).unwrap();
-    raw.request(Request::Login { signature }).await.unwrap();
+    raw.login(name, identity).await;
     raw
 }
 
@@ -86,16 +75,7 @@ async fn logins_with_the_wrong_key_or_a_replayed_signature_are_refused() {
 
     // Mallory claims to be alice and signs the challenge with her own key.
     let mut raw = RawClient::connect(&cluster.ca(), cluster.node_addr()).await;
-    let Response::Challenge { nonce } = raw
-        .request(Request::Hello {
-            version: PROTOCOL_VERSION,
-            name: "alice".into(),
-        })
-        .await
-        .unwrap()
-    else {
-        panic!("no challenge")
-    };
+    let nonce = raw.hello("alice").await;
     let forged = mallory.sign(&transcript::login("alice", &nonce)).unwrap();
     let err = raw
         .request(Request::Login { signature: forged })
@@ -123,25 +103,10 @@ async fn logins_with_the_wrong_key_or_a_replayed_signature_are_refused() {
     let mut first = raw_login(&cluster, "mallory", &mallory).await;
     let _ = first.request(Request::Sync).await;
     let mut eavesdropped = RawClient::connect(&cluster.ca(), cluster.node_addr()).await;
-    let Response::Challenge { nonce: old } = eavesdropped
-        .request(Request::Hello {
-            version: PROTOCOL_VERSION,
-            name: "mallory".into(),
-        })
-        .await
-        .unwrap()
-    else {
-        panic!("no challenge")
-    };
+    let old = eavesdropped.hello("mallory").await;
     let recorded = mallory.sign(&transcript::login("mallory", &old)).unwrap();
     let mut replay = RawClient::connect(&cluster.ca(), cluster.node_addr()).await;
-    replay
-        .request(Request::Hello {
-            version: PROTOCOL_VERSION,
-            name: "mallory".into(),
-        })
-        .await
-        .unwrap();
+    replay.hello("mallory").await;
     let err = replay
         .request(Request::Login {
             signature: recorded,

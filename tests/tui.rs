@@ -4,12 +4,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{ChildGuard, cli_ok};
+use common::cli_ok;
 
 /// A private tmux server, killed when dropped.
 struct Tmux(String);
@@ -111,27 +110,7 @@ fn png(path: &Path) {
 fn two_people_chat_in_real_terminals() {
     let tmux = Tmux::new();
     let dir = tempfile::tempdir().unwrap();
-    let mut up = Command::new(common::bin())
-        .args(["up", "--listen", "127.0.0.1:0", "--dir"])
-        .arg(dir.path().join("cluster"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = up.stdout.take().unwrap();
-    let _up = ChildGuard(up);
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let word = |k: &str| {
-        line.split(k)
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string()
-    };
-    let (server, ca) = (word("--server "), word("--ca "));
+    let (_up, server, ca) = common::start_up(dir.path());
     let home = |u: &str| dir.path().join(u);
     for u in ["alice", "bob"] {
         cli_ok(

@@ -57,6 +57,15 @@ pub enum Recipient {
     Group(String),
 }
 
+/// Checks the name first (key generation takes a moment), then makes a key.
+async fn new_identity(name: &str) -> Result<Identity, ClientError> {
+    fastchat_proto::validate_name(name).map_err(ClientError::InvalidName)?;
+    tokio::task::spawn_blocking(Identity::generate)
+        .await
+        .map_err(|e| ClientError::Keystore(e.to_string()))?
+        .map_err(ClientError::from)
+}
+
 async fn hash_file(path: &Path) -> Result<[u8; 32], ClientError> {
     let path = path.to_path_buf();
     tokio::task::spawn_blocking(move || {
@@ -124,11 +133,8 @@ impl Client {
         server: &str,
         ca_file: &Path,
     ) -> Result<Self, ClientError> {
-        fastchat_proto::validate_name(name).map_err(ClientError::InvalidName)?;
-        let identity = tokio::task::spawn_blocking(Identity::generate)
-            .await
-            .map_err(|e| ClientError::Keystore(e.to_string()))??;
-        Self::register_with_identity(home, name, server, ca_file, identity).await
+        let identity = new_identity(name).await?;
+        Self::register_inner(home, name, server, ca_file, identity, None).await
     }
 
     /// Like [`Client::register`], sealing every secret in the keystore under
@@ -140,10 +146,7 @@ impl Client {
         ca_file: &Path,
         passphrase: &str,
     ) -> Result<Self, ClientError> {
-        fastchat_proto::validate_name(name).map_err(ClientError::InvalidName)?;
-        let identity = tokio::task::spawn_blocking(Identity::generate)
-            .await
-            .map_err(|e| ClientError::Keystore(e.to_string()))??;
+        let identity = new_identity(name).await?;
         Self::register_inner(home, name, server, ca_file, identity, Some(passphrase)).await
     }
 

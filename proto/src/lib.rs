@@ -7,6 +7,7 @@ pub mod control;
 pub mod envelope;
 pub mod error;
 pub mod frame;
+pub mod fuzzing;
 pub mod group;
 pub mod image;
 pub mod limits;

@@ -179,6 +179,30 @@ impl RawClient {
         }
     }
 
+    /// Asks for a login challenge as `name`.
+    pub async fn hello(&mut self, name: &str) -> [u8; 32] {
+        match self
+            .request(Request::Hello {
+                version: fastchat_proto::PROTOCOL_VERSION,
+                name: name.into(),
+            })
+            .await
+            .unwrap()
+        {
+            Response::Challenge { nonce } => nonce,
+            other => panic!("no challenge: {other:?}"),
+        }
+    }
+
+    /// Logs in as `name` with `identity`'s signature over a fresh challenge.
+    pub async fn login(&mut self, name: &str, identity: &fastchat_crypto::Identity) {
+        let nonce = self.hello(name).await;
+        let signature = identity
+            .sign(&fastchat_crypto::transcript::login(name, &nonce))
+            .unwrap();
+        self.request(Request::Login { signature }).await.unwrap();
+    }
+
     /// Sends a request and reads its reply.
     pub async fn request(&mut self, request: Request) -> Result<Response, ProtoError> {
         let id = self.next_id;
@@ -198,6 +222,35 @@ impl RawClient {
         assert_eq!(reply.id, id);
         reply.result
     }
+}
+
+/// Starts `fastchat up` on port 0 in `dir/cluster`; returns it with the
+/// balancer address and CA path from the line it prints.
+pub fn start_up(dir: &Path) -> (ChildGuard, String, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(bin())
+        .args(["up", "--listen", "127.0.0.1:0", "--dir"])
+        .arg(dir.join("cluster"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let guard = ChildGuard(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    assert!(line.starts_with("fastchat is up"), "{line}");
+    let word_after = |key: &str| {
+        line.split(key)
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .trim_end_matches(',')
+            .to_string()
+    };
+    (guard, word_after("--server "), word_after("--ca "))
 }
 
 /// A child process killed when dropped.
