@@ -119,7 +119,13 @@ async fn run(
     }
     .await;
     if let Err(e) = result {
+        // Without a delivery task the session's live queue would only grow:
+        // close the connection; the client reconnects and gets the backlog.
         tracing::debug!(%user, error = %e, "delivery stopped; the rest stays queued");
+        conn.close(
+            fastchat_proto::error::close::TIMEOUT.into(),
+            b"delivery failed; reconnect",
+        );
     }
 }
 
