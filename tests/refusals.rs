@@ -249,3 +249,93 @@ async fn only_cluster_nodes_may_report_to_the_balancer() {
     let live = common::balancer_status(&cluster.ca(), &cluster.server()).await;
     assert!(!live.contains(&"127.0.0.1:9".to_string()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_certificate_from_another_ca_is_not_admitted() {
+    let cluster = Cluster::start().await;
+    let rogue = tempfile::tempdir().unwrap();
+    fastchat_certs::generate(&rogue.path().join("certs"), &[], false).unwrap();
+    let mut config = fastchat_node::NodeConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        rogue.path().join("data"),
+        rogue.path().join("certs"),
+    );
+    config.balancer = Some(cluster.server());
+    let node = fastchat_node::start(config).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let live = common::balancer_status(&cluster.ca(), &cluster.server()).await;
+    assert_eq!(
+        live,
+        vec![cluster.node_addr().to_string()],
+        "the rogue node got in"
+    );
+    // And a client that trusts the cluster CA refuses to talk to it.
+    let ca = fastchat_certs::load_certs(&cluster.ca()).unwrap();
+    let endpoint = fastchat_transport::client_endpoint(&ca, None).unwrap();
+    let err = fastchat_transport::connect(&endpoint, &node.local_addr().to_string())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TransportError::UntrustedPeer(_)), "{err}");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_message_id_is_shown_once() {
+    let cluster = Cluster::start().await;
+    let alice = cluster.register("alice").await;
+    let bob = cluster.register("bob").await;
+    befriend(&alice, &bob).await;
+    alice.close().await;
+
+    // A valid text from alice, sent three times with the same id: twice
+    // while bob has not collected it, once after.
+    let ks = fastchat_client::keystore::Keystore::open(&cluster.home("alice")).unwrap();
+    let key = ks.peer("bob").unwrap().unwrap().key.unwrap();
+    let identity = ks.identity().unwrap();
+    let id = MessageId([42; 16]);
+    let plain = fastchat_proto::frame::encode_body(&fastchat_proto::envelope::TextContent {
+        text: "only once".into(),
+        sent_at_ms: 1,
+    })
+    .unwrap();
+    let sealed = key
+        .seal(&transcript::text_aad("alice", "bob", &id.0, 0), &plain)
+        .unwrap();
+    let mut raw = RawClient::connect(&cluster.ca(), cluster.node_addr()).await;
+    raw.login("alice", &identity).await;
+    let send_it = |raw: &RawClient| {
+        let (conn, sealed) = (raw.conn.clone(), sealed.clone());
+        async move {
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            write_frame(&mut send, &StreamKind::Text, 64).await.unwrap();
+            let text = Outgoing::Direct(OutgoingText {
+                id,
+                to: "bob".into(),
+                sealed,
+            });
+            write_frame(&mut send, &text, MAX_MESSAGE_FRAME)
+                .await
+                .unwrap();
+            send.finish().unwrap();
+            let mut buf = Vec::new();
+            let ack: SendAck = read_frame(&mut recv, MAX_MESSAGE_FRAME, &mut buf)
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(ack.result.is_ok(), "{:?}", ack.result);
+        }
+    };
+    send_it(&raw).await;
+    send_it(&raw).await;
+    bob.sync().await.unwrap();
+    send_it(&raw).await;
+    bob.sync().await.unwrap();
+    let texts: Vec<_> = bob
+        .unshown()
+        .unwrap()
+        .into_iter()
+        .filter(|i| i.kind == InboxKind::Text)
+        .map(|i| i.text)
+        .collect();
+    assert_eq!(texts, vec!["only once".to_string()]);
+}
