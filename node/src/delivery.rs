@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fastchat_proto::envelope::{Delivery as DeliveryFrame, DeliveryAck};
+use fastchat_proto::envelope::{DeliveryAck, DeliveryRef};
 use fastchat_proto::limits::{MAX_BATCH, MAX_CONTROL_FRAME, MAX_MESSAGE_FRAME};
 use fastchat_proto::stream::StreamKind;
 use fastchat_transport::quinn::Connection;
@@ -82,8 +82,11 @@ async fn run(
                 break;
             };
             let frames = page
-                .into_iter()
-                .map(|(seq, envelope)| DeliveryFrame { seq, envelope })
+                .iter()
+                .map(|(seq, envelope)| DeliveryRef {
+                    seq: *seq,
+                    envelope,
+                })
                 .collect::<Vec<_>>();
             deliver(&shared, &user, &conn, &frames, &acked).await?;
             cursor = last;
@@ -106,11 +109,12 @@ async fn run(
             if batch.is_empty() {
                 continue;
             }
+            // Borrowed: a group envelope shared by every member is not copied.
             let frames = batch
-                .into_iter()
-                .map(|l| DeliveryFrame {
+                .iter()
+                .map(|l| DeliveryRef {
                     seq: l.seq,
-                    envelope: Arc::unwrap_or_clone(l.envelope),
+                    envelope: &l.envelope,
                 })
                 .collect::<Vec<_>>();
             deliver(&shared, &user, &conn, &frames, &acked).await?;
@@ -133,7 +137,7 @@ async fn deliver(
     shared: &Shared,
     user: &str,
     conn: &Connection,
-    frames: &[DeliveryFrame],
+    frames: &[DeliveryRef<'_>],
     acked: &watch::Sender<u64>,
 ) -> Result<(), StreamError> {
     let conn_err = |e: &dyn std::fmt::Display| StreamError::Connection(e.to_string());

@@ -183,6 +183,17 @@ pub struct Delivery {
     pub envelope: Vec<u8>,
 }
 
+/// A [`Delivery`] as the node writes it, borrowing the envelope so one
+/// stored envelope can go to many recipients without a copy each. Encodes
+/// exactly like [`Delivery`].
+#[derive(Serialize, Clone, Copy, Debug)]
+pub struct DeliveryRef<'a> {
+    /// Queue position.
+    pub seq: u64,
+    /// The envelope's bincode bytes.
+    pub envelope: &'a [u8],
+}
+
 /// The client's answer to a delivery batch: these may now be deleted.
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct DeliveryAck {
@@ -197,4 +208,25 @@ pub struct TextContent {
     pub text: String,
     /// When the sender sent it, milliseconds since the Unix epoch.
     pub sent_at_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_borrowed_delivery_encodes_like_an_owned_one() {
+        let owned = Delivery {
+            seq: 300,
+            envelope: vec![1, 2, 3, 250],
+        };
+        let borrowed = DeliveryRef {
+            seq: 300,
+            envelope: &owned.envelope,
+        };
+        assert_eq!(
+            crate::frame::encode_body(&owned).unwrap(),
+            crate::frame::encode_body(&borrowed).unwrap()
+        );
+    }
 }

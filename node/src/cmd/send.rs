@@ -82,7 +82,11 @@ fn admit(user: &str, message: Outgoing) -> Result<TextToQueue, ProtoError> {
     }
     let envelope =
         encode_body(&envelope).map_err(|e| ProtoError::new(ErrorCode::TooLarge, e.to_string()))?;
-    Ok(TextToQueue { to, id, envelope })
+    Ok(TextToQueue {
+        to,
+        id,
+        envelope: Arc::new(envelope),
+    })
 }
 
 pub(crate) async fn serve(
@@ -119,7 +123,7 @@ pub(crate) async fn serve(
         }
     }
 
-    let envelopes: Vec<Arc<Vec<u8>>> = queue.iter().map(|t| Arc::new(t.envelope.clone())).collect();
+    let envelopes: Vec<Arc<Vec<u8>>> = queue.iter().map(|t| t.envelope.clone()).collect();
     match shared.store.enqueue_texts(user, queue).await {
         Ok(outcomes) => {
             let mut stored = 0;

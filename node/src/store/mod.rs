@@ -74,8 +74,9 @@ pub struct TextToQueue {
     pub to: Target,
     /// The sender's id for the message (de-duplicates resends).
     pub id: MessageId,
-    /// The encoded [`fastchat_proto::envelope::Envelope`].
-    pub envelope: Vec<u8>,
+    /// The encoded [`fastchat_proto::envelope::Envelope`], shared with the
+    /// live pushes to online recipients.
+    pub envelope: std::sync::Arc<Vec<u8>>,
 }
 
 /// What happened to one queued text.

@@ -493,8 +493,8 @@ impl Store for SqliteStore {
                 };
                 let mut stored = Vec::with_capacity(recipients.len());
                 for to in recipients {
-                    if let Some(seq) =
-                        enqueue(&tx, &to, &text.id.0, &text.envelope).map_err(unavailable)?
+                    if let Some(seq) = enqueue(&tx, &to, &text.id.0, text.envelope.as_slice())
+                        .map_err(unavailable)?
                     {
                         stored.push((to, seq));
                     }
@@ -761,12 +761,12 @@ mod tests {
             TextToQueue {
                 to: Target::Direct("bob".into()),
                 id: MessageId([1; 16]),
-                envelope: b"t1".to_vec(),
+                envelope: std::sync::Arc::new(b"t1".to_vec()),
             },
             TextToQueue {
                 to: Target::Direct("bob".into()),
                 id: MessageId([1; 16]),
-                envelope: b"t1".to_vec(),
+                envelope: std::sync::Arc::new(b"t1".to_vec()),
             },
         ];
         let r = s.enqueue_texts("alice", texts).await.unwrap();
@@ -778,7 +778,7 @@ mod tests {
                 vec![TextToQueue {
                     to: Target::Direct("carol".into()),
                     id: MessageId([2; 16]),
-                    envelope: vec![],
+                    envelope: Default::default(),
                 }],
             )
             .await
@@ -874,7 +874,7 @@ mod group_tests {
         let text = |epoch, n| TextToQueue {
             to: Target::Group { id, epoch },
             id: MessageId([n; 16]),
-            envelope: vec![n],
+            envelope: std::sync::Arc::new(vec![n]),
         };
         let r = s
             .enqueue_texts("bob", vec![text(2, 1), text(1, 2)])
