@@ -10,10 +10,7 @@ use fastchat_client::{Client, ClientError, InboxItem, InboxKind};
 use fastchat_proto::control::Request;
 use fastchat_proto::envelope::{Outgoing, OutgoingGroupText, Sealed, SendAck};
 use fastchat_proto::group::{GroupChange, GroupUpdate};
-use fastchat_proto::limits::MAX_MESSAGE_FRAME;
-use fastchat_proto::stream::StreamKind;
 use fastchat_proto::{ErrorCode, MessageId};
-use fastchat_transport::{read_frame, write_frame};
 
 /// Syncs and returns what arrived, marking it shown.
 async fn drain(client: &Client) -> Vec<InboxItem> {
@@ -113,8 +110,6 @@ async fn raw_as(cluster: &Cluster, name: &str) -> RawClient {
 }
 
 async fn raw_group_post(raw: &RawClient, group_id: u64, epoch: u64) -> SendAck {
-    let (mut send, mut recv) = raw.conn.open_bi().await.unwrap();
-    write_frame(&mut send, &StreamKind::Text, 64).await.unwrap();
     let post = Outgoing::Group(OutgoingGroupText {
         id: MessageId([3; 16]),
         group_id,
@@ -125,15 +120,7 @@ async fn raw_group_post(raw: &RawClient, group_id: u64, epoch: u64) -> SendAck {
         },
         signature: vec![0; 64],
     });
-    write_frame(&mut send, &post, MAX_MESSAGE_FRAME)
-        .await
-        .unwrap();
-    send.finish().unwrap();
-    let mut buf = Vec::new();
-    read_frame(&mut recv, MAX_MESSAGE_FRAME, &mut buf)
-        .await
-        .unwrap()
-        .unwrap()
+    raw.post(&post).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Cluster, RawClient, befriend};
-use fastchat_client::{ClientError, InboxKind};
+use fastchat_client::ClientError;
 use fastchat_crypto::{Identity, transcript};
 use fastchat_proto::ErrorCode;
 use fastchat_proto::control::Request;
@@ -20,16 +20,7 @@ use fastchat_transport::quinn::ConnectionError;
 async fn still_served(alice: &fastchat_client::Client, bob: &fastchat_client::Client, text: &str) {
     let mut events = bob.subscribe();
     alice.send_text("bob", text).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let i = events.recv().await.unwrap();
-            if i.kind == InboxKind::Text && i.text == text {
-                return;
-            }
-        }
-    })
-    .await
-    .expect("the text arrives");
+    common::next_text(&mut events, Some(text)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,8 +12,6 @@ use fastchat_crypto::{Identity, transcript};
 use fastchat_proto::control::Request;
 use fastchat_proto::envelope::{Outgoing, OutgoingText, Sealed, SendAck};
 use fastchat_proto::error::close;
-use fastchat_proto::limits::MAX_MESSAGE_FRAME;
-use fastchat_proto::stream::StreamKind;
 use fastchat_proto::{ErrorCode, MessageId, PROTOCOL_VERSION};
 use fastchat_transport::{TransportError, read_frame, write_frame};
 
@@ -125,8 +123,6 @@ async fn the_node_refuses_texts_to_non_friends() {
     let raw = raw_login(&cluster, "mallory", &mallory).await;
 
     // Mallory skips the client's checks and pushes a text at alice directly.
-    let (mut send, mut recv) = raw.conn.open_bi().await.unwrap();
-    write_frame(&mut send, &StreamKind::Text, 64).await.unwrap();
     let id = MessageId([9; 16]);
     let text = Outgoing::Direct(OutgoingText {
         id,
@@ -136,15 +132,7 @@ async fn the_node_refuses_texts_to_non_friends() {
             ciphertext: vec![1; 64],
         },
     });
-    write_frame(&mut send, &text, MAX_MESSAGE_FRAME)
-        .await
-        .unwrap();
-    send.finish().unwrap();
-    let mut buf = Vec::new();
-    let ack: SendAck = read_frame(&mut recv, MAX_MESSAGE_FRAME, &mut buf)
-        .await
-        .unwrap()
-        .unwrap();
+    let ack = raw.post(&text).await;
     assert_eq!(ack.id, id);
     let err = ack.result.unwrap_err();
     assert_eq!(err.code, ErrorCode::NotFriends);
@@ -204,16 +192,7 @@ async fn garbage_and_oversized_frames_do_not_take_the_node_down() {
     // Everyone else is still served.
     let mut events = bob.subscribe();
     alice.send_text("bob", "still here").await.unwrap();
-    let item = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let i = events.recv().await.unwrap();
-            if i.kind == InboxKind::Text {
-                return i;
-            }
-        }
-    })
-    .await
-    .unwrap();
+    let item = common::next_text(&mut events, None).await;
     assert_eq!(item.text, "still here");
 }
 
@@ -303,32 +282,18 @@ async fn a_replayed_message_id_is_shown_once() {
         .unwrap();
     let mut raw = RawClient::connect(&cluster.ca(), cluster.node_addr()).await;
     raw.login("alice", &identity).await;
-    let send_it = |raw: &RawClient| {
-        let (conn, sealed) = (raw.conn.clone(), sealed.clone());
-        async move {
-            let (mut send, mut recv) = conn.open_bi().await.unwrap();
-            write_frame(&mut send, &StreamKind::Text, 64).await.unwrap();
-            let text = Outgoing::Direct(OutgoingText {
-                id,
-                to: "bob".into(),
-                sealed,
-            });
-            write_frame(&mut send, &text, MAX_MESSAGE_FRAME)
-                .await
-                .unwrap();
-            send.finish().unwrap();
-            let mut buf = Vec::new();
-            let ack: SendAck = read_frame(&mut recv, MAX_MESSAGE_FRAME, &mut buf)
-                .await
-                .unwrap()
-                .unwrap();
-            assert!(ack.result.is_ok(), "{:?}", ack.result);
+    let text = Outgoing::Direct(OutgoingText {
+        id,
+        to: "bob".into(),
+        sealed,
+    });
+    for collect_first in [false, false, true] {
+        if collect_first {
+            bob.sync().await.unwrap();
         }
-    };
-    send_it(&raw).await;
-    send_it(&raw).await;
-    bob.sync().await.unwrap();
-    send_it(&raw).await;
+        let ack = raw.post(&text).await;
+        assert!(ack.result.is_ok(), "{:?}", ack.result);
+    }
     bob.sync().await.unwrap();
     let texts: Vec<_> = bob
         .unshown()

@@ -2,26 +2,9 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{Cluster, befriend};
+use common::{Cluster, befriend, next_text};
 use fastchat_client::{Client, ClientError, InboxKind, PeerState};
 use fastchat_proto::ErrorCode;
-
-async fn next_text(
-    events: &mut tokio::sync::broadcast::Receiver<fastchat_client::InboxItem>,
-) -> fastchat_client::InboxItem {
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let item = events.recv().await.unwrap();
-            if item.kind == InboxKind::Text {
-                return item;
-            }
-        }
-    })
-    .await
-    .expect("a text arrives")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_befriend_chat_both_ways() {
@@ -33,7 +16,7 @@ async fn register_befriend_chat_both_ways() {
     // Live delivery to an online recipient.
     let mut bob_events = bob.subscribe();
     alice.send_text("bob", "hello bob").await.unwrap();
-    let item = next_text(&mut bob_events).await;
+    let item = next_text(&mut bob_events, None).await;
     assert_eq!(
         (item.from.as_str(), item.text.as_str()),
         ("alice", "hello bob")
@@ -41,7 +24,7 @@ async fn register_befriend_chat_both_ways() {
 
     let mut alice_events = alice.subscribe();
     bob.send_text("alice", "hi alice").await.unwrap();
-    let item = next_text(&mut alice_events).await;
+    let item = next_text(&mut alice_events, None).await;
     assert_eq!(
         (item.from.as_str(), item.text.as_str()),
         ("bob", "hi alice")

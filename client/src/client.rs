@@ -57,6 +57,23 @@ pub enum Recipient {
     Group(String),
 }
 
+/// A fresh id, the send time and the encoded content of a text, after
+/// checking its length (before any key lookup or network work).
+fn new_text(text: &str) -> Result<(MessageId, u64, Vec<u8>), ClientError> {
+    if text.len() > MAX_TEXT_BYTES {
+        return Err(ClientError::TooLong(text.len()));
+    }
+    let mut id = [0u8; 16];
+    random_bytes(&mut id)?;
+    let sent_at_ms = now_ms();
+    let plain = encode_body(&TextContent {
+        text: text.to_string(),
+        sent_at_ms,
+    })
+    .map_err(|_| ClientError::TooLong(text.len()))?;
+    Ok((MessageId(id), sent_at_ms, plain))
+}
+
 /// Checks the name first (key generation takes a moment), then makes a key.
 async fn new_identity(name: &str) -> Result<Identity, ClientError> {
     fastchat_proto::validate_name(name).map_err(ClientError::InvalidName)?;
@@ -449,9 +466,7 @@ impl Client {
     /// Sends an end-to-end encrypted text to friend `to`; returns once the
     /// node has stored it durably (or refused it).
     pub async fn send_text(&self, to: &str, text: &str) -> Result<MessageId, ClientError> {
-        if text.len() > MAX_TEXT_BYTES {
-            return Err(ClientError::TooLong(text.len()));
-        }
+        let (id, sent_at_ms, plain) = new_text(text)?;
         let key = match self.friend_key(to) {
             Ok(Some(k)) => k,
             // Their accept may be waiting at the node; take it in and look again.
@@ -462,15 +477,6 @@ impl Client {
             }
             Err(e) => return Err(e),
         };
-        let mut id = [0u8; 16];
-        random_bytes(&mut id)?;
-        let id = MessageId(id);
-        let sent_at_ms = now_ms();
-        let plain = encode_body(&TextContent {
-            text: text.to_string(),
-            sent_at_ms,
-        })
-        .map_err(|_| ClientError::TooLong(text.len()))?;
         let sealed = key.seal(&transcript::text_aad(self.name(), to, &id.0, 0), &plain)?;
         let message = Outgoing::Direct(OutgoingText {
             id,
@@ -658,18 +664,7 @@ impl Client {
     /// Sends an end-to-end encrypted text to every other member of `group`,
     /// signed with our Ed25519 key; returns once the node has stored it.
     pub async fn send_group_text(&self, group: &str, text: &str) -> Result<MessageId, ClientError> {
-        if text.len() > MAX_TEXT_BYTES {
-            return Err(ClientError::TooLong(text.len()));
-        }
-        let mut id = [0u8; 16];
-        random_bytes(&mut id)?;
-        let id = MessageId(id);
-        let sent_at_ms = now_ms();
-        let plain = encode_body(&TextContent {
-            text: text.to_string(),
-            sent_at_ms,
-        })
-        .map_err(|_| ClientError::TooLong(text.len()))?;
+        let (id, sent_at_ms, plain) = new_text(text)?;
         if self.my_group(group).is_err() {
             // The key that made us a member may still be waiting at the node.
             self.sync().await?;

@@ -141,6 +141,25 @@ pub async fn balancer_status(ca: &Path, server: &str) -> Vec<String> {
     }
 }
 
+/// Waits (up to 10 s) for the next text event, or the next one whose text
+/// is `want`.
+pub async fn next_text(
+    events: &mut tokio::sync::broadcast::Receiver<fastchat_client::InboxItem>,
+    want: Option<&str>,
+) -> fastchat_client::InboxItem {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let item = events.recv().await.unwrap();
+            if item.kind == fastchat_client::InboxKind::Text && want.is_none_or(|w| item.text == w)
+            {
+                return item;
+            }
+        }
+    })
+    .await
+    .expect("the text arrives")
+}
+
 /// Makes two users friends through the SDK.
 pub async fn befriend(a: &fastchat_client::Client, b: &fastchat_client::Client) {
     assert_eq!(
@@ -201,6 +220,25 @@ impl RawClient {
             .sign(&fastchat_crypto::transcript::login(name, &nonce))
             .unwrap();
         self.request(Request::Login { signature }).await.unwrap();
+    }
+
+    /// Sends one message on its own text stream and returns the node's ack.
+    pub async fn post(
+        &self,
+        message: &fastchat_proto::envelope::Outgoing,
+    ) -> fastchat_proto::envelope::SendAck {
+        use fastchat_proto::limits::MAX_MESSAGE_FRAME;
+        let (mut send, mut recv) = self.conn.open_bi().await.unwrap();
+        write_frame(&mut send, &StreamKind::Text, 64).await.unwrap();
+        write_frame(&mut send, message, MAX_MESSAGE_FRAME)
+            .await
+            .unwrap();
+        send.finish().unwrap();
+        let mut buf = Vec::new();
+        read_frame(&mut recv, MAX_MESSAGE_FRAME, &mut buf)
+            .await
+            .unwrap()
+            .expect("an ack")
     }
 
     /// Sends a request and reads its reply.
