@@ -16,9 +16,18 @@ pub struct UpArgs {
     /// The balancer's address; nodes listen on the ports after it.
     #[arg(long, default_value = "127.0.0.1:7700")]
     listen: SocketAddr,
-    /// How many nodes to start.
+    /// How many nodes to start (more than one starts a private nats-server
+    /// unless --bus names one, and shares one SQLite file unless --store
+    /// names another store).
     #[arg(long, default_value_t = 1)]
     nodes: u16,
+    /// A running NATS server for the nodes (default with --nodes > 1: start one).
+    #[arg(long)]
+    bus: Option<String>,
+    /// The nodes' store: a postgres:// URL or a SQLite file (default: one
+    /// file per node, shared by all nodes when there are several).
+    #[arg(long)]
+    store: Option<String>,
     #[command(flatten)]
     node: NodeOptions,
 }
@@ -96,6 +105,14 @@ pub struct NodeArgs {
     /// Address clients should use for this node (default: the listen address).
     #[arg(long)]
     advertise: Option<String>,
+    /// The durable store: a SQLite file (default DATA/node.db; nodes on one
+    /// host may share one) or postgres://USER@HOST:PORT/DB.
+    #[arg(long)]
+    store: Option<String>,
+    /// The NATS server linking this node to the cluster's other nodes
+    /// (nats://HOST:4222); leave out for a node that is alone.
+    #[arg(long)]
+    bus: Option<String>,
     #[command(flatten)]
     node: NodeOptions,
 }
@@ -125,12 +142,30 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
 }
 
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
-    if args.nodes != 1 {
-        bail!(
-            "--nodes {} is not available yet: several nodes need the NATS bus, which this build does not have; run with --nodes 1",
-            args.nodes
-        );
+    if args.nodes == 0 {
+        bail!("--nodes must be at least 1");
     }
+    // Several nodes route to each other over NATS and share one store.
+    let mut nats = None;
+    let bus = match (&args.bus, args.nodes) {
+        (Some(url), _) => Some(url.clone()),
+        (None, 1) => None,
+        (None, _) => {
+            let server = fastchat_node::NatsServer::start(&args.dir.join("nats"), 0)?;
+            let url = server.url();
+            nats = Some(server);
+            Some(url)
+        }
+    };
+    let store = match (&args.store, args.nodes) {
+        (Some(store), _) => Some(store.clone()),
+        (None, 1) => None,
+        (None, _) => {
+            std::fs::create_dir_all(&args.dir)
+                .with_context(|| format!("cannot create {}", args.dir.display()))?;
+            Some(args.dir.join("cluster.db").display().to_string())
+        }
+    };
     let certs_dir = args.dir.join("certs");
     let mut sans = Vec::new();
     if !args.listen.ip().is_unspecified() && !args.listen.ip().is_loopback() {
@@ -158,14 +193,21 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             certs_dir.clone(),
         );
         config.balancer = Some(balancer_addr.to_string());
+        config.bus = bus.clone();
+        config.store = store.clone();
         args.node.apply(&mut config);
         let node = fastchat_node::start(config)
             .await
             .with_context(|| format!("cannot start node {k}"))?;
         nodes.push(node);
     }
+    let bus_note = match (&nats, &bus) {
+        (Some(server), _) => format!(" over nats-server {}", server.url()),
+        (None, Some(url)) => format!(" over {url}"),
+        (None, None) => String::new(),
+    };
     println!(
-        "fastchat is up: balancer on {balancer_addr}, {} node(s); register with --server {balancer_addr} --ca {} (Ctrl-C stops)",
+        "fastchat is up: balancer on {balancer_addr}, {} node(s){bus_note}; register with --server {balancer_addr} --ca {} (Ctrl-C stops)",
         nodes.len(),
         paths.ca_cert.display()
     );
@@ -175,6 +217,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         node.shutdown().await;
     }
     balancer.shutdown().await;
+    drop(nats);
     Ok(())
 }
 
@@ -202,6 +245,8 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     let mut config = NodeConfig::new(args.listen, args.data, args.certs);
     config.advertise = args.advertise;
     config.balancer = args.balancer;
+    config.store = args.store;
+    config.bus = args.bus;
     args.node.apply(&mut config);
     let handle = fastchat_node::start(config).await?;
     println!(

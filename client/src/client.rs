@@ -16,7 +16,7 @@ use fastchat_proto::limits::{MAX_TEXT_BYTES, image_ciphertext_len};
 use fastchat_proto::{ErrorCode, MessageId};
 use fastchat_transport::client_endpoint;
 use fastchat_transport::quinn::{Connection, Endpoint};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::connect::{login, reach_node, register};
 use crate::control::Control;
@@ -38,7 +38,14 @@ pub(crate) struct Core {
     pub keystore: Mutex<Keystore>,
     pub events: broadcast::Sender<InboxItem>,
     pub progress: broadcast::Sender<Progress>,
-    pub control: Control,
+    /// The balancer to ask for a node again when ours goes away.
+    pub server: String,
+    /// The connection to our node now; replaced on failover.
+    link: Mutex<Link>,
+    /// Counts links: changes each time a failover brings a new one.
+    generation: watch::Sender<u64>,
+    /// Set when the user closed the client: no more failovers.
+    closing: watch::Sender<bool>,
     /// The sender task's queue (receipts are sent from the inbox side).
     pub outbox: mpsc::UnboundedSender<Pending>,
     /// Fires whenever a delivery batch changed the keystore (new items,
@@ -46,6 +53,107 @@ pub(crate) struct Core {
     pub changes: broadcast::Sender<()>,
     /// Downloads running now, by (sender, id), so none runs twice.
     pub active_downloads: Mutex<HashSet<(String, [u8; 16])>>,
+}
+
+/// One connection to a node and its control stream.
+struct Link {
+    conn: Connection,
+    control: Arc<Control>,
+}
+
+impl Core {
+    /// The connection in use now.
+    pub fn conn(&self) -> Connection {
+        self.link.lock().expect("link lock").conn.clone()
+    }
+
+    /// Sends a control request on the connection in use now.
+    pub async fn request(&self, request: Request) -> Result<Response, ClientError> {
+        let control = self.link.lock().expect("link lock").control.clone();
+        control.request(request).await
+    }
+
+    /// Which link is in use now (compare with [`Core::wait_relink`]).
+    pub fn generation(&self) -> u64 {
+        *self.generation.borrow()
+    }
+
+    /// Waits until a failover replaced link `seen`; false if the client
+    /// closed instead.
+    pub async fn wait_relink(&self, seen: u64) -> bool {
+        let mut generation = self.generation.subscribe();
+        let mut closing = self.closing.subscribe();
+        if *closing.borrow_and_update() {
+            return false;
+        }
+        tokio::select! {
+            r = generation.wait_for(|g| *g != seen) => r.is_ok(),
+            _ = closing.wait_for(|c| *c) => false,
+        }
+    }
+
+    fn is_closing(&self) -> bool {
+        *self.closing.borrow()
+    }
+}
+
+/// Keeps the client connected: when its node goes away, asks the balancer
+/// for a node again (backing off up to 2 s between tries), logs in, and
+/// puts the new connection in place. Senders waiting on the old one resend
+/// what it did not acknowledge; the node redelivers what we did not.
+async fn supervise(core: Arc<Core>, endpoint: Endpoint) {
+    loop {
+        let conn = core.conn();
+        let reason = conn.closed().await;
+        if core.is_closing() {
+            return;
+        }
+        tracing::info!(%reason, "lost the node; asking the balancer for another");
+        let _ = core.changes.send(());
+        let mut delay = std::time::Duration::from_millis(50);
+        loop {
+            if core.is_closing() {
+                return;
+            }
+            match relink(&core, &endpoint).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "reconnect failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(2));
+                }
+            }
+        }
+    }
+}
+
+async fn relink(core: &Arc<Core>, endpoint: &Endpoint) -> Result<(), ClientError> {
+    let (conn, control) = reach_node(endpoint, &core.server).await?;
+    login(&control, &core.name, &core.identity).await?;
+    if core.is_closing() {
+        conn.close(0u32.into(), b"bye");
+        return Ok(());
+    }
+    *core.link.lock().expect("link lock") = Link {
+        conn: conn.clone(),
+        control: Arc::new(control),
+    };
+    tokio::spawn(inbox::run(core.clone(), conn.clone()));
+    core.generation.send_modify(|g| *g += 1);
+    tracing::info!(node = %conn.remote_address(), "reconnected");
+    // Downloads the old connection cut off go on from where they stopped.
+    let records = core
+        .keystore
+        .lock()
+        .expect("keystore lock")
+        .transfers(Transfers::Downloads, "pending")?;
+    for record in records {
+        if let Ok(rec) = fastchat_proto::decode(&record) {
+            crate::download::spawn(core.clone(), conn.clone(), rec);
+        }
+    }
+    let _ = core.changes.send(());
+    Ok(())
 }
 
 /// Where an attachment goes.
@@ -120,7 +228,6 @@ pub enum FriendAdd {
 pub struct Client {
     core: Arc<Core>,
     endpoint: Endpoint,
-    conn: Connection,
     pending_at_login: u64,
 }
 
@@ -220,7 +327,7 @@ impl Client {
         )?;
         let pending = login(&control, name, &identity).await?;
         Ok(Self::assemble(
-            home, name, identity, signing, keystore, endpoint, conn, control, pending,
+            home, name, server, identity, signing, keystore, endpoint, conn, control, pending,
         ))
     }
 
@@ -245,6 +352,7 @@ impl Client {
         Ok(Self::assemble(
             home,
             &profile.name,
+            &profile.server,
             identity,
             signing,
             keystore,
@@ -259,6 +367,7 @@ impl Client {
     fn assemble(
         home: &Path,
         name: &str,
+        server: &str,
         identity: Identity,
         signing: SigningIdentity,
         keystore: Keystore,
@@ -279,17 +388,23 @@ impl Client {
             keystore: Mutex::new(keystore),
             events,
             progress,
-            control,
+            server: server.to_string(),
+            link: Mutex::new(Link {
+                conn: conn.clone(),
+                control: Arc::new(control),
+            }),
+            generation: watch::channel(0).0,
+            closing: watch::channel(false).0,
             outbox,
             changes,
             active_downloads: Mutex::new(HashSet::new()),
         });
-        tokio::spawn(inbox::run(core.clone(), conn.clone()));
-        outbox::start(core.clone(), conn.clone(), outbox_rx);
+        tokio::spawn(inbox::run(core.clone(), conn));
+        outbox::start(core.clone(), outbox_rx);
+        tokio::spawn(supervise(core.clone(), endpoint.clone()));
         Self {
             core,
             endpoint,
-            conn,
             pending_at_login,
         }
     }
@@ -306,7 +421,7 @@ impl Client {
 
     /// The address of the node this client is connected to.
     pub fn node_addr(&self) -> std::net::SocketAddr {
-        let a = self.conn.remote_address();
+        let a = self.core.conn().remote_address();
         // The dual-stack endpoint reports IPv4 peers as IPv4-mapped IPv6.
         std::net::SocketAddr::new(a.ip().to_canonical(), a.port())
     }
@@ -323,7 +438,7 @@ impl Client {
     /// Waits until everything queued for us at the node has been received,
     /// stored and acknowledged.
     pub async fn sync(&self) -> Result<(), ClientError> {
-        match self.core.control.request(Request::Sync).await? {
+        match self.core.request(Request::Sync).await? {
             Response::Synced => Ok(()),
             _ => Err(ClientError::UnexpectedReply),
         }
@@ -345,10 +460,7 @@ impl Client {
         {
             return Err(ClientError::AlreadyFriends(name.to_string()));
         }
-        let (their_der, relation) = match self
-            .core
-            .control
-            .request(Request::LookupUser {
+        let (their_der, relation) = match self.core.request(Request::LookupUser {
                 name: name.to_string(),
             })
             .await?
@@ -380,9 +492,7 @@ impl Client {
                 &their_der,
                 &signing_key,
             ))?;
-            self.core
-                .control
-                .request(Request::FriendAccept {
+            self.core.request(Request::FriendAccept {
                     to: name.to_string(),
                     wrapped_key,
                     signing_key,
@@ -407,9 +517,7 @@ impl Client {
             &their_der,
             &signing_key,
         ))?;
-        self.core
-            .control
-            .request(Request::FriendRequest {
+        self.core.request(Request::FriendRequest {
                 to: name.to_string(),
                 signing_key,
                 signature,
@@ -515,10 +623,7 @@ impl Client {
     /// Creates a group with us as admin and only member; returns its id.
     pub async fn group_create(&self, name: &str) -> Result<u64, ClientError> {
         fastchat_proto::validate_name(name).map_err(ClientError::InvalidName)?;
-        let id = match self
-            .core
-            .control
-            .request(Request::GroupCreate {
+        let id = match self.core.request(Request::GroupCreate {
                 name: name.to_string(),
             })
             .await?
@@ -632,10 +737,7 @@ impl Client {
         }
         let removed_notice = matches!(change, GroupChange::Removed(_))
             .then(|| self.core.signing.sign(&transcript::group_removed(&bytes)));
-        match self
-            .core
-            .control
-            .request(Request::GroupRekey {
+        match self.core.request(Request::GroupRekey {
                 update: update.clone(),
                 keys,
                 removed_notice,
@@ -720,9 +822,14 @@ impl Client {
         )))
     }
 
-    /// Whether the connection to the node is still up.
+    /// Whether the connection to the node is up (false while failing over).
     pub fn is_connected(&self) -> bool {
-        self.conn.close_reason().is_none()
+        self.core.conn().close_reason().is_none()
+    }
+
+    /// Fires each time a failover connected this client to a node again.
+    pub fn subscribe_relinks(&self) -> watch::Receiver<u64> {
+        self.core.generation.subscribe()
     }
 
     /// Fires whenever received data changed the keystore (new items, receipts).
@@ -735,10 +842,11 @@ impl Client {
         self.core.progress.subscribe()
     }
 
-    /// Drops the connection at once, as a network failure would (what was
-    /// not acknowledged stays queued on both sides and resumes later).
+    /// Drops the connection at once, as a network failure would: what was
+    /// not acknowledged stays queued on both sides, and the client fails
+    /// over to a node the balancer picks.
     pub fn abort(&self) {
-        self.conn.close(0u32.into(), b"aborted");
+        self.core.conn().close(0u32.into(), b"aborted");
     }
 
     /// Sends the file at `path` to a friend (`to`) or a group (`group`), as
@@ -887,7 +995,18 @@ impl Client {
                 resumed_from: 0,
             });
         };
-        match crate::upload::run(&self.conn, rec, &report).await {
+        let mut tries = 0;
+        let outcome = loop {
+            let seen = self.core.generation();
+            match crate::upload::run(&self.core.conn(), rec, &report).await {
+                // The node went away: continue on the next one from where it stopped.
+                Err(ClientError::Disconnected) if tries < 5 && self.core.wait_relink(seen).await => {
+                    tries += 1;
+                }
+                other => break other,
+            }
+        };
+        match outcome {
             Ok(r) => {
                 self.keystore().set_transfer_state(
                     Transfers::Uploads,
@@ -933,7 +1052,7 @@ impl Client {
         let records = self.keystore().transfers(Transfers::Downloads, "pending")?;
         for record in records {
             if let Ok(rec) = fastchat_proto::decode(&record) {
-                crate::download::spawn(self.core.clone(), self.conn.clone(), rec);
+                crate::download::spawn(self.core.clone(), self.core.conn(), rec);
             }
         }
         loop {
@@ -987,8 +1106,20 @@ impl Client {
 
     /// Closes the connection politely and waits briefly for it to go out.
     pub async fn close(self) {
-        self.conn.close(0u32.into(), b"bye");
+        self.shut();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.endpoint.wait_idle())
             .await;
+    }
+
+    fn shut(&self) {
+        self.core.closing.send_replace(true);
+        self.core.conn().close(0u32.into(), b"bye");
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        // No failover for a client nobody holds.
+        self.shut();
     }
 }

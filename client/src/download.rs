@@ -230,8 +230,7 @@ async fn run(
             }
         }
     }
-    core.control
-        .request(Request::ImageReceived {
+    core.request(Request::ImageReceived {
             from: rec.from.clone(),
             id: MessageId(rec.id),
         })

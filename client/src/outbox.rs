@@ -35,9 +35,9 @@ pub(crate) struct History {
     pub sent_at_ms: u64,
 }
 
-/// Starts the sender task for `conn`, fed by `rx`.
-pub(crate) fn start(core: Arc<Core>, conn: Connection, rx: mpsc::UnboundedReceiver<Pending>) {
-    tokio::spawn(run(core, conn, rx));
+/// Starts the sender task, fed by `rx`.
+pub(crate) fn start(core: Arc<Core>, rx: mpsc::UnboundedReceiver<Pending>) {
+    tokio::spawn(run(core, rx));
 }
 
 /// Runs `f` on the keystore inside one transaction.
@@ -56,7 +56,7 @@ fn in_transaction(
     }
 }
 
-async fn run(core: Arc<Core>, conn: Connection, mut rx: mpsc::UnboundedReceiver<Pending>) {
+async fn run(core: Arc<Core>, mut rx: mpsc::UnboundedReceiver<Pending>) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -65,18 +65,55 @@ async fn run(core: Arc<Core>, conn: Connection, mut rx: mpsc::UnboundedReceiver<
                 Err(_) => break,
             }
         }
-        tokio::spawn(send_batch(core.clone(), conn.clone(), batch));
+        tokio::spawn(send_batch(core.clone(), batch));
     }
 }
 
-async fn send_batch(core: Arc<Core>, conn: Connection, batch: Vec<Pending>) {
-    let acks = exchange(&conn, &batch).await;
-    let mut acks: HashMap<MessageId, Result<(), ProtoError>> = match acks {
-        Ok(a) => a.into_iter().map(|a| (a.id, a.result)).collect(),
-        Err(_) => HashMap::new(),
-    };
-    // History holds what the node accepted; one transaction per batch.
-    let recorded = in_transaction(&core, |ks| {
+/// Sends a batch and settles each message with the node's answer. What
+/// the node did not answer (its connection died) goes again, with the same
+/// ids, once the client has failed over: the node stores a message once per
+/// id, so a message it stored before dying is not stored twice.
+async fn send_batch(core: Arc<Core>, mut batch: Vec<Pending>) {
+    loop {
+        let seen = core.generation();
+        let conn = core.conn();
+        let acks: HashMap<MessageId, Result<(), ProtoError>> = exchange(&conn, &batch)
+            .await
+            .into_iter()
+            .map(|a| (a.id, a.result))
+            .collect();
+        let (answered, unanswered): (Vec<Pending>, Vec<Pending>) = batch
+            .into_iter()
+            .partition(|o| acks.contains_key(&o.message.id()));
+        settle(&core, answered, acks);
+        if unanswered.is_empty() {
+            return;
+        }
+        let relinked = if conn.close_reason().is_some() {
+            core.wait_relink(seen).await
+        } else {
+            // The stream failed on a live connection (reset): try again shortly.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            true
+        };
+        if !relinked {
+            for o in unanswered {
+                let _ = o.done.send(Err(ClientError::Disconnected));
+            }
+            return;
+        }
+        batch = unanswered;
+    }
+}
+
+/// Records what the node accepted in the history (one transaction) and
+/// tells each sender its message's fate.
+fn settle(
+    core: &Core,
+    batch: Vec<Pending>,
+    mut acks: HashMap<MessageId, Result<(), ProtoError>>,
+) {
+    let recorded = in_transaction(core, |ks| {
         for o in &batch {
             if let (Some(h), Some(Ok(()))) = (&o.history, acks.get(&o.message.id())) {
                 ks.record_sent(
@@ -103,30 +140,28 @@ async fn send_batch(core: Arc<Core>, conn: Connection, batch: Vec<Pending>) {
     }
 }
 
-async fn exchange(conn: &Connection, batch: &[Pending]) -> Result<Vec<SendAck>, ClientError> {
-    let lost = |_| ClientError::Disconnected;
-    let (mut send, mut recv) = conn
-        .open_bi()
-        .await
-        .map_err(|_| ClientError::Disconnected)?;
-    write_frame(&mut send, &StreamKind::Text, 64)
-        .await
-        .map_err(lost)?;
-    write_frames(
-        &mut send,
-        batch.iter().map(|o| &o.message),
-        MAX_MESSAGE_FRAME,
-    )
-    .await
-    .map_err(lost)?;
-    send.finish().map_err(|_| ClientError::Disconnected)?;
+/// Sends `batch` on a fresh stream and returns the acks that came back
+/// (fewer than sent if the stream or connection failed).
+async fn exchange(conn: &Connection, batch: &[Pending]) -> Vec<SendAck> {
     let mut acks = Vec::with_capacity(batch.len());
-    let mut buf = Vec::new();
-    while let Some(ack) = read_frame::<SendAck>(&mut recv, MAX_MESSAGE_FRAME, &mut buf)
+    let Ok((mut send, mut recv)) = conn.open_bi().await else {
+        return acks;
+    };
+    if write_frame(&mut send, &StreamKind::Text, 64).await.is_err()
+        || write_frames(
+            &mut send,
+            batch.iter().map(|o| &o.message),
+            MAX_MESSAGE_FRAME,
+        )
         .await
-        .map_err(lost)?
+        .is_err()
+        || send.finish().is_err()
     {
+        return acks;
+    }
+    let mut buf = Vec::new();
+    while let Ok(Some(ack)) = read_frame::<SendAck>(&mut recv, MAX_MESSAGE_FRAME, &mut buf).await {
         acks.push(ack);
     }
-    Ok(acks)
+    acks
 }

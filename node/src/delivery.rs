@@ -3,7 +3,9 @@
 //! the store only once the client acknowledged it, so a dropped connection
 //! loses nothing: the next login delivers it again (clients de-duplicate).
 
+use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use fastchat_proto::envelope::{DeliveryAck, DeliveryRef};
@@ -18,6 +20,10 @@ use crate::shared::{Live, Shared};
 
 /// How long a client may take to acknowledge a delivery batch.
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a session re-reads the store, for envelopes whose live push
+/// was lost (a node died between its commit and its push, the bus dropped
+/// a message). Cheap: one indexed read that usually finds nothing.
+const STORE_POLL: Duration = Duration::from_secs(5);
 
 /// A session's delivery task; detaches and stops when dropped.
 pub(crate) struct Delivery {
@@ -25,6 +31,8 @@ pub(crate) struct Delivery {
     user: String,
     id: u64,
     acked: watch::Receiver<u64>,
+    /// Whether the task joined the bus (and so must leave it).
+    joined: Arc<AtomicBool>,
     task: JoinHandle<()>,
 }
 
@@ -32,15 +40,24 @@ impl Delivery {
     /// Registers `user` as online on `conn` and starts delivering.
     pub fn start(shared: Arc<Shared>, user: String, conn: Connection) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        // Attach before reading the backlog so nothing stored in between is missed.
+        // Attach before reading the store so nothing stored in between is missed.
         let id = shared.attach(&user, tx);
         let (acked_tx, acked) = watch::channel(0);
-        let task = tokio::spawn(run(shared.clone(), user.clone(), conn, rx, acked_tx));
+        let joined = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(run(
+            shared.clone(),
+            user.clone(),
+            conn,
+            rx,
+            acked_tx,
+            joined.clone(),
+        ));
         Self {
             shared,
             user,
             id,
             acked,
+            joined,
             task,
         }
     }
@@ -58,8 +75,11 @@ impl Delivery {
 
 impl Drop for Delivery {
     fn drop(&mut self) {
-        self.shared.detach(&self.user, self.id);
         self.task.abort();
+        self.shared.detach(&self.user, self.id);
+        if self.joined.load(Ordering::Acquire) {
+            self.shared.bus.leave(&self.user);
+        }
     }
 }
 
@@ -69,55 +89,62 @@ async fn run(
     conn: Connection,
     mut live: mpsc::UnboundedReceiver<Live>,
     acked: watch::Sender<u64>,
+    joined: Arc<AtomicBool>,
 ) {
-    let mut cursor = 0u64;
     let result: Result<(), StreamError> = async {
+        // Join the bus before reading the store, so nothing stored on
+        // another node in between is missed.
+        shared
+            .bus
+            .join(&user)
+            .await
+            .map_err(|e| StreamError::Connection(e.to_string()))?;
+        joined.store(true, Ordering::Release);
+        let mut reconnects = shared.bus.reconnects();
+        let mut recent = Recent::default();
+        drain_store(&shared, &user, &conn, &acked, &mut recent).await?;
+        let mut poll = tokio::time::interval(STORE_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        poll.reset();
         loop {
-            let page = shared
-                .store
-                .pending(&user, cursor, MAX_BATCH)
-                .await
-                .map_err(|e| StreamError::Connection(e.to_string()))?;
-            let Some(last) = page.last().map(|(seq, _)| *seq) else {
-                break;
-            };
-            let frames = page
-                .iter()
-                .map(|(seq, envelope)| DeliveryRef {
-                    seq: *seq,
-                    envelope,
-                })
-                .collect::<Vec<_>>();
-            deliver(&shared, &user, &conn, &frames, &acked).await?;
-            cursor = last;
-        }
-        let backlog_end = cursor;
-        while let Some(first) = live.recv().await {
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match live.try_recv() {
-                    Ok(l) => batch.push(l),
-                    Err(_) => break,
+            tokio::select! {
+                first = live.recv() => {
+                    let Some(first) = first else { break };
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match live.try_recv() {
+                            Ok(l) => batch.push(l),
+                            Err(_) => break,
+                        }
+                    }
+                    // A store read may already have delivered what was pushed meanwhile.
+                    batch.retain(|l| !recent.contains(l.seq));
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    // Borrowed: a group envelope shared by every member is not copied.
+                    let frames = batch
+                        .iter()
+                        .map(|l| DeliveryRef {
+                            seq: l.seq,
+                            envelope: &l.envelope,
+                        })
+                        .collect::<Vec<_>>();
+                    deliver(&shared, &user, &conn, &frames, &acked).await?;
+                }
+                _ = poll.tick() => {
+                    recent.rotate();
+                    drain_store(&shared, &user, &conn, &acked, &mut recent).await?;
+                }
+                changed = reconnects.changed() => {
+                    if changed.is_err() {
+                        // The bus is gone (node shutting down); polling still covers us.
+                        reconnects = watch::channel(0).1;
+                        continue;
+                    }
+                    drain_store(&shared, &user, &conn, &acked, &mut recent).await?;
                 }
             }
-            // The backlog read may already have delivered what was pushed
-            // meanwhile: exactly the positions up to where it ended. (Live
-            // pushes arrive in any order, so later ones are never filtered;
-            // the store's positions grow in commit order, so nothing at or
-            // below `backlog_end` can have been missed by the backlog read.)
-            batch.retain(|l| l.seq > backlog_end);
-            if batch.is_empty() {
-                continue;
-            }
-            // Borrowed: a group envelope shared by every member is not copied.
-            let frames = batch
-                .iter()
-                .map(|l| DeliveryRef {
-                    seq: l.seq,
-                    envelope: &l.envelope,
-                })
-                .collect::<Vec<_>>();
-            deliver(&shared, &user, &conn, &frames, &acked).await?;
         }
         Ok(())
     }
@@ -130,6 +157,59 @@ async fn run(
             fastchat_proto::error::close::TIMEOUT.into(),
             b"delivery failed; reconnect",
         );
+    }
+}
+
+/// Queue positions recently delivered from the store, so the same envelopes
+/// arriving live afterwards are not sent twice. Two generations, swapped at
+/// each poll: a push follows its commit by milliseconds, never by a poll period.
+#[derive(Default)]
+struct Recent {
+    current: HashSet<u64>,
+    previous: HashSet<u64>,
+}
+
+impl Recent {
+    fn contains(&self, seq: u64) -> bool {
+        self.current.contains(&seq) || self.previous.contains(&seq)
+    }
+
+    fn rotate(&mut self) {
+        self.previous = std::mem::take(&mut self.current);
+    }
+}
+
+/// Delivers everything the store holds for `user`. Nothing is in flight
+/// when this runs (one batch at a time), so what the store holds is exactly
+/// what this session still owes: stored while away, stored on another node
+/// whose push was lost, or not yet pushed.
+async fn drain_store(
+    shared: &Shared,
+    user: &str,
+    conn: &Connection,
+    acked: &watch::Sender<u64>,
+    recent: &mut Recent,
+) -> Result<(), StreamError> {
+    let mut cursor = 0u64;
+    loop {
+        let page = shared
+            .store
+            .pending(user, cursor, MAX_BATCH)
+            .await
+            .map_err(|e| StreamError::Connection(e.to_string()))?;
+        let Some(last) = page.last().map(|(seq, _)| *seq) else {
+            return Ok(());
+        };
+        let frames = page
+            .iter()
+            .map(|(seq, envelope)| DeliveryRef {
+                seq: *seq,
+                envelope,
+            })
+            .collect::<Vec<_>>();
+        recent.current.extend(page.iter().map(|(seq, _)| *seq));
+        deliver(shared, user, conn, &frames, acked).await?;
+        cursor = last;
     }
 }
 

@@ -8,6 +8,7 @@
 //! `store` is the durable state behind a trait.
 
 mod balancer_link;
+mod bus;
 mod cmd;
 mod connection;
 mod delivery;
@@ -16,5 +17,6 @@ mod server;
 mod shared;
 pub mod store;
 
+pub use bus::{BusError, NatsServer};
 pub use server::{NodeConfig, NodeError, NodeHandle, start};
 pub use store::Durability;

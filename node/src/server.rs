@@ -12,7 +12,8 @@ use fastchat_transport::{ClientAuth, server_endpoint};
 use tokio::task::JoinHandle;
 
 use crate::shared::{ImageLimits, Shared};
-use crate::store::{Durability, SqliteStore, StoreError};
+use crate::bus::{Bus, LocalBus, NatsBus};
+use crate::store::{Durability, SqliteStore, Store, StoreError};
 
 /// Everything a node needs to start.
 #[derive(Clone, Debug)]
@@ -36,6 +37,13 @@ pub struct NodeConfig {
     pub image_quota: u64,
     /// Friend requests one user may send a minute.
     pub friend_requests_per_minute: u32,
+    /// The durable store: `None` for `node.db` in the data directory, a
+    /// SQLite file path (several nodes on one host may share it), or a
+    /// `postgres://` URL.
+    pub store: Option<String>,
+    /// The NATS server linking this node to the others (`nats://host:port`);
+    /// `None` for a node that is alone.
+    pub bus: Option<String>,
 }
 
 impl NodeConfig {
@@ -51,6 +59,8 @@ impl NodeConfig {
             max_image_bytes: fastchat_proto::limits::DEFAULT_MAX_IMAGE,
             image_quota: fastchat_proto::limits::DEFAULT_IMAGE_QUOTA,
             friend_requests_per_minute: crate::limits::DEFAULT_FRIEND_REQUESTS_PER_MINUTE,
+            store: None,
+            bus: None,
         }
     }
 }
@@ -72,6 +82,9 @@ pub enum NodeError {
         /// The cause.
         cause: StoreError,
     },
+    /// The bus could not be reached.
+    #[error(transparent)]
+    Bus(#[from] crate::bus::BusError),
     /// The data directory could not be created.
     #[error("cannot create the data directory {dir}: {cause}")]
     DataDir {
@@ -122,13 +135,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         dir: config.data_dir.clone(),
         cause,
     })?;
-    let store =
-        SqliteStore::open(&config.data_dir.join(DB_FILE), config.durability).map_err(|cause| {
-            NodeError::Store {
-                dir: config.data_dir.clone(),
-                cause,
-            }
-        })?;
+    let store = open_store(&config).await?;
     let endpoint = server_endpoint(config.listen, &identity, ClientAuth::None)?;
     let local = endpoint.local_addr().expect("bound endpoint");
     let advertised = config.advertise.clone().unwrap_or_else(|| {
@@ -144,8 +151,13 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         dir: blob_dir.clone(),
         cause,
     })?;
+    let bus: Arc<dyn Bus> = match &config.bus {
+        None => Arc::new(LocalBus::new(&advertised)),
+        Some(url) => Arc::new(NatsBus::connect(url, &advertised).await?),
+    };
     let shared = Arc::new(Shared::new(
-        Arc::new(store),
+        store,
+        bus,
         blob_dir,
         ImageLimits {
             max_bytes: config.max_image_bytes,
@@ -154,6 +166,8 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         config.durability == Durability::PowerLoss,
         config.friend_requests_per_minute.max(1),
     ));
+
+    shared.bus.start(Arc::downgrade(&shared)).await?;
 
     let accept = tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
     let link = config.balancer.clone().map(|balancer| {
@@ -171,6 +185,30 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         link,
         advertised,
     })
+}
+
+/// Opens the store the configuration names.
+async fn open_store(config: &NodeConfig) -> Result<Arc<dyn Store>, NodeError> {
+    let failed = |cause| NodeError::Store {
+        dir: config.data_dir.clone(),
+        cause,
+    };
+    match config.store.as_deref() {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            let store = crate::store::PostgresStore::connect(url)
+                .await
+                .map_err(failed)?;
+            Ok(Arc::new(store))
+        }
+        other => {
+            let path = match other {
+                Some(path) => PathBuf::from(path.strip_prefix("sqlite://").unwrap_or(path)),
+                None => config.data_dir.join(DB_FILE),
+            };
+            let store = SqliteStore::open(&path, config.durability).map_err(failed)?;
+            Ok(Arc::new(store))
+        }
+    }
 }
 
 async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {

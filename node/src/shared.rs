@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, watch};
 
+use crate::bus::Bus;
 use crate::store::Store;
 
 /// An envelope on its way to an online session.
@@ -43,6 +44,8 @@ pub(crate) struct ImageLimits {
 /// Node-wide state.
 pub(crate) struct Shared {
     pub store: Arc<dyn Store>,
+    /// The way to sessions and blobs on other nodes.
+    pub bus: Arc<dyn Bus>,
     sessions: Mutex<HashMap<String, Vec<Sink>>>,
     next_session: AtomicU64,
     pub stats: Stats,
@@ -62,6 +65,7 @@ pub(crate) struct Shared {
 impl Shared {
     pub fn new(
         store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
         blob_dir: PathBuf,
         images: ImageLimits,
         fsync: bool,
@@ -69,6 +73,7 @@ impl Shared {
     ) -> Self {
         Self {
             store,
+            bus,
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
             stats: Stats::default(),
@@ -125,9 +130,15 @@ impl Shared {
         }
     }
 
-    /// Hands a just-stored envelope to every online session of `user`. An
-    /// offline user gets it from the store at next login.
+    /// Hands a just-stored envelope to every online session of `user`, here
+    /// and on other nodes. An offline user gets it from the store at next login.
     pub fn push(&self, user: &str, live: Live) {
+        self.bus.publish(user, &live);
+        self.push_local(user, live);
+    }
+
+    /// Hands an envelope to the sessions of `user` on this node only.
+    pub fn push_local(&self, user: &str, live: Live) {
         let sessions = self.sessions.lock().expect("sessions lock");
         if let Some(list) = sessions.get(user) {
             for sink in list {

@@ -17,10 +17,14 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// Initial packets and each waits a ~1 s retransmit (NOTES-deps.md).
 const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 
-/// Idle connections are closed after this long without packets.
+/// Idle connections are closed after this long without packets (the
+/// server's side; a connection uses the lower of the two peers' values).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Clients ping this often so an idle chat is not timed out.
-const KEEP_ALIVE: Duration = Duration::from_secs(10);
+/// A client takes its node for dead after this long without a packet, and
+/// fails over: a killed node sends nothing, so this is how fast we notice.
+const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Clients ping this often, so a live node is never silent for long.
+const KEEP_ALIVE: Duration = Duration::from_millis(750);
 
 /// Streams a peer may have open at once towards a node.
 const MAX_BIDI_STREAMS: u32 = 256;
@@ -96,15 +100,20 @@ fn udp_socket(addr: SocketAddr) -> Result<UdpSocket, TransportError> {
     Ok(socket.into())
 }
 
-fn transport_config(keep_alive: bool) -> Arc<TransportConfig> {
+fn transport_config(client: bool) -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
+    let idle = if client {
+        CLIENT_IDLE_TIMEOUT
+    } else {
+        IDLE_TIMEOUT
+    };
     t.max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(
-        IDLE_TIMEOUT.as_millis() as u32,
+        idle.as_millis() as u32,
     ))));
     t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_BIDI_STREAMS));
     // Nothing in the protocol uses unidirectional streams yet.
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
-    if keep_alive {
+    if client {
         t.keep_alive_interval(Some(KEEP_ALIVE));
     }
     Arc::new(t)

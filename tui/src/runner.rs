@@ -1,7 +1,7 @@
 //! Runs the TUI: the terminal (raw mode, alternate screen, restored on exit
-//! and on panic), a thread reading keys, the SDK's events, and reconnection
-//! through the balancer when the node goes away, with anything typed
-//! meanwhile sent once it is back.
+//! and on panic), a thread reading keys, and the SDK's events. When the node
+//! goes away the SDK fails over through the balancer; the screen says so,
+//! and anything typed meanwhile is sent once it is back.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,7 +23,6 @@ enum Report {
     Notice(String),
     Refresh,
     Overlay(String, Vec<String>),
-    Reconnected(Client),
 }
 
 /// Opens the chat for the identity in `home` until the user quits.
@@ -31,7 +30,7 @@ pub async fn run(home: &Path, passphrase: Option<String>) -> anyhow::Result<()> 
     // Connect before touching the terminal, so an error is a plain sentence.
     let client = Client::connect_with_passphrase(home, passphrase.as_deref()).await?;
     let mut terminal = ratatui::try_init()?;
-    let result = event_loop(&mut terminal, client, home.to_path_buf(), passphrase).await;
+    let result = event_loop(&mut terminal, client).await;
     ratatui::restore();
     result
 }
@@ -95,29 +94,8 @@ fn recipient(c: &Conversation) -> Recipient {
     }
 }
 
-fn spawn_reconnect(
-    home: PathBuf,
-    passphrase: Option<String>,
-    reports: mpsc::UnboundedSender<Report>,
-) {
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            if let Ok(c) = Client::connect_with_passphrase(&home, passphrase.as_deref()).await {
-                let _ = reports.send(Report::Reconnected(c));
-                return;
-            }
-        }
-    });
-}
-
-async fn event_loop(
-    terminal: &mut DefaultTerminal,
-    client: Client,
-    home: PathBuf,
-    passphrase: Option<String>,
-) -> anyhow::Result<()> {
-    let mut client = Arc::new(client);
+async fn event_loop(terminal: &mut DefaultTerminal, client: Client) -> anyhow::Result<()> {
+    let client = Arc::new(client);
     let mut app = App::new(client.name());
     let (keys_tx, mut keys) = mpsc::unbounded_channel();
     std::thread::spawn(move || {
@@ -131,7 +109,7 @@ async fn event_loop(
     let mut inbox = client.subscribe_changes();
     let mut progress = client.subscribe_progress();
     let mut unsent: Vec<(Conversation, String)> = Vec::new();
-    let mut reconnecting = false;
+    let mut relinks = client.subscribe_relinks();
     let mut ticker = tokio::time::interval(Duration::from_millis(500));
 
     let start = |client: &Arc<Client>, app: &mut App| {
@@ -179,25 +157,19 @@ async fn event_loop(
                 Report::Notice(n) => app.notice(n),
                 Report::Refresh => refresh(&mut app, &client),
                 Report::Overlay(t, lines) => app.overlay = Some((t, lines)),
-                Report::Reconnected(c) => {
-                    client = Arc::new(c);
-                    inbox = client.subscribe_changes();
-                    progress = client.subscribe_progress();
-                    reconnecting = false;
-                    start(&client, &mut app);
-                    app.notice("reconnected");
-                    for (conv, text) in std::mem::take(&mut unsent) {
-                        perform(&client, &mut app, Action::Send(conv, text), &reports_tx, &mut unsent);
-                    }
-                    refresh(&mut app, &client);
+            },
+            Ok(()) = relinks.changed() => {
+                start(&client, &mut app);
+                app.notice("reconnected");
+                for (conv, text) in std::mem::take(&mut unsent) {
+                    perform(&client, &mut app, Action::Send(conv, text), &reports_tx, &mut unsent);
                 }
+                refresh(&mut app, &client);
             },
             _ = ticker.tick() => {
-                if !client.is_connected() && !reconnecting {
-                    reconnecting = true;
+                if !client.is_connected() && app.connected {
                     app.connected = false;
                     app.status = "connection lost · reconnecting through the balancer…".into();
-                    spawn_reconnect(home.clone(), passphrase.clone(), reports_tx.clone());
                 }
             }
         }

@@ -21,12 +21,14 @@ use fastchat_transport::{StreamError, read_frame, write_frame};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use crate::shared::{Live, Shared};
-use crate::store::StoreError;
+use crate::store::{BlobLocation, StoreError};
 
 /// Bytes gathered before each write to the blob file (and progress update).
 const WRITE_CHUNK: usize = 256 * 1024;
 /// Bytes read from the blob file per send to a fetching recipient.
 const READ_CHUNK: usize = 256 * 1024;
+/// Bytes per blob request over the bus (NATS's default payload limit is 1 MiB).
+const BUS_CHUNK: u32 = 512 * 1024;
 /// How long a fetch waits for a stalled upload before giving up (the
 /// recipient resumes later).
 const STALL: Duration = Duration::from_secs(30);
@@ -129,6 +131,7 @@ pub(crate) async fn serve_upload(
             recipients,
             envelope.clone(),
             shared.images.quota,
+            shared.bus.node_id(),
         )
         .await
     {
@@ -148,6 +151,11 @@ pub(crate) async fn serve_upload(
     if start.total_len != offer.total_len {
         let e = ProtoError::new(ErrorCode::BadRequest, "this id was used for another image");
         return write_frame(send, &refuse(e), MAX_CONTROL_FRAME).await;
+    }
+    if let Some(previous) = &start.previous_owner {
+        // Resumed here after a failover: this node starts the file afresh
+        // (the client re-encrypts identically from the offset we give).
+        shared.bus.drop_blob(previous, start.blob_id);
     }
     // Recipients hear of the image now, so they can fetch while it uploads.
     let envelope = Arc::new(envelope);
@@ -235,7 +243,7 @@ pub(crate) async fn serve_fetch(
             return write_frame(send, &reply, MAX_CONTROL_FRAME).await;
         }
     };
-    let Some((blob_id, total_len)) = found.filter(|(_, len)| fetch.offset <= *len) else {
+    let Some(blob) = found.filter(|b| fetch.offset <= b.total_len) else {
         let reply = ImageFetchReply::Refused(ProtoError::new(
             ErrorCode::UnknownUser,
             "no such image waiting for you",
@@ -244,19 +252,38 @@ pub(crate) async fn serve_fetch(
     };
     write_frame(
         send,
-        &ImageFetchReply::Sending { total_len },
+        &ImageFetchReply::Sending {
+            total_len: blob.total_len,
+        },
         MAX_CONTROL_FRAME,
     )
     .await?;
+    if is_local(shared, &blob.owner) {
+        send_local(shared, blob.blob_id, fetch.offset, blob.total_len, send).await
+    } else {
+        send_remote(shared, &blob, fetch.offset, send).await
+    }
+}
 
+fn is_local(shared: &Shared, owner: &str) -> bool {
+    // Blobs stored before nodes had ids belong to the node that holds the store file.
+    owner.is_empty() || owner == shared.bus.node_id()
+}
+
+/// Streams a blob in this node's directory, following an upload in progress.
+async fn send_local(
+    shared: &Shared,
+    blob_id: u64,
+    offset: u64,
+    total_len: u64,
+    send: &mut SendStream,
+) -> Result<(), StreamError> {
     let path = shared.blob_path(blob_id);
     let mut file = tokio::fs::File::open(&path).await.map_err(io_err)?;
     let on_disk = file.metadata().await.map_err(io_err)?.len();
     let mut written = shared.blob_progress(blob_id, on_disk).subscribe();
-    file.seek(SeekFrom::Start(fetch.offset))
-        .await
-        .map_err(io_err)?;
-    let mut pos = fetch.offset;
+    file.seek(SeekFrom::Start(offset)).await.map_err(io_err)?;
+    let mut pos = offset;
     let mut chunk = vec![0u8; READ_CHUNK];
     while pos < total_len {
         let available = *written.borrow_and_update();
@@ -283,16 +310,107 @@ pub(crate) async fn serve_fetch(
     Ok(())
 }
 
+/// Streams a blob held by another node, in bus-sized chunks, one request
+/// ahead so the bus round trip overlaps the QUIC send.
+async fn send_remote(
+    shared: &Shared,
+    blob: &BlobLocation,
+    offset: u64,
+    send: &mut SendStream,
+) -> Result<(), StreamError> {
+    let bus_err = |e: crate::bus::BusError| StreamError::Connection(e.to_string());
+    let fetch = |at: u64| shared.bus.fetch_blob(&blob.owner, blob.blob_id, at, BUS_CHUNK);
+    let mut pos = offset;
+    let mut stalled_since = tokio::time::Instant::now();
+    while pos < blob.total_len {
+        let bytes = fetch(pos).await.map_err(bus_err)?;
+        if bytes.is_empty() {
+            if stalled_since.elapsed() > STALL {
+                return Err(StreamError::Connection(
+                    "the sender's upload stalled".into(),
+                ));
+            }
+            continue;
+        }
+        stalled_since = tokio::time::Instant::now();
+        let next = pos + bytes.len() as u64;
+        // Ask for the next chunk while this one goes out.
+        let (sent, ahead) = tokio::join!(send.write_all(&bytes), async {
+            if next < blob.total_len {
+                Some(fetch(next).await)
+            } else {
+                None
+            }
+        });
+        sent?;
+        pos = next;
+        if let Some(ahead) = ahead {
+            let bytes = ahead.map_err(bus_err)?;
+            if !bytes.is_empty() {
+                stalled_since = tokio::time::Instant::now();
+                send.write_all(&bytes).await?;
+                pos += bytes.len() as u64;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Up to `max` bytes of this node's blob `blob_id` from `offset`, waiting
+/// up to `wait` for an upload in progress to get there (empty if it did not).
+pub(crate) async fn read_blob(
+    shared: &Shared,
+    blob_id: u64,
+    offset: u64,
+    max: u32,
+    wait: Duration,
+) -> Result<Vec<u8>, String> {
+    let path = shared.blob_path(blob_id);
+    let mut file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|_| format!("node {} no longer holds that image", shared.bus.node_id()))?;
+    let on_disk = file.metadata().await.map_err(|e| e.to_string())?.len();
+    let mut written = shared.blob_progress(blob_id, on_disk).subscribe();
+    let mut available = *written.borrow_and_update();
+    if available <= offset {
+        let _ = tokio::time::timeout(wait, written.changed()).await;
+        available = *written.borrow_and_update();
+        if available <= offset {
+            return Ok(Vec::new());
+        }
+    }
+    let want = ((available - offset) as usize).min(max as usize);
+    let mut out = vec![0u8; want];
+    file.seek(SeekFrom::Start(offset))
+        .await
+        .map_err(|e| e.to_string())?;
+    file.read_exact(&mut out)
+        .await
+        .map_err(|e| format!("the blob file is short: {e}"))?;
+    Ok(out)
+}
+
+/// Deletes this node's blob `blob_id` (every recipient has it).
+pub(crate) async fn delete_blob(shared: &Shared, blob_id: u64) {
+    shared.forget_blob(blob_id);
+    if let Err(e) = tokio::fs::remove_file(shared.blob_path(blob_id)).await
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(blob = blob_id, error = %e, "cannot delete a collected blob");
+    }
+}
+
 pub(crate) async fn received(
     shared: &Shared,
     user: &str,
     from: &str,
     id: MessageId,
 ) -> Result<Response, ProtoError> {
-    if let Some(blob_id) = shared.store.blob_received(user, from, id).await? {
-        shared.forget_blob(blob_id);
-        if let Err(e) = tokio::fs::remove_file(shared.blob_path(blob_id)).await {
-            tracing::warn!(blob = blob_id, error = %e, "cannot delete a collected blob");
+    if let Some(blob) = shared.store.blob_received(user, from, id).await? {
+        if is_local(shared, &blob.owner) {
+            delete_blob(shared, blob.blob_id).await;
+        } else {
+            shared.bus.drop_blob(&blob.owner, blob.blob_id);
         }
     }
     Ok(Response::Done)

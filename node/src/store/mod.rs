@@ -2,12 +2,14 @@
 //! and a distributed one are interchangeable. Everything stored is
 //! ciphertext or routing metadata; nothing here can read a message.
 
+mod postgres;
 mod sqlite;
 
 use async_trait::async_trait;
 use fastchat_proto::control::Relation;
 use fastchat_proto::{ErrorCode, MessageId, ProtoError};
 
+pub use postgres::PostgresStore;
 pub use sqlite::{Durability, SqliteStore};
 
 /// One queued envelope: its queue position and its encoded bytes.
@@ -123,6 +125,20 @@ pub struct BlobStart {
     pub total_len: u64,
     /// Envelopes queued by this call (empty when resuming).
     pub queued: Vec<(String, u64)>,
+    /// The node that held the blob before this call moved it here (an
+    /// upload resumed on another node after a failover starts over there).
+    pub previous_owner: Option<String>,
+}
+
+/// Where a blob lives: its id, ciphertext length, and the node holding the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobLocation {
+    /// The blob's id (its file name in the owner's blob directory).
+    pub blob_id: u64,
+    /// Ciphertext length.
+    pub total_len: u64,
+    /// The id of the node whose blob directory holds the file.
+    pub owner: String,
 }
 
 /// The node's durable state.
@@ -176,6 +192,9 @@ pub trait Store: Send + Sync + 'static {
     /// Records an upload from `sender` and queues `envelope` for each
     /// recipient, atomically; an upload with the same id resumes instead.
     /// Refuses if the sender's uncollected uploads would exceed `quota` bytes.
+    /// `owner` is the node receiving the upload; a resume on another node
+    /// moves the blob there and reports the node it came from.
+    #[allow(clippy::too_many_arguments)]
     async fn begin_blob(
         &self,
         sender: &str,
@@ -184,22 +203,23 @@ pub trait Store: Send + Sync + 'static {
         recipients: Vec<String>,
         envelope: Vec<u8>,
         quota: u64,
+        owner: &str,
     ) -> Result<BlobStart, StoreError>;
-    /// The blob `recipient` may fetch: (blob id, ciphertext length).
+    /// The blob `recipient` may fetch, and where it lives.
     async fn blob_for(
         &self,
         recipient: &str,
         sender: &str,
         id: MessageId,
-    ) -> Result<Option<(u64, u64)>, StoreError>;
-    /// Notes that `recipient` has the image; returns the blob id once every
-    /// recipient has it (the caller then deletes the file).
+    ) -> Result<Option<BlobLocation>, StoreError>;
+    /// Notes that `recipient` has the image; returns the blob once every
+    /// recipient has it (the owner then deletes the file).
     async fn blob_received(
         &self,
         recipient: &str,
         sender: &str,
         id: MessageId,
-    ) -> Result<Option<u64>, StoreError>;
+    ) -> Result<Option<BlobLocation>, StoreError>;
     /// Up to `limit` envelopes queued for `user` after position `after`, oldest first.
     async fn pending(
         &self,

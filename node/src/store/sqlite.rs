@@ -7,12 +7,12 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use fastchat_proto::control::Relation;
 use fastchat_proto::{ErrorCode, ProtoError};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use fastchat_proto::MessageId;
 
 use super::{
-    BlobStart, GroupRecord, Membership, Queued, Queuing, Store, StoreError, Target, TextToQueue,
+    BlobLocation, BlobStart, GroupRecord, Membership, Queued, Queuing, Store, StoreError, Target, TextToQueue,
 };
 
 /// How hard a commit tries to reach the disk.
@@ -66,6 +66,7 @@ CREATE TABLE IF NOT EXISTS blobs(
     sender TEXT NOT NULL,
     msg_id BLOB NOT NULL,
     total_len INTEGER NOT NULL,
+    owner TEXT NOT NULL DEFAULT '',
     UNIQUE(sender, msg_id)
 );
 CREATE TABLE IF NOT EXISTS blob_recipients(
@@ -89,6 +90,14 @@ fn unavailable(e: rusqlite::Error) -> StoreError {
         _ => e.to_string(),
     };
     StoreError::Unavailable(why)
+}
+
+fn blob_location(r: &rusqlite::Row<'_>) -> rusqlite::Result<BlobLocation> {
+    Ok(BlobLocation {
+        blob_id: r.get::<_, i64>(0)? as u64,
+        total_len: r.get::<_, i64>(1)? as u64,
+        owner: r.get(2)?,
+    })
 }
 
 fn pair<'a>(a: &'a str, b: &'a str) -> (&'a str, &'a str) {
@@ -179,6 +188,18 @@ fn group_epoch(tx: &Connection, id: u64) -> rusqlite::Result<Option<u64>> {
         .map(|e| e.map(|e| e as u64))
 }
 
+/// Databases made before blobs had owners gain the column (owner '' is
+/// whichever node opens it: the only one there was).
+fn add_blob_owner(conn: &Connection) -> rusqlite::Result<()> {
+    let has: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('blobs') WHERE name = 'owner'")?
+        .exists([])?;
+    if !has {
+        conn.execute_batch("ALTER TABLE blobs ADD COLUMN owner TEXT NOT NULL DEFAULT ''")?;
+    }
+    Ok(())
+}
+
 fn random_id() -> [u8; 16] {
     let mut id = [0u8; 16];
     // A failing system RNG leaves zeros; the queue's UNIQUE constraint then
@@ -200,6 +221,7 @@ impl SqliteStore {
         ))
         .map_err(unavailable)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
+        add_blob_owner(&conn).map_err(unavailable)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -283,7 +305,7 @@ impl Store for SqliteStore {
     ) -> Result<Option<u64>, StoreError> {
         let (from, to, envelope) = (from.to_string(), to.to_string(), envelope.to_vec());
         self.with(move |c| {
-            let tx = c.transaction().map_err(unavailable)?;
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
             if !user_exists(&tx, &to).map_err(unavailable)? {
                 return Err(StoreError::UnknownUser);
             }
@@ -317,7 +339,7 @@ impl Store for SqliteStore {
             envelope.to_vec(),
         );
         self.with(move |c| {
-            let tx = c.transaction().map_err(unavailable)?;
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
             if are_friends(&tx, &accepter, &requester).map_err(unavailable)? {
                 return Err(StoreError::AlreadyFriends);
             }
@@ -347,7 +369,7 @@ impl Store for SqliteStore {
     async fn create_group(&self, name: &str, admin: &str) -> Result<u64, StoreError> {
         let (name, admin) = (name.to_string(), admin.to_string());
         self.with(move |c| {
-            let tx = c.transaction().map_err(unavailable)?;
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
             let n = tx
                 .execute(
                     "INSERT OR IGNORE INTO groups(name, admin, epoch) VALUES (?1, ?2, 0)",
@@ -388,7 +410,7 @@ impl Store for SqliteStore {
         envelopes: Vec<(String, Vec<u8>)>,
     ) -> Result<Vec<(String, u64)>, StoreError> {
         self.with(move |c| {
-            let tx = c.transaction().map_err(unavailable)?;
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
             let current = group_epoch(&tx, id).map_err(unavailable)?;
             if current.map(|e| e + 1) != Some(epoch) {
                 return Err(StoreError::StaleEpoch);
@@ -436,7 +458,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Queuing>, StoreError> {
         let from = from.to_string();
         self.with(move |c| {
-            let tx = c.transaction().map_err(unavailable)?;
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
             // Per-batch caches: a batch usually repeats a few targets.
             let mut friends: Vec<(String, bool)> = Vec::new();
             let mut groups: Vec<(u64, Option<(u64, Vec<String>)>)> = Vec::new();
@@ -519,23 +541,34 @@ impl Store for SqliteStore {
         recipients: Vec<String>,
         envelope: Vec<u8>,
         quota: u64,
+        owner: &str,
     ) -> Result<BlobStart, StoreError> {
-        let sender = sender.to_string();
+        let (sender, owner) = (sender.to_string(), owner.to_string());
         self.with(move |c| {
-            let tx = c.transaction().map_err(unavailable)?;
-            let existing: Option<(i64, i64)> = tx
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
+            let existing: Option<(i64, i64, String)> = tx
                 .query_row(
-                    "SELECT blob_id, total_len FROM blobs WHERE sender = ?1 AND msg_id = ?2",
+                    "SELECT blob_id, total_len, owner FROM blobs WHERE sender = ?1 AND msg_id = ?2",
                     params![sender, &id.0[..]],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
                 .optional()
                 .map_err(unavailable)?;
-            if let Some((blob_id, len)) = existing {
+            if let Some((blob_id, len, was)) = existing {
+                let moved = was != owner && !was.is_empty();
+                if was != owner {
+                    tx.execute(
+                        "UPDATE blobs SET owner = ?1 WHERE blob_id = ?2",
+                        params![owner, blob_id],
+                    )
+                    .map_err(unavailable)?;
+                    tx.commit().map_err(unavailable)?;
+                }
                 return Ok(BlobStart {
                     blob_id: blob_id as u64,
                     total_len: len as u64,
                     queued: Vec::new(),
+                    previous_owner: moved.then_some(was),
                 });
             }
             let used: i64 = tx
@@ -549,8 +582,8 @@ impl Store for SqliteStore {
                 return Err(StoreError::QuotaExceeded);
             }
             tx.execute(
-                "INSERT INTO blobs(sender, msg_id, total_len) VALUES (?1, ?2, ?3)",
-                params![sender, &id.0[..], total_len as i64],
+                "INSERT INTO blobs(sender, msg_id, total_len, owner) VALUES (?1, ?2, ?3, ?4)",
+                params![sender, &id.0[..], total_len as i64, owner],
             )
             .map_err(unavailable)?;
             let blob_id = tx.last_insert_rowid();
@@ -570,6 +603,7 @@ impl Store for SqliteStore {
                 blob_id: blob_id as u64,
                 total_len,
                 queued,
+                previous_owner: None,
             })
         })
         .await
@@ -580,14 +614,14 @@ impl Store for SqliteStore {
         recipient: &str,
         sender: &str,
         id: MessageId,
-    ) -> Result<Option<(u64, u64)>, StoreError> {
+    ) -> Result<Option<BlobLocation>, StoreError> {
         let (recipient, sender) = (recipient.to_string(), sender.to_string());
         self.with(move |c| {
             c.query_row(
-                "SELECT b.blob_id, b.total_len FROM blobs b JOIN blob_recipients r ON r.blob_id = b.blob_id
+                "SELECT b.blob_id, b.total_len, b.owner FROM blobs b JOIN blob_recipients r ON r.blob_id = b.blob_id
                  WHERE b.sender = ?1 AND b.msg_id = ?2 AND r.recipient = ?3",
                 params![sender, &id.0[..], recipient],
-                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+                blob_location,
             )
             .optional()
             .map_err(unavailable)
@@ -600,21 +634,22 @@ impl Store for SqliteStore {
         recipient: &str,
         sender: &str,
         id: MessageId,
-    ) -> Result<Option<u64>, StoreError> {
+    ) -> Result<Option<BlobLocation>, StoreError> {
         let (recipient, sender) = (recipient.to_string(), sender.to_string());
         self.with(move |c| {
-            let tx = c.transaction().map_err(unavailable)?;
-            let blob_id: Option<i64> = tx
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
+            let blob: Option<BlobLocation> = tx
                 .query_row(
-                    "SELECT blob_id FROM blobs WHERE sender = ?1 AND msg_id = ?2",
+                    "SELECT blob_id, total_len, owner FROM blobs WHERE sender = ?1 AND msg_id = ?2",
                     params![sender, &id.0[..]],
-                    |r| r.get(0),
+                    blob_location,
                 )
                 .optional()
                 .map_err(unavailable)?;
-            let Some(blob_id) = blob_id else {
+            let Some(blob) = blob else {
                 return Ok(None);
             };
+            let blob_id = blob.blob_id as i64;
             tx.execute(
                 "DELETE FROM blob_recipients WHERE blob_id = ?1 AND recipient = ?2",
                 params![blob_id, recipient],
@@ -630,7 +665,7 @@ impl Store for SqliteStore {
             let gone = if left == 0 {
                 tx.execute("DELETE FROM blobs WHERE blob_id = ?1", params![blob_id])
                     .map_err(unavailable)?;
-                Some(blob_id as u64)
+                Some(blob)
             } else {
                 None
             };
@@ -666,7 +701,7 @@ impl Store for SqliteStore {
     async fn ack(&self, user: &str, seqs: &[u64]) -> Result<(), StoreError> {
         let (user, seqs) = (user.to_string(), seqs.to_vec());
         self.with(move |c| {
-            let tx = c.transaction().map_err(unavailable)?;
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
             {
                 let mut stmt = tx
                     .prepare_cached("DELETE FROM queue WHERE recipient = ?1 AND seq = ?2")
@@ -806,92 +841,46 @@ mod blob_tests {
         let id = MessageId([5; 16]);
         let who = vec!["bob".to_string(), "carol".to_string()];
         let b = s
-            .begin_blob("alice", id, 100, who.clone(), b"env".to_vec(), 150)
+            .begin_blob("alice", id, 100, who.clone(), b"env".to_vec(), 150, "n1")
             .await
             .unwrap();
-        assert_eq!(b.queued.len(), 2);
+        assert_eq!((b.queued.len(), b.previous_owner.clone()), (2, None));
         let again = s
-            .begin_blob("alice", id, 100, who.clone(), b"env".to_vec(), 150)
+            .begin_blob("alice", id, 100, who.clone(), b"env".to_vec(), 150, "n1")
             .await
             .unwrap();
         assert_eq!((again.blob_id, again.queued.len()), (b.blob_id, 0));
+        assert_eq!(again.previous_owner, None);
+        // Resumed on another node after a failover: the blob moves there.
+        let moved = s
+            .begin_blob("alice", id, 100, who.clone(), b"env".to_vec(), 150, "n2")
+            .await
+            .unwrap();
+        assert_eq!(moved.previous_owner.as_deref(), Some("n1"));
         assert_eq!(
-            s.begin_blob("alice", MessageId([6; 16]), 100, who, vec![], 150)
+            s.begin_blob("alice", MessageId([6; 16]), 100, who, vec![], 150, "n1")
                 .await,
             Err(StoreError::QuotaExceeded)
         );
+        let here = BlobLocation {
+            blob_id: b.blob_id,
+            total_len: 100,
+            owner: "n2".into(),
+        };
         assert_eq!(
             s.blob_for("bob", "alice", id).await.unwrap(),
-            Some((b.blob_id, 100))
+            Some(here.clone())
         );
         assert_eq!(s.blob_for("eve", "alice", id).await.unwrap(), None);
         assert_eq!(s.blob_received("bob", "alice", id).await.unwrap(), None);
         assert_eq!(s.blob_for("bob", "alice", id).await.unwrap(), None);
         assert_eq!(
             s.blob_received("carol", "alice", id).await.unwrap(),
-            Some(b.blob_id)
+            Some(here)
         );
         // The quota is free again.
-        s.begin_blob("alice", MessageId([7; 16]), 100, vec![], vec![], 150)
+        s.begin_blob("alice", MessageId([7; 16]), 100, vec![], vec![], 150, "n1")
             .await
             .unwrap();
-    }
-}
-
-#[cfg(test)]
-mod group_tests {
-    use super::*;
-    use fastchat_proto::MessageId;
-
-    #[tokio::test]
-    async fn groups_fan_out_and_refuse() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("n.db"), Durability::Process).unwrap();
-        let id = s.create_group("team", "alice").await.unwrap();
-        assert_eq!(
-            s.create_group("team", "bob").await,
-            Err(StoreError::NameTaken)
-        );
-        s.rekey(
-            id,
-            1,
-            Membership::Add(vec!["bob".into()]),
-            vec![("bob".into(), b"k".to_vec())],
-        )
-        .await
-        .unwrap();
-        assert_eq!(
-            s.rekey(id, 1, Membership::Add(vec!["carol".into()]), vec![])
-                .await,
-            Err(StoreError::StaleEpoch)
-        );
-        s.rekey(id, 2, Membership::Add(vec!["carol".into()]), vec![])
-            .await
-            .unwrap();
-        let g = s.group_by_name("team").await.unwrap().unwrap();
-        assert_eq!(g.members, vec!["alice", "bob", "carol"]);
-        assert_eq!(g.epoch, 2);
-        let text = |epoch, n| TextToQueue {
-            to: Target::Group { id, epoch },
-            id: MessageId([n; 16]),
-            envelope: std::sync::Arc::new(vec![n]),
-        };
-        let r = s
-            .enqueue_texts("bob", vec![text(2, 1), text(1, 2)])
-            .await
-            .unwrap();
-        match &r[0] {
-            Queuing::Stored(to) => {
-                let names: Vec<_> = to.iter().map(|(n, _)| n.as_str()).collect();
-                assert_eq!(names, vec!["alice", "carol"]);
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(matches!(&r[1], Queuing::Refused(e) if e.code == ErrorCode::StaleEpoch));
-        s.rekey(id, 3, Membership::Remove("carol".into()), vec![])
-            .await
-            .unwrap();
-        let r = s.enqueue_texts("carol", vec![text(3, 3)]).await.unwrap();
-        assert!(matches!(&r[0], Queuing::Refused(e) if e.code == ErrorCode::NotMember));
     }
 }

@@ -1,0 +1,419 @@
+//! Many nodes: users spread over three nodes by the balancer, linked by a
+//! real nats-server, sharing one store (a SQLite file, or PostgreSQL),
+//! befriend, chat, send images and run a group; a stream of 10,000 messages
+//! survives two nodes being SIGKILLed (clients fail over, nothing is lost or
+//! shown twice, the killed node rejoins); a NATS restart loses nothing.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{ChildGuard, balancer_status, befriend, bin, free_port, next_text};
+use fastchat_balancer::{BalancerConfig, BalancerHandle, Strategy};
+use fastchat_client::{
+    AttachmentKind, Client, Conversation, InboxItem, InboxKind, Recipient,
+};
+use fastchat_node::{NatsServer, NodeConfig, NodeHandle};
+use fastchat_testkit::postgres::PgServer;
+use futures::StreamExt;
+
+/// A balancer (round-robin, so users land on nodes in turn), a nats-server
+/// and the shared store, all for one test.
+struct Multi {
+    dir: tempfile::TempDir,
+    balancer: BalancerHandle,
+    nats: Option<NatsServer>,
+    store: String,
+    _postgres: Option<Arc<PgServer>>,
+}
+
+impl Multi {
+    async fn start(postgres: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        fastchat_certs::generate(&dir.path().join("certs"), &[], false).unwrap();
+        let mut config =
+            BalancerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().join("certs"));
+        config.strategy = Strategy::RoundRobin;
+        let balancer = fastchat_balancer::start(config).await.unwrap();
+        let nats = NatsServer::start(&dir.path().join("nats"), 0).unwrap();
+        let (store, pg) = if postgres {
+            let pg = PgServer::shared();
+            let name = format!("cluster_{}", std::process::id());
+            (pg.create_database(&name), Some(pg))
+        } else {
+            (dir.path().join("cluster.db").display().to_string(), None)
+        };
+        Self {
+            dir,
+            balancer,
+            nats: Some(nats),
+            store,
+            _postgres: pg,
+        }
+    }
+
+    fn certs(&self) -> PathBuf {
+        self.dir.path().join("certs")
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.certs().join("ca.pem")
+    }
+
+    fn server(&self) -> String {
+        self.balancer.local_addr().to_string()
+    }
+
+    fn bus(&self) -> String {
+        self.nats.as_ref().unwrap().url()
+    }
+
+    fn node_dir(&self, k: usize) -> PathBuf {
+        self.dir.path().join(format!("node-{k}"))
+    }
+
+    /// Starts node `k` in this process.
+    async fn node(&self, k: usize) -> NodeHandle {
+        let mut config = NodeConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            self.node_dir(k),
+            self.certs(),
+        );
+        config.balancer = Some(self.server());
+        config.bus = Some(self.bus());
+        config.store = Some(self.store.clone());
+        fastchat_node::start(config).await.unwrap()
+    }
+
+    /// Starts node `k` as its own `fastchat node` process on `port`.
+    fn node_process(&self, k: usize, port: u16) -> ChildGuard {
+        let child = Command::new(bin())
+            .args(["node", "--listen", &format!("127.0.0.1:{port}"), "--data"])
+            .arg(self.node_dir(k))
+            .arg("--certs")
+            .arg(self.certs())
+            .args(["--balancer", &self.server(), "--bus", &self.bus()])
+            .args(["--store", &self.store])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        ChildGuard(child)
+    }
+
+    async fn wait_for_nodes(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while balancer_status(&self.ca(), &self.server()).await.len() != n {
+            assert!(Instant::now() < deadline, "the balancer never saw {n} nodes");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn home(&self, user: &str) -> PathBuf {
+        self.dir.path().join("homes").join(user)
+    }
+
+    async fn register(&self, name: &str) -> Client {
+        Client::register(&self.home(name), name, &self.server(), &self.ca())
+            .await
+            .unwrap()
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2654435761).wrapping_add(seed as u32) as u8)
+        .collect()
+}
+
+fn no_progress(_: u64, _: u64) {}
+
+/// Waits for the next item of `kind` (up to 20 s).
+async fn next_of(
+    events: &mut tokio::sync::broadcast::Receiver<InboxItem>,
+    kind: InboxKind,
+) -> InboxItem {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let item = events.recv().await.unwrap();
+            if item.kind == kind {
+                return item;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {kind:?} arrived"))
+}
+
+fn blob_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("blobs"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Three users on three nodes do everything a user does, across nodes.
+async fn everything_across_three_nodes(postgres: bool) {
+    let multi = Multi::start(postgres).await;
+    let mut nodes = Vec::new();
+    for k in 1..=3 {
+        nodes.push(multi.node(k).await);
+    }
+    multi.wait_for_nodes(3).await;
+    let alice = multi.register("alice").await;
+    let bob = multi.register("bob").await;
+    let carol = multi.register("carol").await;
+    let on: Vec<_> = [&alice, &bob, &carol].iter().map(|c| c.node_addr()).collect();
+    assert!(
+        on[0] != on[1] && on[1] != on[2] && on[0] != on[2],
+        "round-robin put each user on their own node: {on:?}"
+    );
+
+    befriend(&alice, &bob).await;
+    befriend(&alice, &carol).await;
+    befriend(&bob, &carol).await;
+    assert_eq!(
+        alice.fingerprint("bob").unwrap(),
+        bob.fingerprint("alice").unwrap()
+    );
+
+    // Texts both ways, live.
+    let mut bob_events = bob.subscribe();
+    let mut alice_events = alice.subscribe();
+    alice.send_text("bob", "hello from node 1").await.unwrap();
+    assert_eq!(
+        next_text(&mut bob_events, None).await.text,
+        "hello from node 1"
+    );
+    bob.send_text("alice", "hi from node 2").await.unwrap();
+    let got = next_text(&mut alice_events, None).await;
+    assert_eq!((got.from.as_str(), got.text.as_str()), ("bob", "hi from node 2"));
+
+    // An image held by alice's node streams to bob and carol through their nodes.
+    let files = tempfile::tempdir().unwrap();
+    let bytes = pattern(3 * 1024 * 1024 + 17, 9);
+    let path = files.path().join("big.bin");
+    std::fs::write(&path, &bytes).unwrap();
+    alice
+        .send_attachment(
+            &Recipient::Friend("bob".into()),
+            &path,
+            AttachmentKind::File,
+            &no_progress,
+        )
+        .await
+        .unwrap();
+    let file = next_of(&mut bob_events, InboxKind::File).await;
+    let saved = std::fs::read(&file.attachment.unwrap().path).unwrap();
+    assert!(saved == bytes, "the file arrived changed");
+
+    // A group across all three nodes: add, talk, kick (re-key), talk.
+    let mut carol_events = carol.subscribe();
+    alice.group_create("ops").await.unwrap();
+    alice.group_add("ops", &["bob", "carol"]).await.unwrap();
+    alice.send_group_text("ops", "standup in 5").await.unwrap();
+    for events in [&mut bob_events, &mut carol_events] {
+        let t = next_text(events, Some("standup in 5")).await;
+        assert_eq!(t.group.as_deref(), Some("ops"));
+    }
+    carol.send_group_text("ops", "on my way").await.unwrap();
+    assert_eq!(
+        next_text(&mut bob_events, Some("on my way")).await.from,
+        "carol"
+    );
+    alice.group_kick("ops", "carol").await.unwrap();
+    next_of(&mut carol_events, InboxKind::YouWereRemoved).await;
+    alice.send_group_text("ops", "carol is gone").await.unwrap();
+    next_text(&mut bob_events, Some("carol is gone")).await;
+    carol.sync().await.unwrap();
+    assert!(
+        !carol
+            .history(&Conversation::Group("ops".into()), 100)
+            .unwrap()
+            .iter()
+            .any(|h| h.text == "carol is gone"),
+        "a kicked member read the group"
+    );
+
+    // Everyone has the file: alice's node deleted its blob (asked over the bus).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (1..=3).map(|k| blob_files(&multi.node_dir(k))).sum::<usize>() != 0 {
+        assert!(Instant::now() < deadline, "a collected blob was left behind");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_on_nats_sharing_one_sqlite_file() {
+    everything_across_three_nodes(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_on_nats_sharing_postgresql() {
+    everything_across_three_nodes(true).await;
+}
+
+/// Which of `ports` a client is connected to.
+fn node_index(client: &Client, ports: &[u16]) -> usize {
+    let port = client.node_addr().port();
+    ports.iter().position(|p| *p == port).expect("a known node")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_messages_survive_two_nodes_being_killed() {
+    const TOTAL: usize = 10_000;
+    let multi = Multi::start(false).await;
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut procs: Vec<Option<ChildGuard>> = (0..3)
+        .map(|k| Some(multi.node_process(k + 1, ports[k])))
+        .collect();
+    multi.wait_for_nodes(3).await;
+    let alice = Arc::new(multi.register("alice").await);
+    let bob = multi.register("bob").await;
+    befriend(&alice, &bob).await;
+    assert_ne!(alice.node_addr(), bob.node_addr());
+
+    // What bob's screen shows: every text event, counted by text.
+    let mut events = bob.subscribe();
+    let shown = tokio::spawn(async move {
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        while seen.len() < TOTAL {
+            match tokio::time::timeout(Duration::from_secs(60), events.recv()).await {
+                Ok(Ok(item)) if item.kind == InboxKind::Text => {
+                    *seen.entry(item.text).or_default() += 1;
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("bob's screen missed events: {e}"),
+                Err(_) => break,
+            }
+        }
+        // Anything shown twice would show up here, after the last one.
+        while let Ok(Ok(item)) =
+            tokio::time::timeout(Duration::from_secs(2), events.recv()).await
+        {
+            if item.kind == InboxKind::Text {
+                *seen.entry(item.text).or_default() += 1;
+            }
+        }
+        seen
+    });
+
+    let acked = Arc::new(AtomicUsize::new(0));
+    let sender = {
+        let (alice, acked) = (alice.clone(), acked.clone());
+        tokio::spawn(async move {
+            futures::stream::iter(0..TOTAL)
+                .map(|i| {
+                    let (alice, acked) = (alice.clone(), acked.clone());
+                    async move {
+                        let r = alice.send_text("bob", &format!("m{i}")).await;
+                        acked.fetch_add(1, Ordering::Relaxed);
+                        r
+                    }
+                })
+                .buffer_unordered(200)
+                .collect::<Vec<_>>()
+                .await
+        })
+    };
+
+    let wait_for = |n: usize| {
+        let acked = acked.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while acked.load(Ordering::Relaxed) < n {
+                assert!(Instant::now() < deadline, "sending stalled before {n}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    // A third in: SIGKILL the sender's node; the sender fails over.
+    wait_for(TOTAL / 3).await;
+    let a = node_index(&alice, &ports);
+    drop(procs[a].take());
+    multi.wait_for_nodes(2).await;
+    // It comes back on the same address and rejoins the balancer.
+    procs[a] = Some(multi.node_process(a + 1, ports[a]));
+    multi.wait_for_nodes(3).await;
+    // Two thirds in: SIGKILL the recipient's node; the recipient fails over.
+    wait_for(2 * TOTAL / 3).await;
+    let b = node_index(&bob, &ports);
+    drop(procs[b].take());
+
+    let results = tokio::time::timeout(Duration::from_secs(180), sender)
+        .await
+        .expect("every send settles")
+        .unwrap();
+    let failed: Vec<_> = results.iter().filter(|r| r.is_err()).collect();
+    assert!(failed.is_empty(), "{} sends failed: {:?}", failed.len(), failed.first());
+
+    let seen = shown.await.unwrap();
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "shown more than once: {:?}", &twice[..twice.len().min(5)]);
+    let missing: Vec<_> = (0..TOTAL)
+        .filter(|i| !seen.contains_key(&format!("m{i}")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {TOTAL} never arrived, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    let texts = bob
+        .history(&Conversation::Friend("alice".into()), 2 * TOTAL)
+        .unwrap()
+        .into_iter()
+        .filter(|h| h.kind == InboxKind::Text)
+        .count();
+    assert_eq!(texts, TOTAL, "bob's history holds each message once");
+    assert!(bob.is_connected() && alice.is_connected());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_restart_delays_nothing_for_long_and_loses_nothing() {
+    let mut multi = Multi::start(false).await;
+    let n1 = multi.node(1).await;
+    let n2 = multi.node(2).await;
+    multi.wait_for_nodes(2).await;
+    let alice = multi.register("alice").await;
+    let bob = multi.register("bob").await;
+    assert_ne!(alice.node_addr(), bob.node_addr());
+    befriend(&alice, &bob).await;
+    let mut events = bob.subscribe();
+    alice.send_text("bob", "before").await.unwrap();
+    next_text(&mut events, Some("before")).await;
+
+    // NATS goes away: texts are still stored, and reach bob by his node's
+    // store poll; then NATS comes back on the same port and the nodes reconnect.
+    let port = multi.nats.as_ref().unwrap().port();
+    drop(multi.nats.take());
+    for i in 0..20 {
+        alice.send_text("bob", &format!("during {i}")).await.unwrap();
+    }
+    multi.nats = Some(NatsServer::start(&multi.dir.path().join("nats"), port).unwrap());
+    let mut got = HashMap::new();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while got.len() < 20 {
+            let t = events.recv().await.unwrap();
+            if t.kind == InboxKind::Text {
+                *got.entry(t.text).or_insert(0) += 1;
+            }
+        }
+    })
+    .await
+    .expect("the texts sent while NATS was down arrive");
+    assert!(got.values().all(|n| *n == 1), "{got:?}");
+    // Live delivery works again once the nodes are back on the bus.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    alice.send_text("bob", "after").await.unwrap();
+    next_text(&mut events, Some("after")).await;
+    n1.shutdown().await;
+    n2.shutdown().await;
+}
