@@ -60,9 +60,10 @@ enum Command {
 }
 
 fn init_logging(server: bool, verbose: u8) {
+    // The NATS client narrates every (re)connect at info; our bus says it once.
     let default = match (server, verbose) {
         (_, 2..) => "debug",
-        (true, _) | (false, 1) => "info",
+        (true, _) | (false, 1) => "info,async_nats=warn",
         (false, 0) => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("FASTCHAT_LOG")

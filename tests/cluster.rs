@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{ChildGuard, balancer_status, befriend, bin, free_port, next_text};
+use common::{
+    ChildGuard, balancer_status, befriend, bin, cli_ok, free_port, next_text, start_up_with,
+};
 use fastchat_balancer::{BalancerConfig, BalancerHandle, Strategy};
 use fastchat_client::{
     AttachmentKind, Client, Conversation, InboxItem, InboxKind, Recipient,
@@ -416,4 +418,27 @@ async fn a_nats_restart_delays_nothing_for_long_and_loses_nothing() {
     next_text(&mut events, Some("after")).await;
     n1.shutdown().await;
     n2.shutdown().await;
+}
+
+#[test]
+fn up_with_three_nodes_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_up, server, ca) = start_up_with(dir.path(), &["--nodes", "3"]);
+    let home = |u: &str| dir.path().join(u);
+    let status: serde_json::Value = serde_json::from_str(&cli_ok(
+        &home("alice"),
+        &["status", "--server", &server, "--ca", &ca, "--json"],
+    ))
+    .unwrap();
+    assert_eq!(status["nodes"].as_array().unwrap().len(), 3, "{status}");
+    for u in ["alice", "bob"] {
+        cli_ok(&home(u), &["register", "--name", u, "--server", &server, "--ca", &ca]);
+    }
+    cli_ok(&home("alice"), &["friend", "add", "bob"]);
+    cli_ok(&home("bob"), &["friend", "add", "alice"]);
+    cli_ok(&home("alice"), &["send", "--to", "bob", "over the cluster"]);
+    let got = cli_ok(&home("bob"), &["recv", "--json"]);
+    assert!(got.contains("\"text\":\"over the cluster\""), "{got}");
+    // Several nodes share one SQLite file next to their own blob directories.
+    assert!(dir.path().join("cluster/cluster.db").exists());
 }

@@ -265,10 +265,16 @@ impl RawClient {
 /// Starts `fastchat up` on port 0 in `dir/cluster`; returns it with the
 /// balancer address and CA path from the line it prints.
 pub fn start_up(dir: &Path) -> (ChildGuard, String, String) {
+    start_up_with(dir, &[])
+}
+
+/// [`start_up`] with more arguments for `up`.
+pub fn start_up_with(dir: &Path, extra: &[&str]) -> (ChildGuard, String, String) {
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(bin())
         .args(["up", "--listen", "127.0.0.1:0", "--dir"])
         .arg(dir.join("cluster"))
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
