@@ -28,6 +28,9 @@ pub struct UpArgs {
     /// file per node, shared by all nodes when there are several).
     #[arg(long)]
     store: Option<String>,
+    /// How the balancer chooses a node: round-robin, least-conn or p2c.
+    #[arg(long, default_value = "p2c")]
+    strategy: Strategy,
     #[command(flatten)]
     node: NodeOptions,
 }
@@ -173,7 +176,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     }
     let paths = fastchat_certs::ensure(&certs_dir, &sans)?;
 
-    let balancer = fastchat_balancer::start(BalancerConfig::new(args.listen, certs_dir.clone()))
+    let mut balancer_config = BalancerConfig::new(args.listen, certs_dir.clone());
+    balancer_config.strategy = args.strategy;
+    let balancer = fastchat_balancer::start(balancer_config)
         .await
         .context("cannot start the balancer")?;
     let balancer_addr = reachable(balancer.local_addr());

@@ -50,8 +50,25 @@ fn every_scenario_runs_small_and_loses_nothing() {
     assert_eq!(
         names,
         [
-            "raw-quic", "ring", "latency", "image", "fanout", "drain", "connect"
+            "raw-quic",
+            "ring",
+            "cross-node",
+            "latency",
+            "image",
+            "fanout",
+            "drain",
+            "connect"
         ]
+    );
+    // The cross-node load ran on three nodes and is read against the ring.
+    let cross = results
+        .iter()
+        .find(|r| r["scenario"] == "cross-node")
+        .unwrap();
+    let notes = cross["notes"].to_string();
+    assert!(
+        notes.contains("3 nodes") && notes.contains("of the single-node ring"),
+        "{notes}"
     );
     for r in &results {
         let name = r["scenario"].as_str().unwrap();

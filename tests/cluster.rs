@@ -17,9 +17,7 @@ use common::{
     ChildGuard, balancer_status, befriend, bin, cli_ok, free_port, next_text, start_up_with,
 };
 use fastchat_balancer::{BalancerConfig, BalancerHandle, Strategy};
-use fastchat_client::{
-    AttachmentKind, Client, Conversation, InboxItem, InboxKind, Recipient,
-};
+use fastchat_client::{AttachmentKind, Client, Conversation, InboxItem, InboxKind, Recipient};
 use fastchat_node::{NatsServer, NodeConfig, NodeHandle};
 use fastchat_testkit::postgres::PgServer;
 use futures::StreamExt;
@@ -36,11 +34,15 @@ struct Multi {
 
 impl Multi {
     async fn start(postgres: bool) -> Self {
+        Self::start_with(postgres, Strategy::RoundRobin).await
+    }
+
+    async fn start_with(postgres: bool, strategy: Strategy) -> Self {
         let dir = tempfile::tempdir().unwrap();
         fastchat_certs::generate(&dir.path().join("certs"), &[], false).unwrap();
         let mut config =
             BalancerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().join("certs"));
-        config.strategy = Strategy::RoundRobin;
+        config.strategy = strategy;
         let balancer = fastchat_balancer::start(config).await.unwrap();
         let nats = NatsServer::start(&dir.path().join("nats"), 0).unwrap();
         let (store, pg) = if postgres {
@@ -111,7 +113,10 @@ impl Multi {
     async fn wait_for_nodes(&self, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while balancer_status(&self.ca(), &self.server()).await.len() != n {
-            assert!(Instant::now() < deadline, "the balancer never saw {n} nodes");
+            assert!(
+                Instant::now() < deadline,
+                "the balancer never saw {n} nodes"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -129,7 +134,11 @@ impl Multi {
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
-        .map(|i| (i as u32).wrapping_mul(2654435761).wrapping_add(seed as u32) as u8)
+        .map(|i| {
+            (i as u32)
+                .wrapping_mul(2654435761)
+                .wrapping_add(seed as u32) as u8
+        })
         .collect()
 }
 
@@ -169,7 +178,10 @@ async fn everything_across_three_nodes(postgres: bool) {
     let alice = multi.register("alice").await;
     let bob = multi.register("bob").await;
     let carol = multi.register("carol").await;
-    let on: Vec<_> = [&alice, &bob, &carol].iter().map(|c| c.node_addr()).collect();
+    let on: Vec<_> = [&alice, &bob, &carol]
+        .iter()
+        .map(|c| c.node_addr())
+        .collect();
     assert!(
         on[0] != on[1] && on[1] != on[2] && on[0] != on[2],
         "round-robin put each user on their own node: {on:?}"
@@ -193,7 +205,10 @@ async fn everything_across_three_nodes(postgres: bool) {
     );
     bob.send_text("alice", "hi from node 2").await.unwrap();
     let got = next_text(&mut alice_events, None).await;
-    assert_eq!((got.from.as_str(), got.text.as_str()), ("bob", "hi from node 2"));
+    assert_eq!(
+        (got.from.as_str(), got.text.as_str()),
+        ("bob", "hi from node 2")
+    );
 
     // An image held by alice's node streams to bob and carol through their nodes.
     let files = tempfile::tempdir().unwrap();
@@ -243,8 +258,15 @@ async fn everything_across_three_nodes(postgres: bool) {
 
     // Everyone has the file: alice's node deleted its blob (asked over the bus).
     let deadline = Instant::now() + Duration::from_secs(10);
-    while (1..=3).map(|k| blob_files(&multi.node_dir(k))).sum::<usize>() != 0 {
-        assert!(Instant::now() < deadline, "a collected blob was left behind");
+    while (1..=3)
+        .map(|k| blob_files(&multi.node_dir(k)))
+        .sum::<usize>()
+        != 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "a collected blob was left behind"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for n in nodes {
@@ -297,9 +319,7 @@ async fn ten_thousand_messages_survive_two_nodes_being_killed() {
             }
         }
         // Anything shown twice would show up here, after the last one.
-        while let Ok(Ok(item)) =
-            tokio::time::timeout(Duration::from_secs(2), events.recv()).await
-        {
+        while let Ok(Ok(item)) = tokio::time::timeout(Duration::from_secs(2), events.recv()).await {
             if item.kind == InboxKind::Text {
                 *seen.entry(item.text).or_default() += 1;
             }
@@ -354,11 +374,20 @@ async fn ten_thousand_messages_survive_two_nodes_being_killed() {
         .expect("every send settles")
         .unwrap();
     let failed: Vec<_> = results.iter().filter(|r| r.is_err()).collect();
-    assert!(failed.is_empty(), "{} sends failed: {:?}", failed.len(), failed.first());
+    assert!(
+        failed.is_empty(),
+        "{} sends failed: {:?}",
+        failed.len(),
+        failed.first()
+    );
 
     let seen = shown.await.unwrap();
     let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "shown more than once: {:?}", &twice[..twice.len().min(5)]);
+    assert!(
+        twice.is_empty(),
+        "shown more than once: {:?}",
+        &twice[..twice.len().min(5)]
+    );
     let missing: Vec<_> = (0..TOTAL)
         .filter(|i| !seen.contains_key(&format!("m{i}")))
         .collect();
@@ -397,7 +426,10 @@ async fn a_nats_restart_delays_nothing_for_long_and_loses_nothing() {
     let port = multi.nats.as_ref().unwrap().port();
     drop(multi.nats.take());
     for i in 0..20 {
-        alice.send_text("bob", &format!("during {i}")).await.unwrap();
+        alice
+            .send_text("bob", &format!("during {i}"))
+            .await
+            .unwrap();
     }
     multi.nats = Some(NatsServer::start(&multi.dir.path().join("nats"), port).unwrap());
     let mut got = HashMap::new();
@@ -432,7 +464,10 @@ fn up_with_three_nodes_through_the_cli() {
     .unwrap();
     assert_eq!(status["nodes"].as_array().unwrap().len(), 3, "{status}");
     for u in ["alice", "bob"] {
-        cli_ok(&home(u), &["register", "--name", u, "--server", &server, "--ca", &ca]);
+        cli_ok(
+            &home(u),
+            &["register", "--name", u, "--server", &server, "--ca", &ca],
+        );
     }
     cli_ok(&home("alice"), &["friend", "add", "bob"]);
     cli_ok(&home("bob"), &["friend", "add", "alice"]);
@@ -441,4 +476,93 @@ fn up_with_three_nodes_through_the_cli() {
     assert!(got.contains("\"text\":\"over the cluster\""), "{got}");
     // Several nodes share one SQLite file next to their own blob directories.
     assert!(dir.path().join("cluster/cluster.db").exists());
+}
+
+/// Asks the balancer once, on a new connection, which node to use.
+async fn pick(
+    endpoint: &fastchat_transport::quinn::Endpoint,
+    server: &str,
+) -> Result<String, String> {
+    use fastchat_proto::balancer::{BalancerRequest, BalancerResponse};
+    use fastchat_proto::limits::MAX_CONTROL_FRAME;
+    use fastchat_transport::{connect, read_frame, write_frame};
+    let conn = connect(endpoint, server).await.map_err(|e| e.to_string())?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    write_frame(&mut send, &BalancerRequest::PickNode, MAX_CONTROL_FRAME)
+        .await
+        .map_err(|e| e.to_string())?;
+    send.finish().map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    let answer = read_frame::<BalancerResponse>(&mut recv, MAX_CONTROL_FRAME, &mut buf).await;
+    conn.close(0u32.into(), b"");
+    match answer {
+        Ok(Some(BalancerResponse::Node { addr })) => Ok(addr),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+fn client_endpoint(multi: &Multi) -> fastchat_transport::quinn::Endpoint {
+    let ca = fastchat_certs::load_certs(&multi.ca()).unwrap();
+    fastchat_transport::client_endpoint(&ca, None).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strategies_with_one_node_loaded() {
+    for strategy in [Strategy::LeastConn, Strategy::P2c, Strategy::RoundRobin] {
+        let multi = Multi::start_with(false, strategy).await;
+        let loaded = multi.node(1).await;
+        let idle = multi.node(2).await;
+        multi.wait_for_nodes(2).await;
+        // Load node 1 with 40 open connections, then let it report them.
+        let endpoint = client_endpoint(&multi);
+        let mut held = Vec::new();
+        for _ in 0..40 {
+            held.push(
+                fastchat_transport::connect(&endpoint, &loaded.advertised().to_string())
+                    .await
+                    .unwrap(),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for _ in 0..20 {
+            *counts
+                .entry(pick(&endpoint, &multi.server()).await.unwrap())
+                .or_default() += 1;
+        }
+        let to_loaded = counts.get(loaded.advertised()).copied().unwrap_or(0);
+        let to_idle = counts.get(idle.advertised()).copied().unwrap_or(0);
+        match strategy {
+            Strategy::RoundRobin => assert_eq!((to_loaded, to_idle), (10, 10), "{counts:?}"),
+            _ => assert_eq!((to_loaded, to_idle), (0, 20), "{strategy}: {counts:?}"),
+        }
+        drop(held);
+        loaded.shutdown().await;
+        idle.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_balancer_answers_two_thousand_concurrent_requests() {
+    let multi = Multi::start(false).await;
+    let a = multi.node(1).await;
+    let b = multi.node(2).await;
+    multi.wait_for_nodes(2).await;
+    let endpoint = client_endpoint(&multi);
+    let server = multi.server();
+    let answers = futures::future::join_all((0..2000).map(|_| pick(&endpoint, &server))).await;
+    let errors: Vec<_> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
+    assert!(
+        errors.is_empty(),
+        "{} failed, e.g. {:?}",
+        errors.len(),
+        errors.first()
+    );
+    let to_a = answers
+        .iter()
+        .filter(|r| r.as_deref() == Ok(a.advertised()))
+        .count();
+    assert_eq!(to_a, 1000, "round-robin splits evenly");
+    a.shutdown().await;
+    b.shutdown().await;
 }

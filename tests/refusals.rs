@@ -264,6 +264,8 @@ async fn a_replayed_message_id_is_shown_once() {
     let alice = cluster.register("alice").await;
     let bob = cluster.register("bob").await;
     befriend(&alice, &bob).await;
+    // Take in bob's accept (and the key it carries) before going raw.
+    alice.sync().await.unwrap();
     alice.close().await;
 
     // A valid text from alice, sent three times with the same id: twice

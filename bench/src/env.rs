@@ -16,6 +16,8 @@ use crate::Target;
 
 /// A running cluster plus what the harness needs to use it.
 pub struct Env {
+    /// Where the cluster is (a scenario may start another like it).
+    pub target: Target,
     pub server: String,
     pub ca: PathBuf,
     dir: tempfile::TempDir,
@@ -28,7 +30,10 @@ pub struct Env {
 }
 
 impl Env {
-    pub async fn start(target: &Target, image_bytes: u64) -> anyhow::Result<Self> {
+    /// Starts (or reaches) the cluster; a local one gets `nodes` nodes (more
+    /// than one: a private nats-server, one shared SQLite file, round-robin
+    /// so users spread evenly).
+    pub async fn start(target: &Target, image_bytes: u64, nodes: u16) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let mut tag = [0u8; 3];
         fastchat_crypto::random_bytes(&mut tag)?;
@@ -47,6 +52,12 @@ impl Env {
                     .arg((image_mib * 4).max(1024).to_string())
                     // The harness befriends hundreds of users from one admin.
                     .args(["--friend-requests-per-minute", "1000000"])
+                    .args(["--nodes", &nodes.to_string()])
+                    .args(if nodes > 1 {
+                        &["--strategy", "round-robin"][..]
+                    } else {
+                        &[]
+                    })
                     .env("FASTCHAT_LOG", "warn")
                     .stdout(Stdio::piped())
                     .stderr(Stdio::inherit())
@@ -69,6 +80,7 @@ impl Env {
             }
         };
         Ok(Self {
+            target: target.clone(),
             server,
             ca,
             dir,

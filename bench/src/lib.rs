@@ -15,8 +15,15 @@ use std::path::PathBuf;
 pub use report::ScenarioResult;
 
 /// Every scenario `all` runs, in order.
-pub const SCENARIOS: [&str; 7] = [
-    "raw-quic", "ring", "latency", "image", "fanout", "drain", "connect",
+pub const SCENARIOS: [&str; 8] = [
+    "raw-quic",
+    "ring",
+    "cross-node",
+    "latency",
+    "image",
+    "fanout",
+    "drain",
+    "connect",
 ];
 
 /// Where the cluster under test is.
@@ -72,7 +79,7 @@ pub async fn run(options: Options) -> anyhow::Result<Vec<ScenarioResult>> {
             SCENARIOS.join(", ")
         );
     };
-    let env = env::Env::start(&options.target, options.size.unwrap_or(0)).await?;
+    let env = env::Env::start(&options.target, options.size.unwrap_or(0), 1).await?;
     let mut results: Vec<ScenarioResult> = Vec::new();
     for name in names {
         let mut result = scenario::run(name, &env, &options).await?;

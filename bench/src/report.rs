@@ -118,11 +118,23 @@ impl ScenarioResult {
 /// Sets `ratio_to_raw` from an earlier `raw-quic` result, where the
 /// scenario has a raw counterpart.
 pub fn attach_ratio(result: &mut ScenarioResult, earlier: &[ScenarioResult]) {
+    // Crossing nodes is judged against the same load on one node.
+    if result.scenario == "cross-node"
+        && let Some(ring) = earlier.iter().find(|r| r.scenario == "ring")
+        && ring.throughput > 0.0
+    {
+        result.notes.push(format!(
+            "{:.2} of the single-node ring in this run ({:.0} vs {:.0} msg/s)",
+            result.throughput / ring.throughput,
+            result.throughput,
+            ring.throughput
+        ));
+    }
     let Some((msgs, bytes)) = earlier.iter().find_map(|r| r.raw) else {
         return;
     };
     result.ratio_to_raw = match result.scenario.as_str() {
-        "ring" | "fanout" | "drain" if msgs > 0.0 => Some(result.throughput / msgs),
+        "ring" | "cross-node" | "fanout" | "drain" if msgs > 0.0 => Some(result.throughput / msgs),
         "image" if bytes > 0.0 => Some(result.throughput / bytes),
         _ => None,
     };

@@ -460,7 +460,9 @@ impl Client {
         {
             return Err(ClientError::AlreadyFriends(name.to_string()));
         }
-        let (their_der, relation) = match self.core.request(Request::LookupUser {
+        let (their_der, relation) = match self
+            .core
+            .request(Request::LookupUser {
                 name: name.to_string(),
             })
             .await?
@@ -492,7 +494,8 @@ impl Client {
                 &their_der,
                 &signing_key,
             ))?;
-            self.core.request(Request::FriendAccept {
+            self.core
+                .request(Request::FriendAccept {
                     to: name.to_string(),
                     wrapped_key,
                     signing_key,
@@ -517,7 +520,8 @@ impl Client {
             &their_der,
             &signing_key,
         ))?;
-        self.core.request(Request::FriendRequest {
+        self.core
+            .request(Request::FriendRequest {
                 to: name.to_string(),
                 signing_key,
                 signature,
@@ -623,7 +627,9 @@ impl Client {
     /// Creates a group with us as admin and only member; returns its id.
     pub async fn group_create(&self, name: &str) -> Result<u64, ClientError> {
         fastchat_proto::validate_name(name).map_err(ClientError::InvalidName)?;
-        let id = match self.core.request(Request::GroupCreate {
+        let id = match self
+            .core
+            .request(Request::GroupCreate {
                 name: name.to_string(),
             })
             .await?
@@ -737,7 +743,9 @@ impl Client {
         }
         let removed_notice = matches!(change, GroupChange::Removed(_))
             .then(|| self.core.signing.sign(&transcript::group_removed(&bytes)));
-        match self.core.request(Request::GroupRekey {
+        match self
+            .core
+            .request(Request::GroupRekey {
                 update: update.clone(),
                 keys,
                 removed_notice,
@@ -1000,7 +1008,9 @@ impl Client {
             let seen = self.core.generation();
             match crate::upload::run(&self.core.conn(), rec, &report).await {
                 // The node went away: continue on the next one from where it stopped.
-                Err(ClientError::Disconnected) if tries < 5 && self.core.wait_relink(seen).await => {
+                Err(ClientError::Disconnected)
+                    if tries < 5 && self.core.wait_relink(seen).await =>
+                {
                     tries += 1;
                 }
                 other => break other,

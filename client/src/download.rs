@@ -231,10 +231,10 @@ async fn run(
         }
     }
     core.request(Request::ImageReceived {
-            from: rec.from.clone(),
-            id: MessageId(rec.id),
-        })
-        .await?;
+        from: rec.from.clone(),
+        id: MessageId(rec.id),
+    })
+    .await?;
     Ok(item)
 }
 

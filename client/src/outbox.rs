@@ -108,11 +108,7 @@ async fn send_batch(core: Arc<Core>, mut batch: Vec<Pending>) {
 
 /// Records what the node accepted in the history (one transaction) and
 /// tells each sender its message's fate.
-fn settle(
-    core: &Core,
-    batch: Vec<Pending>,
-    mut acks: HashMap<MessageId, Result<(), ProtoError>>,
-) {
+fn settle(core: &Core, batch: Vec<Pending>, mut acks: HashMap<MessageId, Result<(), ProtoError>>) {
     let recorded = in_transaction(core, |ks| {
         for o in &batch {
             if let (Some(h), Some(Ok(()))) = (&o.history, acks.get(&o.message.id())) {

@@ -11,8 +11,8 @@ use fastchat_transport::quinn::Endpoint;
 use fastchat_transport::{ClientAuth, server_endpoint};
 use tokio::task::JoinHandle;
 
-use crate::shared::{ImageLimits, Shared};
 use crate::bus::{Bus, LocalBus, NatsBus};
+use crate::shared::{ImageLimits, Shared};
 use crate::store::{Durability, SqliteStore, Store, StoreError};
 
 /// Everything a node needs to start.

@@ -108,7 +108,7 @@ fn transport_config(client: bool) -> Arc<TransportConfig> {
         IDLE_TIMEOUT
     };
     t.max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(
-        idle.as_millis() as u32,
+        idle.as_millis() as u32
     ))));
     t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_BIDI_STREAMS));
     // Nothing in the protocol uses unidirectional streams yet.

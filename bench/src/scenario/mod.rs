@@ -2,6 +2,7 @@
 //! windowed senders, counting receivers, progress bars and timelines.
 
 mod connect;
+mod cross;
 mod drain;
 mod fanout;
 mod image;
@@ -26,7 +27,8 @@ pub const WINDOW: usize = 64;
 pub async fn run(name: &str, env: &Env, options: &Options) -> anyhow::Result<ScenarioResult> {
     let mut result = match name {
         "raw-quic" => raw::run(env, options).await?,
-        "ring" => ring::run(env, options).await?,
+        "ring" => ring::run("ring", env, options).await?,
+        "cross-node" => cross::run(env, options).await?,
         "latency" => latency::run(env, options).await?,
         "image" => image::run(env, options).await?,
         "fanout" => fanout::run(env, options).await?,
@@ -34,7 +36,9 @@ pub async fn run(name: &str, env: &Env, options: &Options) -> anyhow::Result<Sce
         "connect" => connect::run(env, options).await?,
         other => anyhow::bail!("unknown scenario {other}"),
     };
-    if let Some((rss, peak)) = env.node_rss() {
+    if result.node_rss_kib.is_none()
+        && let Some((rss, peak)) = env.node_rss()
+    {
         result.node_rss_kib = Some(rss);
         result.node_peak_rss_kib = Some(peak);
     }

@@ -10,7 +10,7 @@ use crate::Options;
 use crate::env::Env;
 use crate::report::ScenarioResult;
 
-pub async fn run(env: &Env, options: &Options) -> anyhow::Result<ScenarioResult> {
+pub async fn run(name: &str, env: &Env, options: &Options) -> anyhow::Result<ScenarioResult> {
     let n = options.clients.unwrap_or(50).max(2);
     let m = options.messages.unwrap_or(2000);
     let size = super::text_size(options);
@@ -19,6 +19,10 @@ pub async fn run(env: &Env, options: &Options) -> anyhow::Result<ScenarioResult>
         .map(|i| (clients[i].clone(), clients[(i + 1) % n].clone()))
         .collect();
     befriend(&pairs).await?;
+    let crossing = pairs
+        .iter()
+        .filter(|(a, b)| a.node_addr() != b.node_addr())
+        .count();
 
     let expect = (n * m) as u64;
     let received = Arc::new(AtomicU64::new(0));
@@ -33,7 +37,7 @@ pub async fn run(env: &Env, options: &Options) -> anyhow::Result<ScenarioResult>
             tokio::spawn(send_windowed(clients[i].clone(), to, m, size, start, false))
         })
         .collect();
-    let progress = bar("ring", expect);
+    let progress = bar(name, expect);
     let (timeline, elapsed) = watch(
         &received,
         expect,
@@ -52,12 +56,12 @@ pub async fn run(env: &Env, options: &Options) -> anyhow::Result<ScenarioResult>
         c.abort();
     }
     got += received.load(std::sync::atomic::Ordering::Relaxed);
-    let mut r = ScenarioResult::new("ring", n, got.min(expect), "msg", elapsed);
+    let mut r = ScenarioResult::new(name, n, got.min(expect), "msg", elapsed);
     r.errors = errors;
     r.lost = expect.saturating_sub(got);
     r.timeline = timeline;
     r.notes.push(format!(
-        "{n} clients x {m} texts of {size} bytes, window {}",
+        "{n} clients x {m} texts of {size} bytes, window {}; {crossing} of {n} sender->recipient pairs on different nodes",
         super::WINDOW
     ));
     Ok(r)

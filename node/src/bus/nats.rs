@@ -224,12 +224,7 @@ async fn publish_loop(client: Client, mut rx: mpsc::UnboundedReceiver<(String, B
     }
 }
 
-async fn forward(
-    mut sub: async_nats::Subscriber,
-    user: String,
-    me: String,
-    shared: Weak<Shared>,
-) {
+async fn forward(mut sub: async_nats::Subscriber, user: String, me: String, shared: Weak<Shared>) {
     while let Some(msg) = sub.next().await {
         let Some(shared) = shared.upgrade() else {
             return;
@@ -273,12 +268,7 @@ impl Bus for NatsBus {
             .await
             .map_err(|e| BusError::Request(e.to_string()))?;
         let shared = self.shared.get().cloned().unwrap_or_default();
-        let task = tokio::spawn(forward(
-            sub,
-            user.to_string(),
-            self.node_id.clone(),
-            shared,
-        ));
+        let task = tokio::spawn(forward(sub, user.to_string(), self.node_id.clone(), shared));
         let mut routes = self.routes.lock().expect("routes lock");
         match routes.get_mut(user) {
             Some(r) => {

@@ -319,7 +319,11 @@ async fn send_remote(
     send: &mut SendStream,
 ) -> Result<(), StreamError> {
     let bus_err = |e: crate::bus::BusError| StreamError::Connection(e.to_string());
-    let fetch = |at: u64| shared.bus.fetch_blob(&blob.owner, blob.blob_id, at, BUS_CHUNK);
+    let fetch = |at: u64| {
+        shared
+            .bus
+            .fetch_blob(&blob.owner, blob.blob_id, at, BUS_CHUNK)
+    };
     let mut pos = offset;
     let mut stalled_since = tokio::time::Instant::now();
     while pos < blob.total_len {

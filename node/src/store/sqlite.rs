@@ -12,7 +12,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use fastchat_proto::MessageId;
 
 use super::{
-    BlobLocation, BlobStart, GroupRecord, Membership, Queued, Queuing, Store, StoreError, Target, TextToQueue,
+    BlobLocation, BlobStart, GroupRecord, Membership, Queued, Queuing, Store, StoreError, Target,
+    TextToQueue,
 };
 
 /// How hard a commit tries to reach the disk.
@@ -305,7 +306,9 @@ impl Store for SqliteStore {
     ) -> Result<Option<u64>, StoreError> {
         let (from, to, envelope) = (from.to_string(), to.to_string(), envelope.to_vec());
         self.with(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(unavailable)?;
             if !user_exists(&tx, &to).map_err(unavailable)? {
                 return Err(StoreError::UnknownUser);
             }
@@ -369,7 +372,9 @@ impl Store for SqliteStore {
     async fn create_group(&self, name: &str, admin: &str) -> Result<u64, StoreError> {
         let (name, admin) = (name.to_string(), admin.to_string());
         self.with(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(unavailable)?;
             let n = tx
                 .execute(
                     "INSERT OR IGNORE INTO groups(name, admin, epoch) VALUES (?1, ?2, 0)",
@@ -410,7 +415,9 @@ impl Store for SqliteStore {
         envelopes: Vec<(String, Vec<u8>)>,
     ) -> Result<Vec<(String, u64)>, StoreError> {
         self.with(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(unavailable)?;
             let current = group_epoch(&tx, id).map_err(unavailable)?;
             if current.map(|e| e + 1) != Some(epoch) {
                 return Err(StoreError::StaleEpoch);
@@ -458,7 +465,9 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Queuing>, StoreError> {
         let from = from.to_string();
         self.with(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(unavailable)?;
             // Per-batch caches: a batch usually repeats a few targets.
             let mut friends: Vec<(String, bool)> = Vec::new();
             let mut groups: Vec<(u64, Option<(u64, Vec<String>)>)> = Vec::new();
@@ -545,7 +554,9 @@ impl Store for SqliteStore {
     ) -> Result<BlobStart, StoreError> {
         let (sender, owner) = (sender.to_string(), owner.to_string());
         self.with(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(unavailable)?;
             let existing: Option<(i64, i64, String)> = tx
                 .query_row(
                     "SELECT blob_id, total_len, owner FROM blobs WHERE sender = ?1 AND msg_id = ?2",
@@ -637,7 +648,9 @@ impl Store for SqliteStore {
     ) -> Result<Option<BlobLocation>, StoreError> {
         let (recipient, sender) = (recipient.to_string(), sender.to_string());
         self.with(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(unavailable)?;
             let blob: Option<BlobLocation> = tx
                 .query_row(
                     "SELECT blob_id, total_len, owner FROM blobs WHERE sender = ?1 AND msg_id = ?2",
@@ -701,7 +714,9 @@ impl Store for SqliteStore {
     async fn ack(&self, user: &str, seqs: &[u64]) -> Result<(), StoreError> {
         let (user, seqs) = (user.to_string(), seqs.to_vec());
         self.with(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(unavailable)?;
             {
                 let mut stmt = tx
                     .prepare_cached("DELETE FROM queue WHERE recipient = ?1 AND seq = ?2")
