@@ -239,6 +239,34 @@ impl PgServer {
             .unwrap_or(false)
     }
 
+    /// Runs `sql` with psql in database `db` (as the superuser) and returns its output.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let out = Command::new(self.bin.join("psql"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                USER,
+                "-X",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+            ])
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(["-d", db, "-c", sql])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run psql ({e}); {INSTALL}"));
+        assert!(
+            out.status.success(),
+            "psql {sql:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     fn createdb(&self, name: &str) {
         let out = Command::new(self.bin.join("createdb"))
             .args(["-h", "127.0.0.1", "-U", USER])

@@ -42,6 +42,13 @@ pub struct Cluster {
 impl Cluster {
     /// Certificates, a balancer and a node, all on 127.0.0.1 port 0.
     pub async fn start() -> Self {
+        let mut cluster = Self::start_without_node().await;
+        cluster.start_node().await;
+        cluster
+    }
+
+    /// Certificates and a balancer, with no node yet.
+    pub async fn start_without_node() -> Self {
         let dir = tempfile::tempdir().unwrap();
         fastchat_certs::generate(&dir.path().join("certs"), &[], false).unwrap();
         let balancer = fastchat_balancer::start(BalancerConfig::new(
@@ -50,13 +57,17 @@ impl Cluster {
         ))
         .await
         .unwrap();
-        let mut cluster = Self {
+        Self {
             dir,
             balancer: Some(balancer),
             node: None,
-        };
-        cluster.start_node().await;
-        cluster
+        }
+    }
+
+    /// Starts a node with `config` (from [`Cluster::node_config`], changed).
+    pub async fn start_node_with(&mut self, config: NodeConfig) {
+        self.node = Some(fastchat_node::start(config).await.unwrap());
+        self.wait_for_nodes(1).await;
     }
 
     /// Starts the (or a new) node on port 0 with the cluster's data dir.
