@@ -518,7 +518,7 @@ async fn strategies_with_one_node_loaded() {
         let mut held = Vec::new();
         for _ in 0..40 {
             held.push(
-                fastchat_transport::connect(&endpoint, &loaded.advertised().to_string())
+                fastchat_transport::connect(&endpoint, loaded.advertised())
                     .await
                     .unwrap(),
             );
