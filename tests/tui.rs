@@ -170,6 +170,17 @@ fn two_people_chat_in_real_terminals() {
     );
     tmux.wait_for("b", "sent an image, saved as", Duration::from_secs(60));
 
+    // A real picture shows inline in bob's open conversation (half blocks
+    // under tmux; kitty, sixel or iTerm2 where the terminal has them).
+    let sunset = dir.path().join("sunset.png");
+    image::RgbImage::from_fn(300, 120, |x, _| {
+        image::Rgb([(x % 256) as u8, 64, 255 - (x % 256) as u8])
+    })
+    .save(&sunset)
+    .unwrap();
+    tmux.type_line("a", &format!("/image {}", sunset.display()));
+    tmux.wait_for("b", "image: sunset.png", Duration::from_secs(60));
+
     // History search finds what was said.
     tmux.type_line("b", "/search typed in");
     tmux.wait_for("b", "search \"typed in\"", t);

@@ -13,6 +13,7 @@ use ratatui::crossterm::event::{self, Event, KeyEventKind};
 use tokio::sync::mpsc;
 
 use crate::app::{Action, App, Row, Transfer};
+use crate::preview::{Preview, Previewer};
 use crate::ui;
 
 /// How many history entries the open conversation loads.
@@ -23,14 +24,28 @@ enum Report {
     Notice(String),
     Refresh,
     Overlay(String, Vec<String>),
+    /// A received image decoded for the preview pane.
+    Preview(String, image::DynamicImage),
+}
+
+/// The newest received image of the open conversation, if any.
+fn newest_image(app: &App) -> Option<String> {
+    app.messages
+        .iter()
+        .rev()
+        .find(|m| m.kind == fastchat_client::InboxKind::Image && !m.outgoing)
+        .and_then(|m| m.path.clone())
 }
 
 /// Opens the chat for the identity in `home` until the user quits.
 pub async fn run(home: &Path, passphrase: Option<String>) -> anyhow::Result<()> {
     // Connect before touching the terminal, so an error is a plain sentence.
     let client = Client::connect_with_passphrase(home, passphrase.as_deref()).await?;
+    // Ask the terminal about image protocols before raw mode and the key
+    // reader take over (the query reads its answers from stdin).
+    let previewer = Previewer::detect();
     let mut terminal = ratatui::try_init()?;
-    let result = event_loop(&mut terminal, client).await;
+    let result = event_loop(&mut terminal, client, previewer).await;
     ratatui::restore();
     result
 }
@@ -94,9 +109,15 @@ fn recipient(c: &Conversation) -> Recipient {
     }
 }
 
-async fn event_loop(terminal: &mut DefaultTerminal, client: Client) -> anyhow::Result<()> {
+async fn event_loop(
+    terminal: &mut DefaultTerminal,
+    client: Client,
+    previewer: Previewer,
+) -> anyhow::Result<()> {
     let client = Arc::new(client);
     let mut app = App::new(client.name());
+    let mut preview: Option<Preview> = None;
+    let mut wanted_preview: Option<String> = None;
     let (keys_tx, mut keys) = mpsc::unbounded_channel();
     std::thread::spawn(move || {
         while let Ok(ev) = event::read() {
@@ -130,7 +151,21 @@ async fn event_loop(terminal: &mut DefaultTerminal, client: Client) -> anyhow::R
     refresh(&mut app, &client);
 
     loop {
-        terminal.draw(|f| ui::draw(f, &app))?;
+        // Decode the open conversation's newest image off the UI thread.
+        let newest = newest_image(&app);
+        if newest != wanted_preview {
+            wanted_preview = newest.clone();
+            preview = None;
+            if let Some(path) = newest {
+                let tx = reports_tx.clone();
+                tokio::task::spawn_blocking(move || {
+                    if let Some(img) = crate::preview::decode(std::path::Path::new(&path)) {
+                        let _ = tx.send(Report::Preview(path, img));
+                    }
+                });
+            }
+        }
+        terminal.draw(|f| ui::draw(f, &app, preview.as_ref()))?;
         let mut action = None;
         tokio::select! {
             Some(ev) = keys.recv() => match ev {
@@ -157,6 +192,12 @@ async fn event_loop(terminal: &mut DefaultTerminal, client: Client) -> anyhow::R
                 Report::Notice(n) => app.notice(n),
                 Report::Refresh => refresh(&mut app, &client),
                 Report::Overlay(t, lines) => app.overlay = Some((t, lines)),
+                Report::Preview(path, img) => {
+                    if wanted_preview.as_deref() == Some(path.as_str()) {
+                        let width = terminal.size()?.width.saturating_sub(22 + 2);
+                        preview = previewer.encode(&path, img, width);
+                    }
+                }
             },
             Ok(()) = relinks.changed() => {
                 start(&client, &mut app);

@@ -4,6 +4,8 @@
 use fastchat_client::{HistoryEntry, InboxKind};
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Direction, Layout, Rect};
+
+use crate::preview::{PREVIEW_ROWS, Preview};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, List, ListItem, ListState, Paragraph, Wrap};
@@ -87,7 +89,8 @@ fn centered(area: Rect, w: u16, h: u16) -> Rect {
 }
 
 /// Draws the whole screen.
-pub fn draw(frame: &mut Frame<'_>, app: &App) {
+/// Draws the screen; `preview` is the open conversation's newest image, if any.
+pub fn draw(frame: &mut Frame<'_>, app: &App, preview: Option<&Preview>) {
     let outer = Layout::default()
         .direction(Direction::Vertical)
         .constraints([
@@ -143,14 +146,36 @@ pub fn draw(frame: &mut Frame<'_>, app: &App) {
             Style::default().fg(Color::Magenta),
         ));
     }
-    let inner_height = main[1].height.saturating_sub(2) as usize;
+    let (messages_area, preview_area) = match preview {
+        Some(_) if main[1].height > PREVIEW_ROWS + 5 => {
+            let split = Layout::default()
+                .direction(Direction::Vertical)
+                .constraints([Constraint::Min(5), Constraint::Length(PREVIEW_ROWS)])
+                .split(main[1]);
+            (split[0], Some(split[1]))
+        }
+        _ => (main[1], None),
+    };
+    let inner_height = messages_area.height.saturating_sub(2) as usize;
     let skip = lines.len().saturating_sub(inner_height);
     frame.render_widget(
         Paragraph::new(lines.into_iter().skip(skip).collect::<Vec<_>>())
             .block(Block::default().borders(Borders::ALL).title(title))
             .wrap(Wrap { trim: false }),
-        main[1],
+        messages_area,
     );
+    if let (Some(p), Some(area)) = (preview, preview_area) {
+        let name = std::path::Path::new(&p.path)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let block = Block::default()
+            .borders(Borders::ALL)
+            .title(format!("image: {name}"));
+        let inner = block.inner(area);
+        frame.render_widget(block, area);
+        frame.render_widget(ratatui_image::Image::new(&p.protocol), inner);
+    }
 
     frame.render_widget(
         Paragraph::new(format!("> {}", app.input)).block(
@@ -205,7 +230,7 @@ mod tests {
 
     fn screen(app: &App) -> String {
         let mut terminal = Terminal::new(TestBackend::new(80, 24)).unwrap();
-        terminal.draw(|f| draw(f, app)).unwrap();
+        terminal.draw(|f| draw(f, app, None)).unwrap();
         let buf = terminal.backend().buffer().clone();
         (0..buf.area.height)
             .map(|y| {
@@ -298,5 +323,44 @@ mod tests {
         ] {
             assert!(s.contains(cmd), "missing {cmd} in\n{s}");
         }
+    }
+
+    #[test]
+    fn a_received_image_shows_inline_below_the_messages() {
+        let mut app = App::new("bob");
+        app.rows = vec![Row {
+            conversation: Conversation::Friend("alice".into()),
+            unread: 0,
+        }];
+        let mut cat = entry("alice", "", false);
+        cat.kind = fastchat_client::InboxKind::Image;
+        cat.path = Some("/home/bob/downloads/cat.png".into());
+        app.messages = vec![cat];
+        let picture = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(400, 160, |x, _| {
+            if x < 200 {
+                image::Rgb([255, 0, 0])
+            } else {
+                image::Rgb([0, 0, 255])
+            }
+        }));
+        let preview = crate::preview::Previewer::halfblocks()
+            .encode("/home/bob/downloads/cat.png", picture, 56)
+            .unwrap();
+        let mut terminal = Terminal::new(TestBackend::new(80, 24)).unwrap();
+        terminal.draw(|f| draw(f, &app, Some(&preview))).unwrap();
+        let buffer = terminal.backend().buffer().clone();
+        let text: String = buffer.content().iter().map(|c| c.symbol()).collect();
+        assert!(text.contains("image: cat.png"), "{text}");
+        // The picture itself: cells coloured like the image (red and blue).
+        let painted = buffer
+            .content()
+            .iter()
+            .filter(|c| {
+                [c.fg, c.bg]
+                    .iter()
+                    .any(|k| matches!(k, Color::Rgb(255, 0, 0) | Color::Rgb(0, 0, 255)))
+            })
+            .count();
+        assert!(painted > 10, "only {painted} painted cells");
     }
 }
