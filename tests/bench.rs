@@ -104,7 +104,7 @@ fn every_scenario_runs_small_and_loses_nothing() {
     // The file holds the same, and a plot was drawn per scenario.
     let saved: Vec<serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
-    assert_eq!(saved.len(), 7);
+    assert_eq!(saved.len(), 8);
     let svg = std::fs::read_to_string(out_dir.path().join("results.latency.svg")).unwrap();
     assert!(svg.contains("<svg"));
 }
