@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rate=${1:-6000}
 duration=${2:-600}
-bin=target/release/fastchat
+bin=${FASTCHAT_BIN:-target/release/fastchat}
 dir=$(mktemp -d)
 trap 'kill $up_pid 2>/dev/null || true; rm -rf "$dir"' EXIT
 

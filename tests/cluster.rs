@@ -359,7 +359,19 @@ async fn ten_thousand_messages_survive_two_nodes_being_killed() {
     // A third in: SIGKILL the sender's node; the sender fails over.
     wait_for(TOTAL / 3).await;
     let a = node_index(&alice, &ports);
+    let mut relinks = alice.subscribe_relinks();
+    let killed = Instant::now();
     drop(procs[a].take());
+    tokio::time::timeout(Duration::from_secs(30), relinks.changed())
+        .await
+        .expect("alice fails over")
+        .unwrap();
+    eprintln!(
+        "alice failed over from node {} to node {} in {:?}",
+        a + 1,
+        node_index(&alice, &ports) + 1,
+        killed.elapsed()
+    );
     multi.wait_for_nodes(2).await;
     // It comes back on the same address and rejoins the balancer.
     procs[a] = Some(multi.node_process(a + 1, ports[a]));
@@ -367,7 +379,19 @@ async fn ten_thousand_messages_survive_two_nodes_being_killed() {
     // Two thirds in: SIGKILL the recipient's node; the recipient fails over.
     wait_for(2 * TOTAL / 3).await;
     let b = node_index(&bob, &ports);
+    let mut relinks = bob.subscribe_relinks();
+    let killed = Instant::now();
     drop(procs[b].take());
+    tokio::time::timeout(Duration::from_secs(30), relinks.changed())
+        .await
+        .expect("bob fails over")
+        .unwrap();
+    eprintln!(
+        "bob failed over from node {} to node {} in {:?}",
+        b + 1,
+        node_index(&bob, &ports) + 1,
+        killed.elapsed()
+    );
 
     let results = tokio::time::timeout(Duration::from_secs(180), sender)
         .await

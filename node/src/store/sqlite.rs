@@ -1,8 +1,10 @@
 //! The embedded store: one SQLite file in WAL mode. A single connection
-//! behind a mutex, used from blocking threads; each call is one transaction.
+//! owned by one thread, which runs the calls in arrival order; each call is
+//! one transaction. (One long-lived thread rather than tokio's blocking
+//! pool: under load the pool grew a thread per waiting call, each with its
+//! own allocator arena, and the node's memory crept up with them.)
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use fastchat_proto::control::Relation;
@@ -26,10 +28,13 @@ pub enum Durability {
     PowerLoss,
 }
 
+/// A call for the store thread.
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
 /// The SQLite-backed [`Store`].
 #[derive(Clone)]
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    jobs: std::sync::mpsc::Sender<Job>,
 }
 
 const SCHEMA: &str = "
@@ -223,24 +228,38 @@ impl SqliteStore {
         .map_err(unavailable)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
         add_blob_owner(&conn).map_err(unavailable)?;
-        Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
-        })
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let mut conn = conn;
+        std::thread::Builder::new()
+            .name("fastchat-store".into())
+            .spawn(move || {
+                // Ends when the last handle to the store is dropped.
+                for job in queue {
+                    // A call that panics fails alone (its caller sees the
+                    // store as unavailable); the thread serves the next.
+                    let run = std::panic::AssertUnwindSafe(|| job(&mut conn));
+                    if std::panic::catch_unwind(run).is_err() {
+                        tracing::error!("a store call panicked");
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the store thread: {e}")))?;
+        Ok(Self { jobs })
     }
 
     async fn with<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut guard = conn
-                .lock()
-                .map_err(|_| StoreError::Unavailable("store lock poisoned".into()))?;
-            f(&mut guard)
-        })
-        .await
-        .map_err(|e| StoreError::Unavailable(e.to_string()))?
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move |conn| {
+                let _ = done.send(f(conn));
+            }))
+            .map_err(|_| StoreError::Unavailable("the store thread has stopped".into()))?;
+        result
+            .await
+            .map_err(|_| StoreError::Unavailable("the store thread has stopped".into()))?
     }
 }
 
