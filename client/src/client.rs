@@ -95,6 +95,12 @@ impl Core {
     fn is_closing(&self) -> bool {
         *self.closing.borrow()
     }
+
+    /// Resolves once the user closed (or dropped) the client.
+    pub async fn closed(&self) {
+        let mut closing = self.closing.subscribe();
+        let _ = closing.wait_for(|c| *c).await;
+    }
 }
 
 /// Keeps the client connected: when its node goes away, asks the balancer

@@ -57,7 +57,14 @@ fn in_transaction(
 }
 
 async fn run(core: Arc<Core>, mut rx: mpsc::UnboundedReceiver<Pending>) {
-    while let Some(first) = rx.recv().await {
+    loop {
+        // The task holds the core, and the core the queue's sender, so the
+        // queue never closes by itself: stop when the client does.
+        let first = tokio::select! {
+            o = rx.recv() => o,
+            _ = core.closed() => None,
+        };
+        let Some(first) = first else { break };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
