@@ -2,6 +2,8 @@
 //! and a distributed one are interchangeable. Everything stored is
 //! ciphertext or routing metadata; nothing here can read a message.
 
+#[cfg(test)]
+mod conformance;
 mod postgres;
 mod sqlite;
 

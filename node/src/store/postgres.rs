@@ -886,6 +886,7 @@ mod tests {
 
     use fastchat_testkit::postgres::PgServer;
 
+    use super::super::conformance::{self, text};
     use super::*;
 
     /// A fresh database on the server the tests share; keep the handle
@@ -903,229 +904,22 @@ mod tests {
         (server, url, store)
     }
 
-    fn text(to: Target, n: u8, body: &[u8]) -> TextToQueue {
-        TextToQueue {
-            to,
-            id: MessageId([n; 16]),
-            envelope: Arc::new(body.to_vec()),
-        }
-    }
-
     #[tokio::test(flavor = "multi_thread")]
     async fn friendship_lifecycle_and_queue() {
         let (_pg, _, s) = store("friendship").await;
-        s.create_user("alice", b"ka").await.unwrap();
-        s.create_user("bob", b"kb").await.unwrap();
-        assert_eq!(s.create_user("bob", b"x").await, Err(StoreError::NameTaken));
-        assert_eq!(s.public_key("bob").await.unwrap(), Some(b"kb".to_vec()));
-        assert_eq!(s.public_key("carol").await.unwrap(), None);
-        assert_eq!(
-            s.request_friend("alice", "carol", b"e").await,
-            Err(StoreError::UnknownUser)
-        );
-        assert_eq!(
-            s.accept_friend("bob", "alice", b"e").await,
-            Err(StoreError::NoPendingRequest)
-        );
-        assert_eq!(s.relation("alice", "bob").await.unwrap(), Relation::None);
-        let seq = s.request_friend("alice", "bob", b"req").await.unwrap();
-        assert!(seq.is_some());
-        assert_eq!(
-            s.request_friend("alice", "bob", b"req").await.unwrap(),
-            None
-        );
-        assert_eq!(
-            s.relation("bob", "alice").await.unwrap(),
-            Relation::RequestedByThem
-        );
-        assert_eq!(
-            s.relation("alice", "bob").await.unwrap(),
-            Relation::RequestedByMe
-        );
-        s.accept_friend("bob", "alice", b"acc").await.unwrap();
-        assert_eq!(s.relation("alice", "bob").await.unwrap(), Relation::Friends);
-        assert_eq!(
-            s.accept_friend("bob", "alice", b"acc").await,
-            Err(StoreError::AlreadyFriends)
-        );
-        assert_eq!(
-            s.request_friend("bob", "alice", b"req").await,
-            Err(StoreError::AlreadyFriends)
-        );
-        assert_eq!(s.pending("alice", 0, 100).await.unwrap().len(), 1); // the accept
-
-        let texts = vec![
-            text(Target::Direct("bob".into()), 1, b"t1"),
-            text(Target::Direct("bob".into()), 1, b"t1"),
-        ];
-        let r = s.enqueue_texts("alice", texts).await.unwrap();
-        assert!(matches!(r[0], Queuing::Stored(_)));
-        assert_eq!(r[1], Queuing::Duplicate);
-        let refused = s
-            .enqueue_texts("bob", vec![text(Target::Direct("carol".into()), 2, b"")])
-            .await
-            .unwrap();
-        assert!(matches!(&refused[0], Queuing::Refused(e) if e.code == ErrorCode::NotFriends));
-
-        let bob = s.pending("bob", 0, 100).await.unwrap();
-        assert_eq!(bob.len(), 2); // friend request + text
-        assert_eq!(bob[0].1, b"req");
-        assert_eq!(bob[1].1, b"t1");
-        assert_eq!(s.pending("bob", bob[0].0, 100).await.unwrap().len(), 1);
-        assert_eq!(s.pending("bob", 0, 1).await.unwrap().len(), 1);
-        let last = s.last_pending("bob").await.unwrap().unwrap();
-        assert_eq!(last, bob[1].0);
-        assert_eq!(s.count_pending_upto("bob", last).await.unwrap(), 2);
-        assert_eq!(s.queue_depth().await.unwrap(), 3);
-        s.ack("bob", &[bob[0].0]).await.unwrap();
-        s.ack("alice", &[bob[1].0]).await.unwrap(); // not alice's: no effect
-        s.ack("bob", &[]).await.unwrap();
-        assert_eq!(s.pending("bob", 0, 100).await.unwrap().len(), 1);
-        assert_eq!(s.last_pending("carol").await.unwrap(), None);
+        conformance::friendship_lifecycle_and_queue(&s).await;
     }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn blobs_resume_count_quota_move_and_go_when_all_have_them() {
         let (_pg, _, s) = store("blobs").await;
-        let id = MessageId([5; 16]);
-        let who = vec!["bob".to_string(), "carol".to_string()];
-        let b = s
-            .begin_blob("alice", id, 100, who.clone(), b"env".to_vec(), 150, "n1")
-            .await
-            .unwrap();
-        assert_eq!(b.queued.len(), 2);
-        assert_eq!(b.queued[0].0, "bob");
-        assert!(b.queued[0].1 < b.queued[1].1);
-        assert_eq!(b.previous_owner, None);
-        let again = s
-            .begin_blob("alice", id, 100, who.clone(), b"env".to_vec(), 150, "n1")
-            .await
-            .unwrap();
-        assert_eq!(
-            (
-                again.blob_id,
-                again.total_len,
-                again.queued.len(),
-                again.previous_owner
-            ),
-            (b.blob_id, 100, 0, None)
-        );
-        // Resumed on another node: the blob moves there.
-        let moved = s
-            .begin_blob("alice", id, 100, who.clone(), b"env".to_vec(), 150, "n2")
-            .await
-            .unwrap();
-        assert_eq!(moved.blob_id, b.blob_id);
-        assert_eq!(moved.previous_owner.as_deref(), Some("n1"));
-        assert_eq!(
-            s.begin_blob("alice", MessageId([6; 16]), 100, who, vec![], 150, "n1")
-                .await,
-            Err(StoreError::QuotaExceeded)
-        );
-        let at = BlobLocation {
-            blob_id: b.blob_id,
-            total_len: 100,
-            owner: "n2".into(),
-        };
-        assert_eq!(
-            s.blob_for("bob", "alice", id).await.unwrap(),
-            Some(at.clone())
-        );
-        assert_eq!(s.blob_for("eve", "alice", id).await.unwrap(), None);
-        assert_eq!(s.blob_received("bob", "alice", id).await.unwrap(), None);
-        assert_eq!(s.blob_for("bob", "alice", id).await.unwrap(), None);
-        assert_eq!(
-            s.blob_received("carol", "alice", id).await.unwrap(),
-            Some(at)
-        );
-        assert_eq!(s.blob_received("carol", "alice", id).await.unwrap(), None);
-        // The quota is free again.
-        s.begin_blob("alice", MessageId([7; 16]), 100, vec![], vec![], 150, "n1")
-            .await
-            .unwrap();
+        conformance::blobs_resume_count_quota_move_and_go_when_all_have_them(&s).await;
     }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn groups_fan_out_and_refuse() {
         let (_pg, _, s) = store("groups").await;
-        let id = s.create_group("team", "alice").await.unwrap();
-        assert_eq!(
-            s.create_group("team", "bob").await,
-            Err(StoreError::NameTaken)
-        );
-        let keyed = s
-            .rekey(
-                id,
-                1,
-                Membership::Add(vec!["bob".into()]),
-                vec![("bob".into(), b"k".to_vec())],
-            )
-            .await
-            .unwrap();
-        assert_eq!(keyed.len(), 1);
-        assert_eq!(keyed[0].0, "bob");
-        assert_eq!(
-            s.rekey(id, 1, Membership::Add(vec!["carol".into()]), vec![])
-                .await,
-            Err(StoreError::StaleEpoch)
-        );
-        assert_eq!(
-            s.rekey(id + 100, 1, Membership::Add(vec![]), vec![]).await,
-            Err(StoreError::StaleEpoch)
-        );
-        s.rekey(id, 2, Membership::Add(vec!["carol".into()]), vec![])
-            .await
-            .unwrap();
-        let g = s.group_by_name("team").await.unwrap().unwrap();
-        assert_eq!(g.members, vec!["alice", "bob", "carol"]);
-        assert_eq!((g.id, g.epoch, g.admin.as_str()), (id, 2, "alice"));
-        assert_eq!(s.group(id).await.unwrap(), Some(g));
-        assert_eq!(s.group(id + 100).await.unwrap(), None);
-        assert_eq!(s.group_by_name("nope").await.unwrap(), None);
-        let to = |epoch| Target::Group { id, epoch };
-        let r = s
-            .enqueue_texts(
-                "bob",
-                vec![
-                    text(to(2), 1, &[1]),
-                    text(to(1), 2, &[2]),
-                    text(to(2), 1, &[1]),
-                ],
-            )
-            .await
-            .unwrap();
-        match &r[0] {
-            Queuing::Stored(to) => {
-                let names: Vec<_> = to.iter().map(|(n, _)| n.as_str()).collect();
-                assert_eq!(names, vec!["alice", "carol"]);
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(matches!(&r[1], Queuing::Refused(e) if e.code == ErrorCode::StaleEpoch));
-        assert_eq!(r[2], Queuing::Duplicate);
-        let unknown = s
-            .enqueue_texts(
-                "bob",
-                vec![text(
-                    Target::Group {
-                        id: id + 100,
-                        epoch: 0,
-                    },
-                    4,
-                    &[4],
-                )],
-            )
-            .await
-            .unwrap();
-        assert!(matches!(&unknown[0], Queuing::Refused(e) if e.code == ErrorCode::UnknownGroup));
-        s.rekey(id, 3, Membership::Remove("carol".into()), vec![])
-            .await
-            .unwrap();
-        let r = s
-            .enqueue_texts("carol", vec![text(to(3), 3, &[3])])
-            .await
-            .unwrap();
-        assert!(matches!(&r[0], Queuing::Refused(e) if e.code == ErrorCode::NotMember));
+        conformance::groups_fan_out_and_refuse(&s).await;
     }
 
     /// Two stores on one database, as two nodes: concurrent sends (with

@@ -790,8 +790,8 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests {
+    use super::super::conformance;
     use super::*;
-    use fastchat_proto::MessageId;
 
     fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
@@ -802,119 +802,18 @@ mod tests {
     #[tokio::test]
     async fn friendship_lifecycle_and_queue() {
         let (_d, s) = store();
-        s.create_user("alice", b"ka").await.unwrap();
-        s.create_user("bob", b"kb").await.unwrap();
-        assert_eq!(s.create_user("bob", b"x").await, Err(StoreError::NameTaken));
-        assert_eq!(
-            s.request_friend("alice", "carol", b"e").await,
-            Err(StoreError::UnknownUser)
-        );
-        assert_eq!(
-            s.accept_friend("bob", "alice", b"e").await,
-            Err(StoreError::NoPendingRequest)
-        );
-        let seq = s.request_friend("alice", "bob", b"req").await.unwrap();
-        assert!(seq.is_some());
-        assert_eq!(
-            s.request_friend("alice", "bob", b"req").await.unwrap(),
-            None
-        );
-        assert_eq!(
-            s.relation("bob", "alice").await.unwrap(),
-            Relation::RequestedByThem
-        );
-        s.accept_friend("bob", "alice", b"acc").await.unwrap();
-        assert_eq!(s.relation("alice", "bob").await.unwrap(), Relation::Friends);
-
-        let texts = vec![
-            TextToQueue {
-                to: Target::Direct("bob".into()),
-                id: MessageId([1; 16]),
-                envelope: std::sync::Arc::new(b"t1".to_vec()),
-            },
-            TextToQueue {
-                to: Target::Direct("bob".into()),
-                id: MessageId([1; 16]),
-                envelope: std::sync::Arc::new(b"t1".to_vec()),
-            },
-        ];
-        let r = s.enqueue_texts("alice", texts).await.unwrap();
-        assert!(matches!(r[0], Queuing::Stored(_)));
-        assert_eq!(r[1], Queuing::Duplicate);
-        let refused = s
-            .enqueue_texts(
-                "bob",
-                vec![TextToQueue {
-                    to: Target::Direct("carol".into()),
-                    id: MessageId([2; 16]),
-                    envelope: Default::default(),
-                }],
-            )
-            .await
-            .unwrap();
-        assert!(matches!(&refused[0], Queuing::Refused(e) if e.code == ErrorCode::NotFriends));
-
-        let bob = s.pending("bob", 0, 100).await.unwrap();
-        assert_eq!(bob.len(), 2); // friend request + text
-        let last = s.last_pending("bob").await.unwrap().unwrap();
-        assert_eq!(s.count_pending_upto("bob", last).await.unwrap(), 2);
-        s.ack("bob", &[bob[0].0]).await.unwrap();
-        s.ack("alice", &[bob[1].0]).await.unwrap(); // not alice's: no effect
-        assert_eq!(s.pending("bob", 0, 100).await.unwrap().len(), 1);
+        conformance::friendship_lifecycle_and_queue(&s).await;
     }
-}
-
-#[cfg(test)]
-mod blob_tests {
-    use super::*;
 
     #[tokio::test]
-    async fn blobs_resume_count_quota_and_go_when_all_have_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("n.db"), Durability::Process).unwrap();
-        let id = MessageId([5; 16]);
-        let who = vec!["bob".to_string(), "carol".to_string()];
-        let b = s
-            .begin_blob("alice", id, 100, who.clone(), b"env".to_vec(), 150, "n1")
-            .await
-            .unwrap();
-        assert_eq!((b.queued.len(), b.previous_owner.clone()), (2, None));
-        let again = s
-            .begin_blob("alice", id, 100, who.clone(), b"env".to_vec(), 150, "n1")
-            .await
-            .unwrap();
-        assert_eq!((again.blob_id, again.queued.len()), (b.blob_id, 0));
-        assert_eq!(again.previous_owner, None);
-        // Resumed on another node after a failover: the blob moves there.
-        let moved = s
-            .begin_blob("alice", id, 100, who.clone(), b"env".to_vec(), 150, "n2")
-            .await
-            .unwrap();
-        assert_eq!(moved.previous_owner.as_deref(), Some("n1"));
-        assert_eq!(
-            s.begin_blob("alice", MessageId([6; 16]), 100, who, vec![], 150, "n1")
-                .await,
-            Err(StoreError::QuotaExceeded)
-        );
-        let here = BlobLocation {
-            blob_id: b.blob_id,
-            total_len: 100,
-            owner: "n2".into(),
-        };
-        assert_eq!(
-            s.blob_for("bob", "alice", id).await.unwrap(),
-            Some(here.clone())
-        );
-        assert_eq!(s.blob_for("eve", "alice", id).await.unwrap(), None);
-        assert_eq!(s.blob_received("bob", "alice", id).await.unwrap(), None);
-        assert_eq!(s.blob_for("bob", "alice", id).await.unwrap(), None);
-        assert_eq!(
-            s.blob_received("carol", "alice", id).await.unwrap(),
-            Some(here)
-        );
-        // The quota is free again.
-        s.begin_blob("alice", MessageId([7; 16]), 100, vec![], vec![], 150, "n1")
-            .await
-            .unwrap();
+    async fn blobs_resume_count_quota_move_and_go_when_all_have_them() {
+        let (_d, s) = store();
+        conformance::blobs_resume_count_quota_move_and_go_when_all_have_them(&s).await;
+    }
+
+    #[tokio::test]
+    async fn groups_fan_out_and_refuse() {
+        let (_d, s) = store();
+        conformance::groups_fan_out_and_refuse(&s).await;
     }
 }
