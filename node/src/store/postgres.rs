@@ -24,8 +24,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::Transaction;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use fastchat_proto::MessageId;
 use fastchat_proto::control::Relation;
-use fastchat_proto::{ErrorCode, MessageId, ProtoError};
 use tokio_postgres::NoTls;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
@@ -612,10 +612,7 @@ impl Store for PostgresStore {
                             }
                         };
                         if !is_friend {
-                            out.push(Queuing::Refused(ProtoError::new(
-                                ErrorCode::NotFriends,
-                                format!("{to} is not your friend; send a friend request first"),
-                            )));
+                            out.push(Queuing::Refused(super::not_friends(to)));
                             continue;
                         }
                         out.push(match enqueue(&tx, to, &text.id.0, envelope).await? {
@@ -646,20 +643,8 @@ impl Store for PostgresStore {
                             groups.push((*id, state));
                         }
                         let state = &groups.iter().find(|(g, _)| g == id).expect("cached").1;
-                        let refusal = match state {
-                            None => Some((ErrorCode::UnknownGroup, "no such group".to_string())),
-                            Some((_, members)) if !members.iter().any(|m| m == from) => Some((
-                                ErrorCode::NotMember,
-                                "you are not a member of this group".to_string(),
-                            )),
-                            Some((current, _)) if current != epoch => Some((
-                                ErrorCode::StaleEpoch,
-                                "the group has a newer key; sync and resend".to_string(),
-                            )),
-                            _ => None,
-                        };
-                        if let Some((code, why)) = refusal {
-                            out.push(Queuing::Refused(ProtoError::new(code, why)));
+                        if let Some(refusal) = super::group_refusal(state.as_ref(), from, *epoch) {
+                            out.push(Queuing::Refused(refusal));
                             continue;
                         }
                         let members = &state.as_ref().expect("checked").1;

@@ -7,11 +7,9 @@
 use std::path::Path;
 
 use async_trait::async_trait;
-use fastchat_proto::control::Relation;
-use fastchat_proto::{ErrorCode, ProtoError};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-
 use fastchat_proto::MessageId;
+use fastchat_proto::control::Relation;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
     BlobLocation, BlobStart, GroupRecord, Membership, Queued, Queuing, Store, StoreError, Target,
@@ -504,10 +502,7 @@ impl Store for SqliteStore {
                             }
                         };
                         if !is_friend {
-                            out.push(Queuing::Refused(ProtoError::new(
-                                ErrorCode::NotFriends,
-                                format!("{to} is not your friend; send a friend request first"),
-                            )));
+                            out.push(Queuing::Refused(super::not_friends(to)));
                             continue;
                         }
                         vec![to.clone()]
@@ -521,20 +516,8 @@ impl Store for SqliteStore {
                             groups.push((*id, state));
                         }
                         let state = &groups.iter().find(|(g, _)| g == id).expect("cached").1;
-                        let refusal = match state {
-                            None => Some((ErrorCode::UnknownGroup, "no such group".to_string())),
-                            Some((_, members)) if !members.contains(&from) => Some((
-                                ErrorCode::NotMember,
-                                "you are not a member of this group".to_string(),
-                            )),
-                            Some((current, _)) if current != epoch => Some((
-                                ErrorCode::StaleEpoch,
-                                "the group has a newer key; sync and resend".to_string(),
-                            )),
-                            _ => None,
-                        };
-                        if let Some((code, why)) = refusal {
-                            out.push(Queuing::Refused(ProtoError::new(code, why)));
+                        if let Some(refusal) = super::group_refusal(state.as_ref(), &from, *epoch) {
+                            out.push(Queuing::Refused(refusal));
                             continue;
                         }
                         let members = &state.as_ref().expect("checked").1;
