@@ -101,6 +101,7 @@ pub struct NodeHandle {
     accept: JoinHandle<()>,
     link: Option<JoinHandle<()>>,
     advertised: String,
+    store: Arc<dyn Store>,
 }
 
 impl NodeHandle {
@@ -114,7 +115,7 @@ impl NodeHandle {
         &self.advertised
     }
 
-    /// Closes every connection and stops.
+    /// Closes every connection, then the store, and stops.
     pub async fn shutdown(self) {
         if let Some(link) = &self.link {
             link.abort();
@@ -122,6 +123,9 @@ impl NodeHandle {
         self.endpoint.close(0u32.into(), b"node shutting down");
         self.accept.abort();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        // Sessions still finishing see the store as unavailable; what they
+        // had not committed was never acknowledged.
+        self.store.close().await;
     }
 }
 
@@ -156,7 +160,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         Some(url) => Arc::new(NatsBus::connect(url, &advertised).await?),
     };
     let shared = Arc::new(Shared::new(
-        store,
+        store.clone(),
         bus,
         blob_dir,
         ImageLimits {
@@ -184,6 +188,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         accept,
         link,
         advertised,
+        store,
     })
 }
 

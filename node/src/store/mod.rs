@@ -266,4 +266,6 @@ pub trait Store: Send + Sync + 'static {
     async fn last_pending(&self, user: &str) -> Result<Option<u64>, StoreError>;
     /// How many envelopes for `user` remain at or before position `upto`.
     async fn count_pending_upto(&self, user: &str, upto: u64) -> Result<u64, StoreError>;
+    /// Closes the store's files and connections; later calls fail as unavailable.
+    async fn close(&self);
 }

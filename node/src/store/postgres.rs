@@ -862,6 +862,10 @@ impl Store for PostgresStore {
             .map_err(unavailable)?;
         Ok(row.get::<_, i64>(0) as u64)
     }
+
+    async fn close(&self) {
+        self.pool.close();
+    }
 }
 
 #[cfg(test)]

@@ -29,10 +29,18 @@ pub enum Durability {
 /// A call for the store thread.
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
+/// What the store thread is asked to do.
+enum Request {
+    /// Run one call.
+    Call(Job),
+    /// Close the database and stop; the sender learns when the file is shut.
+    Close(tokio::sync::oneshot::Sender<()>),
+}
+
 /// The SQLite-backed [`Store`].
 #[derive(Clone)]
 pub struct SqliteStore {
-    jobs: std::sync::mpsc::Sender<Job>,
+    jobs: std::sync::mpsc::Sender<Request>,
 }
 
 const SCHEMA: &str = "
@@ -226,18 +234,29 @@ impl SqliteStore {
         .map_err(unavailable)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
         add_blob_owner(&conn).map_err(unavailable)?;
-        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let (jobs, queue) = std::sync::mpsc::channel::<Request>();
         let mut conn = conn;
         std::thread::Builder::new()
             .name("fastchat-store".into())
             .spawn(move || {
-                // Ends when the last handle to the store is dropped.
-                for job in queue {
-                    // A call that panics fails alone (its caller sees the
-                    // store as unavailable); the thread serves the next.
-                    let run = std::panic::AssertUnwindSafe(|| job(&mut conn));
-                    if std::panic::catch_unwind(run).is_err() {
-                        tracing::error!("a store call panicked");
+                // Ends on `close` or when the last handle to the store is dropped.
+                for request in queue {
+                    match request {
+                        Request::Call(job) => {
+                            // A call that panics fails alone (its caller sees
+                            // the store as unavailable); the thread serves the next.
+                            let run = std::panic::AssertUnwindSafe(|| job(&mut conn));
+                            if std::panic::catch_unwind(run).is_err() {
+                                tracing::error!("a store call panicked");
+                            }
+                        }
+                        Request::Close(closed) => {
+                            // The file must be shut before `close` returns, so a
+                            // stopped node leaves nothing open on its disk.
+                            drop(conn);
+                            let _ = closed.send(());
+                            return;
+                        }
                     }
                 }
             })
@@ -251,9 +270,9 @@ impl SqliteStore {
     ) -> Result<R, StoreError> {
         let (done, result) = tokio::sync::oneshot::channel();
         self.jobs
-            .send(Box::new(move |conn| {
+            .send(Request::Call(Box::new(move |conn| {
                 let _ = done.send(f(conn));
-            }))
+            })))
             .map_err(|_| StoreError::Unavailable("the store thread has stopped".into()))?;
         result
             .await
@@ -769,6 +788,14 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn close(&self) {
+        // Calls already queued run first; the thread then drops the connection.
+        let (closed, shut) = tokio::sync::oneshot::channel();
+        if self.jobs.send(Request::Close(closed)).is_ok() {
+            let _ = shut.await;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -780,6 +807,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(&dir.path().join("node.db"), Durability::Process).unwrap();
         (dir, s)
+    }
+
+    #[tokio::test]
+    async fn close_shuts_the_file_and_later_calls_fail() {
+        let (dir, s) = store();
+        s.create_user("alice", b"key").await.unwrap();
+        assert!(dir.path().join("node.db-wal").exists());
+        s.close().await;
+        // SQLite removes the WAL when its last connection closes cleanly.
+        assert!(!dir.path().join("node.db-wal").exists());
+        assert!(matches!(
+            s.public_key("alice").await,
+            Err(StoreError::Unavailable(_))
+        ));
+        let again = SqliteStore::open(&dir.path().join("node.db"), Durability::Process).unwrap();
+        assert_eq!(again.public_key("alice").await.unwrap().unwrap(), b"key");
     }
 
     #[tokio::test]
