@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
-    ChildGuard, balancer_status, befriend, bin, cli_ok, free_port, next_text, start_up_with,
+    ChildGuard, befriend, bin, cli_ok, free_port, next_text, start_up_with, wait_for_balancer,
 };
 use fastchat_balancer::{BalancerConfig, BalancerHandle, Strategy};
 use fastchat_client::{AttachmentKind, Client, Conversation, InboxItem, InboxKind, Recipient};
@@ -111,14 +111,10 @@ impl Multi {
     }
 
     async fn wait_for_nodes(&self, n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while balancer_status(&self.ca(), &self.server()).await.len() != n {
-            assert!(
-                Instant::now() < deadline,
-                "the balancer never saw {n} nodes"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for_balancer(&self.ca(), &self.server(), &format!("{n} nodes"), |live| {
+            live.len() == n
+        })
+        .await;
     }
 
     fn home(&self, user: &str) -> PathBuf {
@@ -547,7 +543,12 @@ async fn strategies_with_one_node_loaded() {
                     .unwrap(),
             );
         }
-        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let loaded_addr = loaded.advertised().to_string();
+        wait_for_balancer(&multi.ca(), &multi.server(), "node 1 loaded", |live| {
+            live.iter()
+                .any(|n| n.addr == loaded_addr && n.connections >= 40)
+        })
+        .await;
         let mut counts: HashMap<String, usize> = HashMap::new();
         for _ in 0..20 {
             *counts

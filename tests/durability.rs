@@ -5,7 +5,6 @@ mod common;
 
 use std::fs::File;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use common::{ChildGuard, befriend, contains, free_port};
 use fastchat_balancer::BalancerConfig;
@@ -126,9 +125,5 @@ async fn offline_queue_survives_sigkill_and_holds_no_plaintext() {
 }
 
 async fn wait_for_nodes(ca: &std::path::Path, server: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while common::balancer_status(ca, server).await.is_empty() {
-        assert!(std::time::Instant::now() < deadline, "node never reported");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::wait_for_balancer(ca, server, "a node", |live| !live.is_empty()).await;
 }

@@ -325,7 +325,8 @@ async fn oversized_over_quota_and_non_images_are_refused_before_any_byte() {
     let mut cluster = dir_cluster;
     cluster.node.take().unwrap().shutdown().await;
     cluster.node = Some(fastchat_node::start(config).await.unwrap());
-    tokio::time::sleep(Duration::from_millis(2500)).await; // the old node drops out of the balancer
+    // The old node drops out of the balancer once it misses its reports.
+    cluster.wait_for_only_this_node().await;
 
     let alice = cluster.register("alice").await;
     let bob = cluster.register("bob").await;

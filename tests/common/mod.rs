@@ -111,16 +111,21 @@ impl Cluster {
         self.node.as_ref().unwrap().local_addr()
     }
 
-    /// Waits until the balancer knows `n` live nodes.
+    /// Waits until the balancer knows at least `n` live nodes.
     pub async fn wait_for_nodes(&self, n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if balancer_status(&self.ca(), &self.server()).await.len() >= n {
-                return;
-            }
-            assert!(Instant::now() < deadline, "nodes never reported");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for_balancer(&self.ca(), &self.server(), &format!("{n} nodes"), |live| {
+            live.len() >= n
+        })
+        .await;
+    }
+
+    /// Waits until the balancer's live nodes are exactly the cluster's node.
+    pub async fn wait_for_only_this_node(&self) {
+        let addr = self.node_addr().to_string();
+        wait_for_balancer(&self.ca(), &self.server(), &addr, |live| {
+            live.len() == 1 && live[0].addr == addr
+        })
+        .await;
     }
 
     /// Registers a user through the SDK.
@@ -133,6 +138,40 @@ impl Cluster {
 
 /// The balancer's list of live node addresses.
 pub async fn balancer_status(ca: &Path, server: &str) -> Vec<String> {
+    balancer_reports(ca, server)
+        .await
+        .into_iter()
+        .map(|n| n.addr)
+        .collect()
+}
+
+/// Polls the balancer (up to 20 s, so a loaded CI machine has time) until
+/// its live nodes satisfy `ready`; `what` names the wait in the failure.
+pub async fn wait_for_balancer(
+    ca: &Path,
+    server: &str,
+    what: &str,
+    ready: impl Fn(&[fastchat_proto::balancer::NodeReport]) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let live = balancer_reports(ca, server).await;
+        if ready(&live) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the balancer never showed {what}: {live:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The balancer's live nodes with their last reports.
+pub async fn balancer_reports(
+    ca: &Path,
+    server: &str,
+) -> Vec<fastchat_proto::balancer::NodeReport> {
     use fastchat_proto::balancer::{BalancerRequest, BalancerResponse};
     let ca = fastchat_certs::load_certs(ca).unwrap();
     let endpoint = client_endpoint(&ca, None).unwrap();
@@ -147,7 +186,7 @@ pub async fn balancer_status(ca: &Path, server: &str) -> Vec<String> {
         .await
         .unwrap()
     {
-        Some(BalancerResponse::Status { nodes, .. }) => nodes.into_iter().map(|n| n.addr).collect(),
+        Some(BalancerResponse::Status { nodes, .. }) => nodes,
         other => panic!("unexpected {other:?}"),
     }
 }
