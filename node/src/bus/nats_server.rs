@@ -19,21 +19,40 @@ impl NatsServer {
     /// Starts `nats-server` on 127.0.0.1 (a free port when `port` is 0),
     /// logging to `log_dir/nats.log`, and waits until it accepts clients.
     pub fn start(log_dir: &Path, port: u16) -> Result<Self, BusError> {
-        let failed = |cause: String| BusError::Connect {
-            url: "a local nats-server".into(),
-            cause,
-        };
-        let port = match port {
-            0 => TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .map_err(|e| failed(e.to_string()))?
-                .port(),
-            p => p,
-        };
         std::fs::create_dir_all(log_dir).map_err(|e| failed(e.to_string()))?;
+        // A port found free here can be taken before nats-server binds it
+        // (tests start many servers at once); then another one is tried.
+        let tries = if port == 0 { 3 } else { 1 };
+        let mut last = None;
+        for _ in 0..tries {
+            let port = match port {
+                0 => free_port().map_err(|e| failed(e.to_string()))?,
+                p => p,
+            };
+            match Self::start_on(log_dir, port) {
+                Ok(server) => return Ok(server),
+                Err(Attempt::Fatal(e)) => return Err(e),
+                Err(Attempt::Exited(e)) => last = Some(e),
+            }
+        }
+        Err(last.expect("at least one try"))
+    }
+
+    fn start_on(log_dir: &Path, port: u16) -> Result<Self, Attempt> {
+        // The name tells our server apart from anything else that answers
+        // on the port (another test's server, or a TCP self-connect).
+        let name = format!("fastchat-{}-{port}-{:08x}", std::process::id(), rand_u32());
         let mut command = Command::new("nats-server");
         command
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-l"])
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-n",
+                &name,
+                "-l",
+            ])
             .arg(log_dir.join("nats.log"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -51,14 +70,14 @@ impl NatsServer {
             }
         }
         let child = command.spawn().map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
+            Attempt::Fatal(if e.kind() == std::io::ErrorKind::NotFound {
                 BusError::Connect {
                     url: "a local nats-server".into(),
                     cause: "nats-server is not installed (apt-get install -y nats-server), or pass --bus nats://HOST:PORT of a running one".into(),
                 }
             } else {
                 failed(format!("cannot start nats-server: {e}"))
-            }
+            })
         })?;
         let mut server = Self {
             child,
@@ -66,17 +85,19 @@ impl NatsServer {
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if TcpStream::connect_timeout(&server.addr, Duration::from_millis(200)).is_ok() {
+            if answers_as(&server.addr, &name) {
                 return Ok(server);
             }
             if let Ok(Some(status)) = server.child.try_wait() {
-                return Err(failed(format!(
+                return Err(Attempt::Exited(failed(format!(
                     "nats-server exited at start ({status}); see {}",
                     log_dir.join("nats.log").display()
-                )));
+                ))));
             }
             if Instant::now() > deadline {
-                return Err(failed("nats-server did not start within 10 s".into()));
+                return Err(Attempt::Fatal(failed(
+                    "nats-server did not start within 10 s".into(),
+                )));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -98,9 +119,69 @@ impl NatsServer {
     }
 }
 
+/// Why one try to start the server failed.
+enum Attempt {
+    /// It exited at start (its port was likely taken): worth another port.
+    Exited(BusError),
+    /// Trying again would fail the same way.
+    Fatal(BusError),
+}
+
+fn failed(cause: String) -> BusError {
+    BusError::Connect {
+        url: "a local nats-server".into(),
+        cause,
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn rand_u32() -> u32 {
+    let mut b = [0u8; 4];
+    let _ = fastchat_crypto::random_bytes(&mut b);
+    u32::from_le_bytes(b)
+}
+
+/// Whether a NATS server named `name` greets a client at `addr`.
+fn answers_as(addr: &SocketAddr, name: &str) -> bool {
+    use std::io::{BufRead, BufReader};
+    let Ok(stream) = TcpStream::connect_timeout(addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut greeting = String::new();
+    // NATS speaks first: one `INFO {json}` line.
+    if BufReader::new(stream).read_line(&mut greeting).is_err() {
+        return false;
+    }
+    greeting.starts_with("INFO ") && greeting.contains(&format!("\"server_name\":\"{name}\""))
+}
+
 impl Drop for NatsServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_taken_port_is_reported_and_only_our_server_counts_as_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = NatsServer::start(&dir.path().join("a"), 0).unwrap();
+        // Something else answering on the port is not mistaken for a new server.
+        let err = NatsServer::start(&dir.path().join("b"), first.port())
+            .err()
+            .expect("a second server on a taken port");
+        assert!(err.to_string().contains("exited at start"), "{err}");
+        // Port 0 finds a free port, also while others are being started.
+        let second = NatsServer::start(&dir.path().join("c"), 0).unwrap();
+        assert_ne!(first.port(), second.port());
+        assert!(!answers_as(&first.addr, "someone-else"));
     }
 }
