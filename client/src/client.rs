@@ -110,7 +110,9 @@ impl Core {
 async fn supervise(core: Arc<Core>, endpoint: Endpoint) {
     loop {
         let conn = core.conn();
-        let reason = conn.closed().await;
+        // A killed node sends nothing: silence is how we notice it.
+        let reason =
+            fastchat_transport::closed_or_silent(&conn, fastchat_transport::PEER_SILENCE).await;
         if core.is_closing() {
             return;
         }

@@ -10,7 +10,9 @@ use fastchat_certs::NodeIdentity;
 use fastchat_proto::balancer::{BalancerRequest, BalancerResponse, NodeReport};
 use fastchat_proto::limits::MAX_CONTROL_FRAME;
 use fastchat_transport::quinn::Connection;
-use fastchat_transport::{client_endpoint, connect, read_frame, write_frame};
+use fastchat_transport::{
+    PEER_SILENCE, client_endpoint, closed_or_silent, connect, read_frame, write_frame,
+};
 
 use crate::shared::Shared;
 
@@ -37,9 +39,14 @@ pub(crate) async fn run(
             Ok(conn) => {
                 tracing::info!(%balancer, "reporting to the balancer");
                 warned = false;
-                if let Err(e) = report_loop(&conn, &advertised, &shared, &mut last_messages).await {
+                let reported = tokio::select! {
+                    r = report_loop(&conn, &advertised, &shared, &mut last_messages) => r,
+                    reason = closed_or_silent(&conn, PEER_SILENCE) => Err(reason.to_string()),
+                };
+                if let Err(e) = reported {
                     tracing::warn!(%balancer, error = %e, "lost the balancer; retrying");
                 }
+                conn.close(0u32.into(), b"reconnecting");
             }
             Err(e) if !warned => {
                 tracing::warn!(%balancer, error = %e, "cannot reach the balancer; retrying");

@@ -20,9 +20,10 @@ const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 /// Idle connections are closed after this long without packets (the
 /// server's side; a connection uses the lower of the two peers' values).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// A client takes its node for dead after this long without a packet, and
-/// fails over: a killed node sends nothing, so this is how fast we notice.
-const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The longest a client waits on a silent server, handshake included: a
+/// server swamped by a burst of handshakes is slow, not dead. (A link in
+/// use notices a dead peer sooner: [`crate::closed_or_silent`].)
+const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Clients ping this often, so a live node is never silent for long.
 const KEEP_ALIVE: Duration = Duration::from_millis(750);
 

@@ -4,7 +4,9 @@
 
 mod endpoint;
 mod framed;
+mod liveness;
 
 pub use endpoint::{ClientAuth, TransportError, client_endpoint, connect, server_endpoint};
 pub use framed::{FRAME_TIMEOUT, StreamError, read_frame, write_frame, write_frames};
+pub use liveness::{PEER_SILENCE, closed_or_silent};
 pub use quinn;
