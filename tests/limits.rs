@@ -72,10 +72,15 @@ async fn repeated_failed_logins_close_the_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn friend_request_floods_are_rate_limited() {
-    let cluster = Cluster::start().await;
+    // A small limit refills one request every 20 s, so a slow machine cannot
+    // earn a token back while the burst is being sent.
+    let limit = 3;
+    let mut cluster = Cluster::start_without_node().await;
+    let mut config = cluster.node_config("127.0.0.1:0".parse().unwrap());
+    config.friend_requests_per_minute = limit;
+    cluster.start_node_with(config).await;
     let alice = cluster.register("alice").await;
     let _bob = cluster.register("bob").await;
-    let limit = fastchat_node::limits::DEFAULT_FRIEND_REQUESTS_PER_MINUTE;
     for _ in 0..limit {
         alice.friend_add("bob").await.unwrap();
     }
