@@ -65,6 +65,17 @@ impl Tmux {
         self.keys(name, &["Enter"]);
     }
 
+    fn resize(&self, name: &str, width: usize, height: usize) {
+        let ok = self
+            .cmd()
+            .args(["resize-window", "-t", name, "-x", &width.to_string()])
+            .args(["-y", &height.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "tmux resize-window failed");
+    }
+
     fn screen(&self, name: &str) -> String {
         let out = self
             .cmd()
@@ -76,15 +87,26 @@ impl Tmux {
 
     /// Waits until the screen shows `want`; returns the screen.
     fn wait_for(&self, name: &str, want: &str, timeout: Duration) -> String {
+        self.wait_until(name, want, timeout, |s| s.contains(want))
+    }
+
+    /// Waits until `ready` holds for the screen (`what` names it in a failure).
+    fn wait_until(
+        &self,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        ready: impl Fn(&str) -> bool,
+    ) -> String {
         let start = Instant::now();
         loop {
             let s = self.screen(name);
-            if s.contains(want) {
+            if ready(&s) {
                 return s;
             }
             assert!(
                 start.elapsed() < timeout,
-                "{name} never showed {want:?}; screen:\n{s}"
+                "{name} never showed {what:?}; screen:\n{s}"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -127,7 +149,13 @@ fn two_people_chat_in_real_terminals() {
         "a",
         &format!("{bin} --home {alice_home} chat; echo RESTORED; stty -a | grep -o -- '-\\?icanon'; sleep 30"),
     );
-    tmux.open("b", &format!("{bin} --home {} chat", home("bob").display()));
+    tmux.open(
+        "b",
+        &format!(
+            "{bin} --home {} chat; echo RESTORED; stty -a | grep -o -- '-\\?icanon'; sleep 30",
+            home("bob").display()
+        ),
+    );
     let t = Duration::from_secs(20);
     tmux.wait_for("a", "connected", t);
     tmux.wait_for("b", "connected", t);
@@ -186,12 +214,28 @@ fn two_people_chat_in_real_terminals() {
     tmux.wait_for("b", "search \"typed in\"", t);
     tmux.keys("b", &["Escape"]);
 
-    // /quit restores the terminal: the shell sees canonical mode again.
+    // A resize redraws at the new size: wider, taller, the status line on
+    // the new last row; then back to 80×24.
+    for (width, height) in [(120usize, 40usize), (80, 24)] {
+        tmux.resize("b", width, height);
+        tmux.wait_until("b", &format!("status on row {height}"), t, |s| {
+            let rows: Vec<&str> = s.lines().collect();
+            rows.len() == height
+                && rows[height - 1].contains("bob · ")
+                && rows[height - 1].contains("connected")
+        });
+    }
+
+    // /quit (alice) and Ctrl-C (bob) both restore the terminal: the shell
+    // sees canonical mode again.
     tmux.type_line("a", "/quit");
-    tmux.wait_for("a", "RESTORED", t);
-    let after = tmux.wait_for("a", "icanon", t);
-    assert!(
-        after.lines().any(|l| l.trim() == "icanon"),
-        "terminal left in raw mode:\n{after}"
-    );
+    tmux.keys("b", &["C-c"]);
+    for pane in ["a", "b"] {
+        tmux.wait_for(pane, "RESTORED", t);
+        let after = tmux.wait_for(pane, "icanon", t);
+        assert!(
+            after.lines().any(|l| l.trim() == "icanon"),
+            "{pane}: terminal left in raw mode:\n{after}"
+        );
+    }
 }
