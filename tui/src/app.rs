@@ -245,7 +245,22 @@ impl App {
                 }
             }
             [] => {}
-            many => self.notice(many.join("  ")),
+            many => {
+                // As a shell does: type what they all share, list the rest.
+                let shared = common_prefix(many);
+                if shared.len() > word.len() {
+                    self.input.truncate(start);
+                    self.input.push_str(&shared);
+                }
+                // Paths are listed by their last part, as a shell does.
+                let from = if is_path {
+                    word.rfind('/').map(|i| i + 1).unwrap_or(0)
+                } else {
+                    0
+                };
+                let names: Vec<&str> = many.iter().map(|c| &c[from..]).collect();
+                self.notice(names.join("  "));
+            }
         }
     }
 
@@ -303,12 +318,34 @@ impl App {
     }
 }
 
+/// The longest start every candidate shares (whole characters).
+fn common_prefix(candidates: &[String]) -> String {
+    let first = &candidates[0];
+    let mut end = first.len();
+    for c in &candidates[1..] {
+        end = first
+            .char_indices()
+            .zip(c.chars())
+            .find(|((_, a), b)| a != b)
+            .map(|((i, _), _)| i)
+            .unwrap_or(end.min(c.len()))
+            .min(end);
+    }
+    first[..end].to_string()
+}
+
+/// Files and directories starting with `prefix` (`~/` allowed), written as typed.
 fn complete_path(prefix: &str) -> Vec<String> {
     let (dir, file) = match prefix.rfind('/') {
         Some(i) => (&prefix[..=i], &prefix[i + 1..]),
         None => ("", prefix),
     };
-    let Ok(entries) = std::fs::read_dir(if dir.is_empty() { "." } else { dir }) else {
+    let read = if dir.is_empty() {
+        ".".to_string()
+    } else {
+        crate::command::expand_home(dir)
+    };
+    let Ok(entries) = std::fs::read_dir(read) else {
         return Vec::new();
     };
     let mut out: Vec<String> = entries
@@ -386,6 +423,53 @@ mod tests {
         a.on_key(key(KeyCode::Esc));
         assert!(a.overlay.is_none());
         assert_eq!(typed(&mut a, "/quit"), Some(Action::Quit));
+    }
+
+    #[test]
+    fn tab_completes_paths_and_stops_where_candidates_part() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["sunset.png", "sunrise.png", "cat.jpg"] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        std::fs::create_dir(dir.path().join("album")).unwrap();
+        let mut a = app();
+        let typed = |a: &mut App, text: &str| {
+            a.input.clear();
+            for c in text.chars() {
+                a.on_key(key(KeyCode::Char(c)));
+            }
+            a.on_key(key(KeyCode::Tab));
+            a.input.clone()
+        };
+        let base = format!("/image {}/", dir.path().display());
+        assert_eq!(typed(&mut a, &format!("{base}c")), format!("{base}cat.jpg"));
+        assert_eq!(typed(&mut a, &format!("{base}al")), format!("{base}album/"));
+        // Two candidates: complete what they share and list both.
+        assert_eq!(typed(&mut a, &format!("{base}s")), format!("{base}sun"));
+        let listed = a.notices.last().unwrap();
+        assert!(
+            listed.contains("sunrise.png") && listed.contains("sunset.png"),
+            "{listed}"
+        );
+        assert_eq!(typed(&mut a, &format!("{base}zz")), format!("{base}zz"));
+    }
+
+    #[test]
+    fn a_path_under_home_is_expanded() {
+        let home = std::env::var("HOME").unwrap();
+        assert_eq!(
+            crate::command::expand_home("~/cat.png"),
+            format!("{}/cat.png", home.trim_end_matches('/'))
+        );
+        assert_eq!(crate::command::expand_home("~bob/cat.png"), "~bob/cat.png");
+        assert_eq!(crate::command::expand_home("/tmp/~x"), "/tmp/~x");
+        assert_eq!(
+            crate::command::parse("/image ~/cat.png"),
+            Ok(crate::command::Command::Attach(
+                format!("{}/cat.png", home.trim_end_matches('/')),
+                true
+            ))
+        );
     }
 
     #[test]

@@ -67,13 +67,24 @@ pub fn parse(line: &str) -> Result<Command, String> {
             }
         }
         "/kick" => need("a name").map(Command::Kick),
-        "/image" => need("a path").map(|p| Command::Attach(p, true)),
-        "/file" => need("a path").map(|p| Command::Attach(p, false)),
+        "/image" => need("a path").map(|p| Command::Attach(expand_home(&p), true)),
+        "/file" => need("a path").map(|p| Command::Attach(expand_home(&p), false)),
         "/search" => need("words").map(Command::Search),
         "/verify" => need("a name").map(Command::Verify),
         "/help" => Ok(Command::Help),
         "/quit" | "/q" => Ok(Command::Quit),
         other => Err(format!("unknown command {other}; /help lists them")),
+    }
+}
+
+/// `~` or `~/…` with the home directory put in, as a shell would.
+pub fn expand_home(path: &str) -> String {
+    let home = std::env::var("HOME").unwrap_or_default();
+    match path.strip_prefix('~') {
+        Some(rest) if !home.is_empty() && (rest.is_empty() || rest.starts_with('/')) => {
+            format!("{}{rest}", home.trim_end_matches('/'))
+        }
+        _ => path.to_string(),
     }
 }
 
