@@ -19,6 +19,10 @@ use crate::shared::Shared;
 /// How often the node reports; the balancer drops a node after a few misses.
 pub const REPORT_INTERVAL: Duration = Duration::from_millis(500);
 
+/// How often the queue depth is counted again: a count scans the queue, and
+/// the figure is for people reading `status`, not for picking nodes.
+const QUEUE_COUNT_EVERY: u32 = 10;
+
 pub(crate) async fn run(
     balancer: String,
     identity: NodeIdentity,
@@ -66,8 +70,14 @@ async fn report_loop(
 ) -> Result<(), String> {
     let mut ticker = tokio::time::interval(REPORT_INTERVAL);
     let mut buf = Vec::new();
+    let mut queue_depth = 0;
+    let mut report_no = 0u32;
     loop {
         ticker.tick().await;
+        report_no = report_no.wrapping_add(1);
+        if report_no % QUEUE_COUNT_EVERY == 1 {
+            queue_depth = shared.store.queue_depth().await.unwrap_or(queue_depth);
+        }
         let messages = shared.stats.messages.load(Ordering::Relaxed);
         let per_sec =
             (messages - *last_messages) * 1000 / REPORT_INTERVAL.as_millis().max(1) as u64;
@@ -78,7 +88,7 @@ async fn report_loop(
             users: shared.online_users() as u32,
             messages_per_sec: per_sec,
             messages_total: messages,
-            queue_depth: shared.store.queue_depth().await.unwrap_or(0),
+            queue_depth,
             rss_kib: rss_kib(),
         };
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
