@@ -1,6 +1,7 @@
 //! QUIC plumbing shared by every fastchat process: endpoints whose TLS trusts
 //! only the cluster CA, socket and transport settings that measured well on
-//! loopback, and reading/writing length-prefixed frames on quinn streams.
+//! loopback, reading/writing length-prefixed frames on quinn streams, and
+//! noticing a silent peer.
 
 mod endpoint;
 mod framed;
