@@ -6,7 +6,7 @@ use clap::Args;
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// ring, latency, image, fanout, drain, connect, raw-quic, or all.
+    /// ring, cross-node, latency, image, fanout, drain, connect, raw-quic, or all.
     scenario: String,
     /// Start a local cluster for the run (the default without --server).
     #[arg(long)]
