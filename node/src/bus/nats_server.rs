@@ -70,14 +70,11 @@ impl NatsServer {
             }
         }
         let child = command.spawn().map_err(|e| {
-            Attempt::Fatal(if e.kind() == std::io::ErrorKind::NotFound {
-                BusError::Connect {
-                    url: "a local nats-server".into(),
-                    cause: "nats-server is not installed (apt-get install -y nats-server), or pass --bus nats://HOST:PORT of a running one".into(),
-                }
+            Attempt::Fatal(failed(if e.kind() == std::io::ErrorKind::NotFound {
+                "nats-server is not installed (apt-get install -y nats-server), or pass --bus nats://HOST:PORT of a running one".into()
             } else {
-                failed(format!("cannot start nats-server: {e}"))
-            })
+                format!("cannot start nats-server: {e}")
+            }))
         })?;
         let mut server = Self {
             child,
