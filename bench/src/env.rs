@@ -91,6 +91,21 @@ impl Env {
         })
     }
 
+    /// The cluster process's id, when this run started it.
+    pub fn cluster_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Marks the start of a measured part, for CPU per operation.
+    pub fn cpu_mark(&self) -> crate::cpu::CpuMark {
+        crate::cpu::CpuMark::now(self.cluster_pid())
+    }
+
+    /// CPU per operation since `mark`, over `operations` operations.
+    pub fn cpu_since(&self, mark: &crate::cpu::CpuMark, operations: u64) -> crate::cpu::CpuPerOp {
+        mark.per_op(self.cluster_pid(), operations)
+    }
+
     /// The cluster process's (current, peak) resident memory in KiB, if local.
     pub fn node_rss(&self) -> Option<(u64, u64)> {
         let pid = self.child.as_ref()?.id();

@@ -5,6 +5,7 @@
 //! the same run, so each figure can be read as a fraction of the physical
 //! limit of this machine at this moment.
 
+pub mod cpu;
 mod env;
 mod plot;
 mod report;

@@ -63,6 +63,13 @@ pub struct ScenarioResult {
     pub node_rss_kib: Option<u64>,
     /// Peak resident memory of the harness (KiB).
     pub harness_peak_rss_kib: Option<u64>,
+    /// CPU microseconds the cluster's processes spent per operation in the
+    /// measured part; `None` with `--server` (the node is out of sight).
+    pub node_cpu_us_per_op: Option<f64>,
+    /// CPU microseconds the harness (all simulated clients) spent per operation.
+    pub harness_cpu_us_per_op: Option<f64>,
+    /// What one operation of the CPU figures is, when not `unit`.
+    pub cpu_unit: Option<String>,
     /// Throughput as a fraction of the `raw-quic` counterpart from the same run.
     pub ratio_to_raw: Option<f64>,
     /// Throughput samples (seconds since start, operations done), for plots.
@@ -98,6 +105,12 @@ impl ScenarioResult {
             },
             ..Default::default()
         }
+    }
+
+    /// Records the CPU spent per operation.
+    pub fn set_cpu(&mut self, cpu: crate::cpu::CpuPerOp) {
+        self.node_cpu_us_per_op = cpu.cluster_us;
+        self.harness_cpu_us_per_op = cpu.harness_us;
     }
 
     /// Adds the latency percentiles and a coarse histogram of `h`.
@@ -153,10 +166,19 @@ fn human(x: f64, unit: &str) -> String {
     }
 }
 
+/// A CPU figure for the table.
+fn cpu(us: Option<f64>) -> String {
+    match us {
+        Some(x) if x < 10.0 => format!("{x:.2}"),
+        Some(x) => format!("{x:.1}"),
+        None => "-".into(),
+    }
+}
+
 /// Prints the summary table.
 pub fn print_table(results: &[ScenarioResult]) {
     println!(
-        "{:<9} {:>7} {:>22} {:>8} {:>8} {:>8} {:>8} {:>9} {:>6} {:>5} {:>11} {:>7}",
+        "{:<9} {:>7} {:>22} {:>8} {:>8} {:>8} {:>8} {:>9} {:>6} {:>5} {:>11} {:>7} {:>10} {:>10}",
         "scenario",
         "clients",
         "throughput",
@@ -168,7 +190,9 @@ pub fn print_table(results: &[ScenarioResult]) {
         "errors",
         "lost",
         "node peak",
-        "vs raw"
+        "vs raw",
+        "node µs/op",
+        "harn µs/op"
     );
     for r in results {
         let l = r.latency.clone().unwrap_or_default();
@@ -184,7 +208,7 @@ pub fn print_table(results: &[ScenarioResult]) {
             None => human(r.throughput, &r.unit),
         };
         println!(
-            "{:<9} {:>7} {:>22} {:>8} {:>8} {:>8} {:>8} {:>9} {:>6} {:>5} {:>11} {:>7}",
+            "{:<9} {:>7} {:>22} {:>8} {:>8} {:>8} {:>8} {:>9} {:>6} {:>5} {:>11} {:>7} {:>10} {:>10}",
             r.scenario,
             r.clients,
             throughput,
@@ -201,7 +225,12 @@ pub fn print_table(results: &[ScenarioResult]) {
             r.ratio_to_raw
                 .map(|x| format!("{x:.2}"))
                 .unwrap_or_else(|| "-".into()),
+            cpu(r.node_cpu_us_per_op),
+            cpu(r.harness_cpu_us_per_op),
         );
+        if let Some(unit) = &r.cpu_unit {
+            println!("          note: CPU figures are per {unit}");
+        }
         for note in &r.notes {
             println!("          note: {note}");
         }

@@ -569,7 +569,11 @@ impl Client {
     }
 
     fn friend_key(&self, name: &str) -> Result<Option<ConversationKey>, ClientError> {
-        match self.keystore().peer(name)? {
+        let ks = self.keystore();
+        if let Some(k) = ks.friend_key(name)? {
+            return Ok(Some(k));
+        }
+        match ks.peer(name)? {
             Some(Peer {
                 state: PeerState::Friend,
                 key: Some(k),

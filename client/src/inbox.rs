@@ -22,15 +22,14 @@ use fastchat_crypto::chunked::ChunkCipher;
 use fastchat_proto::image::ImageHeader;
 use fastchat_proto::limits::image_ciphertext_len;
 
-/// Accepts delivery streams until the connection closes.
+/// Takes delivery streams one after another, in the order the node opened
+/// them (which is queue order), until the connection closes. The node keeps
+/// several in flight, so the next batch arrives while this one is applied.
 pub(crate) async fn run(core: Arc<Core>, conn: Connection) {
     while let Ok((send, recv)) = conn.accept_bi().await {
-        let (core, conn) = (core.clone(), conn.clone());
-        tokio::spawn(async move {
-            if let Err(e) = serve(&core, &conn, send, recv).await {
-                tracing::debug!(error = %e, "delivery stream failed; the node will redeliver");
-            }
-        });
+        if let Err(e) = serve(&core, &conn, send, recv).await {
+            tracing::debug!(error = %e, "delivery stream failed; the node will redeliver");
+        }
     }
 }
 
@@ -116,8 +115,18 @@ fn process(core: &Core, deliveries: Vec<Delivery>) -> Result<Processed, ClientEr
                     continue;
                 }
             };
-            let h = sha256(&d.envelope);
-            let event_id = <[u8; 16]>::try_from(&h[..16]).expect("16 bytes");
+            // Texts and images carry their own ids; only events (friend
+            // and group changes) are named by a hash of their envelope.
+            let event_id = match &envelope {
+                Envelope::Text { .. }
+                | Envelope::GroupText { .. }
+                | Envelope::Image { .. }
+                | Envelope::Delivered { .. } => [0u8; 16],
+                _ => {
+                    let h = sha256(&d.envelope);
+                    <[u8; 16]>::try_from(&h[..16]).expect("16 bytes")
+                }
+            };
             match handle(
                 &core.name,
                 &core.identity,
@@ -202,7 +211,7 @@ fn handle(
             Ok(None)
         }
         Envelope::Text { id, from, sealed } => {
-            let key = match ks.peer(&from)?.and_then(|p| p.key) {
+            let key = match ks.friend_key(&from)? {
                 Some(k) => k,
                 None => return Err(invalid(format!("a text from {from}, who is not a friend"))),
             };

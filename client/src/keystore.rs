@@ -325,6 +325,9 @@ pub enum Transfers {
 pub struct Keystore {
     conn: Connection,
     vault: Vault,
+    /// Friends' keys with their ciphers ready, so a text costs no lookup.
+    /// Dropped for a peer whenever it is written, and whole on rollback.
+    friend_keys: std::cell::RefCell<std::collections::HashMap<String, ConversationKey>>,
 }
 
 /// How the keystore's secrets are stored.
@@ -434,7 +437,11 @@ impl Keystore {
         }
         tx.commit()?;
         restrict_permissions(path);
-        Ok(Self { conn, vault })
+        Ok(Self {
+            conn,
+            vault,
+            friend_keys: Default::default(),
+        })
     }
 
     /// Whether a passphrase protects this keystore's secrets.
@@ -458,6 +465,7 @@ impl Keystore {
         let mut ks = Self {
             conn: open_conn(&path)?,
             vault: Vault::Plain,
+            friend_keys: Default::default(),
         };
         if ks.setting("identity")?.is_none() {
             return Err(ClientError::NotRegistered(home.to_path_buf()));
@@ -540,6 +548,28 @@ impl Keystore {
     /// Abandons the transaction [`Keystore::begin`] opened.
     pub fn rollback(&self) {
         let _ = self.conn.execute_batch("ROLLBACK");
+        self.friend_keys.borrow_mut().clear();
+    }
+
+    /// The conversation key of friend `name`, or `None` if they are not
+    /// (yet) a friend.
+    pub fn friend_key(&self, name: &str) -> Result<Option<ConversationKey>, ClientError> {
+        if let Some(k) = self.friend_keys.borrow().get(name) {
+            return Ok(Some(k.clone()));
+        }
+        match self.peer(name)? {
+            Some(Peer {
+                state: PeerState::Friend,
+                key: Some(k),
+                ..
+            }) => {
+                self.friend_keys
+                    .borrow_mut()
+                    .insert(name.to_string(), k.clone());
+                Ok(Some(k))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// A peer by name.
@@ -580,6 +610,7 @@ impl Keystore {
 
     /// Inserts or replaces a peer.
     pub fn put_peer(&self, peer: &Peer) -> Result<(), ClientError> {
+        self.friend_keys.borrow_mut().remove(&peer.name);
         self.conn.execute(
             "INSERT OR REPLACE INTO peers(name, public_key, state, conv_key, signing_key, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![

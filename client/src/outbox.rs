@@ -13,6 +13,7 @@ use fastchat_proto::stream::StreamKind;
 use fastchat_proto::{MessageId, ProtoError};
 use fastchat_transport::quinn::Connection;
 use fastchat_transport::{read_frame, write_frame, write_frames};
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::client::Core;
@@ -56,23 +57,30 @@ fn in_transaction(
     }
 }
 
+/// Text streams a connection keeps in flight at once. Whatever is queued
+/// while they are busy goes on the next one, so batches grow with load.
+const IN_FLIGHT: usize = 4;
+
 async fn run(core: Arc<Core>, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    let mut flights = FuturesUnordered::new();
     loop {
         // The task holds the core, and the core the queue's sender, so the
         // queue never closes by itself: stop when the client does.
-        let first = tokio::select! {
-            o = rx.recv() => o,
-            _ = core.closed() => None,
-        };
-        let Some(first) = first else { break };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(o) => batch.push(o),
-                Err(_) => break,
+        tokio::select! {
+            _ = flights.next(), if !flights.is_empty() => {}
+            first = rx.recv(), if flights.len() < IN_FLIGHT => {
+                let Some(first) = first else { break };
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(o) => batch.push(o),
+                        Err(_) => break,
+                    }
+                }
+                flights.push(send_batch(core.clone(), batch));
             }
+            _ = core.closed() => break,
         }
-        tokio::spawn(send_batch(core.clone(), batch));
     }
 }
 

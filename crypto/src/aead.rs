@@ -10,13 +10,17 @@ use zeroize::Zeroize;
 
 use crate::{CryptoError, random_bytes};
 
-/// A 256-bit symmetric key shared by two friends (or a group at one epoch).
+/// A 256-bit symmetric key shared by two friends (or a group at one epoch),
+/// with its AES key schedule expanded once, ready for every message.
 #[derive(Clone)]
-pub struct ConversationKey([u8; 32]);
+pub struct ConversationKey {
+    bytes: [u8; 32],
+    cipher: Aes256Gcm,
+}
 
 impl Drop for ConversationKey {
     fn drop(&mut self) {
-        self.0.zeroize();
+        self.bytes.zeroize();
     }
 }
 
@@ -25,21 +29,18 @@ impl ConversationKey {
     pub fn generate() -> Result<Self, CryptoError> {
         let mut k = [0u8; 32];
         random_bytes(&mut k)?;
-        Ok(Self(k))
+        Ok(Self::from_bytes(k))
     }
 
     /// Wraps raw key bytes.
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        Self(bytes)
+        let cipher = Aes256Gcm::new(&Key::<Aes256Gcm>::from(bytes));
+        Self { bytes, cipher }
     }
 
     /// The raw key bytes (for wrapping and the keystore only).
     pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-
-    fn cipher(&self) -> Aes256Gcm {
-        Aes256Gcm::new(&Key::<Aes256Gcm>::from(self.0))
+        &self.bytes
     }
 
     /// Encrypts `plaintext`, binding `aad`, under a fresh random nonce.
@@ -47,7 +48,7 @@ impl ConversationKey {
         let mut nonce = [0u8; 12];
         random_bytes(&mut nonce)?;
         let ciphertext = self
-            .cipher()
+            .cipher
             .encrypt(
                 &Nonce::from(nonce),
                 Payload {
@@ -61,7 +62,7 @@ impl ConversationKey {
 
     /// Decrypts and authenticates; fails if the key, `aad` or bytes differ.
     pub fn open(&self, aad: &[u8], sealed: &Sealed) -> Result<Vec<u8>, CryptoError> {
-        self.cipher()
+        self.cipher
             .decrypt(
                 &Nonce::from(sealed.nonce),
                 Payload {

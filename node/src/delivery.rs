@@ -11,8 +11,9 @@ use std::time::Duration;
 use fastchat_proto::envelope::{DeliveryAck, DeliveryRef};
 use fastchat_proto::limits::{MAX_BATCH, MAX_CONTROL_FRAME, MAX_MESSAGE_FRAME};
 use fastchat_proto::stream::StreamKind;
-use fastchat_transport::quinn::Connection;
+use fastchat_transport::quinn::{Connection, RecvStream, SendStream};
 use fastchat_transport::{StreamError, read_frame, write_frame, write_frames};
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -20,6 +21,8 @@ use crate::shared::{Live, Shared};
 
 /// How long a client may take to acknowledge a delivery batch.
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Delivery batches a session keeps unacknowledged at once.
+const IN_FLIGHT: usize = 4;
 /// How often a session re-reads the store, for envelopes whose live push
 /// was lost (a node died between its commit and its push, the bus dropped
 /// a message). Cheap: one indexed read that usually finds nothing.
@@ -106,9 +109,17 @@ async fn run(
         let mut poll = tokio::time::interval(STORE_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         poll.reset();
+        // Batches sent and not yet acknowledged; what arrives meanwhile
+        // waits and goes in the next one, so batches grow with load.
+        let mut flights = FuturesUnordered::new();
         loop {
             tokio::select! {
-                first = live.recv() => {
+                done = flights.next(), if !flights.is_empty() => {
+                    if let Some(r) = done {
+                        r?;
+                    }
+                }
+                first = live.recv(), if flights.len() < IN_FLIGHT => {
                     let Some(first) = first else { break };
                     let mut batch = vec![first];
                     while batch.len() < MAX_BATCH {
@@ -122,17 +133,14 @@ async fn run(
                     if batch.is_empty() {
                         continue;
                     }
-                    // Borrowed: a group envelope shared by every member is not copied.
-                    let frames = batch
-                        .iter()
-                        .map(|l| DeliveryRef {
-                            seq: l.seq,
-                            envelope: &l.envelope,
-                        })
-                        .collect::<Vec<_>>();
-                    deliver(&shared, &user, &conn, &frames, &acked).await?;
+                    let stream = open(&conn).await?;
+                    flights.push(deliver(&shared, &user, stream, batch, &acked));
                 }
                 _ = poll.tick() => {
+                    // A store read must see nothing in flight (see drain_store).
+                    while let Some(r) = flights.next().await {
+                        r?;
+                    }
                     recent.rotate();
                     drain_store(&shared, &user, &conn, &acked, &mut recent).await?;
                 }
@@ -141,6 +149,9 @@ async fn run(
                         // The bus is gone (node shutting down); polling still covers us.
                         reconnects = watch::channel(0).1;
                         continue;
+                    }
+                    while let Some(r) = flights.next().await {
+                        r?;
                     }
                     drain_store(&shared, &user, &conn, &acked, &mut recent).await?;
                 }
@@ -179,10 +190,10 @@ impl Recent {
     }
 }
 
-/// Delivers everything the store holds for `user`. Nothing is in flight
-/// when this runs (one batch at a time), so what the store holds is exactly
-/// what this session still owes: stored while away, stored on another node
-/// whose push was lost, or not yet pushed.
+/// Delivers everything the store holds for `user`, several pages in
+/// flight. Nothing else is in flight when this starts, so what the store
+/// holds is exactly what this session still owes: stored while away, stored
+/// on another node whose push was lost, or not yet pushed.
 async fn drain_store(
     shared: &Shared,
     user: &str,
@@ -191,39 +202,68 @@ async fn drain_store(
     recent: &mut Recent,
 ) -> Result<(), StreamError> {
     let mut cursor = 0u64;
+    let mut flights = FuturesUnordered::new();
     loop {
+        while flights.len() >= IN_FLIGHT {
+            if let Some(r) = flights.next().await {
+                r?;
+            }
+        }
         let page = shared
             .store
             .pending(user, cursor, MAX_BATCH)
             .await
             .map_err(|e| StreamError::Connection(e.to_string()))?;
         let Some(last) = page.last().map(|(seq, _)| *seq) else {
-            return Ok(());
+            break;
         };
-        let frames = page
-            .iter()
-            .map(|(seq, envelope)| DeliveryRef {
-                seq: *seq,
-                envelope,
-            })
-            .collect::<Vec<_>>();
         recent.current.extend(page.iter().map(|(seq, _)| *seq));
-        deliver(shared, user, conn, &frames, acked).await?;
+        let batch = page
+            .into_iter()
+            .map(|(seq, envelope)| Live {
+                seq,
+                envelope: Arc::new(envelope),
+            })
+            .collect();
+        let stream = open(conn).await?;
+        flights.push(deliver(shared, user, stream, batch, acked));
         cursor = last;
     }
+    while let Some(r) = flights.next().await {
+        r?;
+    }
+    Ok(())
 }
 
+/// Opens the stream for the next batch. Streams are opened in queue order
+/// and the client applies them in the order they were opened, so a key
+/// always lands before the texts it opens, however many are in flight.
+async fn open(conn: &Connection) -> Result<(SendStream, RecvStream), StreamError> {
+    conn.open_bi()
+        .await
+        .map_err(|e| StreamError::Connection(e.to_string()))
+}
+
+/// Sends one batch on its stream, waits for the client's ack, and deletes
+/// what it acknowledged (in the store's next group commit).
 async fn deliver(
     shared: &Shared,
     user: &str,
-    conn: &Connection,
-    frames: &[DeliveryRef<'_>],
+    (mut send, mut recv): (SendStream, RecvStream),
+    batch: Vec<Live>,
     acked: &watch::Sender<u64>,
 ) -> Result<(), StreamError> {
     let conn_err = |e: &dyn std::fmt::Display| StreamError::Connection(e.to_string());
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| conn_err(&e))?;
+    // Borrowed: a group envelope shared by every member is not copied.
+    let frames = batch
+        .iter()
+        .map(|l| DeliveryRef {
+            seq: l.seq,
+            envelope: &l.envelope,
+        })
+        .collect::<Vec<_>>();
     write_frame(&mut send, &StreamKind::Delivery, 64).await?;
-    write_frames(&mut send, frames, MAX_MESSAGE_FRAME).await?;
+    write_frames(&mut send, &frames, MAX_MESSAGE_FRAME).await?;
     send.finish().map_err(|e| conn_err(&e))?;
     let mut buf = Vec::new();
     let ack: DeliveryAck = tokio::time::timeout(
@@ -233,14 +273,18 @@ async fn deliver(
     .await
     .map_err(|_| StreamError::Connection("the client did not acknowledge in time".into()))??
     .ok_or(StreamError::Truncated)?;
-    // Only positions we actually sent on this stream may be deleted.
-    let mut ours: Vec<u64> = frames.iter().map(|f| f.seq).collect();
+    // Only positions we actually sent on this stream may be deleted; 0
+    // marks a live-only envelope (a receipt) that was never stored.
+    let mut ours: Vec<u64> = frames.iter().map(|f| f.seq).filter(|s| *s != 0).collect();
     ours.sort_unstable();
     let sent: Vec<u64> = ack
         .seqs
         .into_iter()
         .filter(|s| ours.binary_search(s).is_ok())
         .collect();
+    if sent.is_empty() {
+        return Ok(());
+    }
     shared
         .store
         .ack(user, &sent)

@@ -11,6 +11,8 @@ pub struct Sealed {
     /// 96-bit nonce, unique per key.
     pub nonce: [u8; 12],
     /// Ciphertext followed by the 16-byte tag.
+    // As bytes, not a sequence of u8: the same encoding, decoded in one copy.
+    #[serde(with = "serde_bytes")]
     pub ciphertext: Vec<u8>,
 }
 
@@ -59,6 +61,7 @@ pub struct OutgoingGroupText {
     /// The encrypted content.
     pub sealed: Sealed,
     /// The sender's Ed25519 signature over `transcript::group_text_signature`.
+    #[serde(with = "serde_bytes")]
     pub signature: Vec<u8>,
 }
 
@@ -170,6 +173,7 @@ pub enum Envelope {
         /// The encrypted content.
         sealed: Sealed,
         /// The sender's Ed25519 signature.
+        #[serde(with = "serde_bytes")]
         signature: Vec<u8>,
     },
 }
@@ -180,6 +184,7 @@ pub struct Delivery {
     /// Queue position; increases with every envelope queued.
     pub seq: u64,
     /// The envelope, as bincode bytes (kept encoded so the node never re-encodes).
+    #[serde(with = "serde_bytes")]
     pub envelope: Vec<u8>,
 }
 
@@ -191,6 +196,7 @@ pub struct DeliveryRef<'a> {
     /// Queue position.
     pub seq: u64,
     /// The envelope's bincode bytes.
+    #[serde(with = "serde_bytes")]
     pub envelope: &'a [u8],
 }
 

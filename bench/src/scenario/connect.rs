@@ -22,6 +22,7 @@ pub async fn run(env: &Env, options: &Options) -> anyhow::Result<ScenarioResult>
     let before = env.node_rss().map(|(rss, _)| rss);
 
     let start = Instant::now();
+    let cpu = env.cpu_mark();
     let mut tasks = Vec::with_capacity(n);
     for name in &names {
         let home = env.home(name);
@@ -42,6 +43,7 @@ pub async fn run(env: &Env, options: &Options) -> anyhow::Result<ScenarioResult>
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let after = env.node_rss().map(|(rss, _)| rss);
     let mut r = ScenarioResult::new("connect", n, clients.len() as u64, "login", elapsed);
+    r.set_cpu(env.cpu_since(&cpu, r.operations));
     r.errors = errors;
     if let (Some(b), Some(a)) = (before, after) {
         r.notes.push(format!(

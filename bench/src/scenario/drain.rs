@@ -43,6 +43,7 @@ pub async fn run(env: &Env, options: &Options) -> anyhow::Result<ScenarioResult>
     let queue_time = queued_from.elapsed();
 
     let start = Instant::now();
+    let cpu = env.cpu_mark();
     let bob = Client::connect(&env.home(&bob_name)).await?;
     bob.sync().await?;
     let elapsed = start.elapsed();
@@ -54,6 +55,7 @@ pub async fn run(env: &Env, options: &Options) -> anyhow::Result<ScenarioResult>
     bob.close().await;
     let expect = m as u64 - errors;
     let mut r = ScenarioResult::new("drain", 2, got, "msg", elapsed);
+    r.set_cpu(env.cpu_since(&cpu, r.operations));
     r.errors = errors;
     r.lost = expect.saturating_sub(got);
     r.notes.push(format!(

@@ -32,6 +32,7 @@ pub async fn run(env: &Env, options: &Options) -> anyhow::Result<ScenarioResult>
     let expect = (members * m) as u64;
     let received = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
+    let cpu = env.cpu_mark();
     let counters: Vec<_> = users[1..]
         .iter()
         .map(|c| count_texts(c, m as u64, received.clone(), start, None))
@@ -53,6 +54,7 @@ pub async fn run(env: &Env, options: &Options) -> anyhow::Result<ScenarioResult>
     }
     let got = received.load(Ordering::Relaxed);
     let mut r = ScenarioResult::new("fanout", members + 1, got.min(expect), "delivery", elapsed);
+    r.set_cpu(env.cpu_since(&cpu, r.operations));
     r.errors = errors;
     r.lost = expect.saturating_sub(got);
     r.timeline = timeline;

@@ -21,6 +21,7 @@ pub async fn run(env: &Env, options: &Options) -> anyhow::Result<ScenarioResult>
 
     let mut events = bob.subscribe();
     let start = Instant::now();
+    let cpu = env.cpu_mark();
     let report = alice
         .send_attachment(
             &Recipient::Friend(bob.name().to_string()),
@@ -44,6 +45,8 @@ pub async fn run(env: &Env, options: &Options) -> anyhow::Result<ScenarioResult>
     .flatten();
     let elapsed = start.elapsed();
     let mut r = ScenarioResult::new("image", 2, size, "bytes", elapsed);
+    r.set_cpu(env.cpu_since(&cpu, (size >> 20).max(1)));
+    r.cpu_unit = Some("MiB".into());
     match arrived.and_then(|i| i.attachment) {
         Some(a) if a.bytes == size => {
             let _ = std::fs::remove_file(&a.path);

@@ -30,6 +30,7 @@ pub async fn run(env: &Env, options: &Options) -> anyhow::Result<ScenarioResult>
     let received = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
+    let cpu = env.cpu_mark();
     let counters: Vec<_> = clients
         .iter()
         .map(|c| {
@@ -83,6 +84,7 @@ pub async fn run(env: &Env, options: &Options) -> anyhow::Result<ScenarioResult>
     let got = received.load(Ordering::Relaxed);
     let h = histogram.lock().expect("histogram lock").clone();
     let mut r = ScenarioResult::new("latency", n, got, "msg", elapsed).with_latency(&h);
+    r.set_cpu(env.cpu_since(&cpu, r.operations));
     r.errors = errors.load(Ordering::Relaxed);
     r.lost = expect.saturating_sub(got);
     r.timeline = timeline;

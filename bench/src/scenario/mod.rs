@@ -43,6 +43,11 @@ pub async fn run(name: &str, env: &Env, options: &Options) -> anyhow::Result<Sce
         result.node_peak_rss_kib = Some(peak);
     }
     result.harness_peak_rss_kib = harness_peak_rss();
+    if name != "raw-quic" && env.cluster_pid().is_none() {
+        result.notes.push(
+            "node CPU not measured: with --server the node is not a process of this run".into(),
+        );
+    }
     Ok(result)
 }
 

@@ -27,6 +27,7 @@ pub async fn run(name: &str, env: &Env, options: &Options) -> anyhow::Result<Sce
     let expect = (n * m) as u64;
     let received = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
+    let cpu = env.cpu_mark();
     let counters: Vec<_> = clients
         .iter()
         .map(|c| count_texts(c, m as u64, received.clone(), start, None))
@@ -57,6 +58,7 @@ pub async fn run(name: &str, env: &Env, options: &Options) -> anyhow::Result<Sce
     }
     got += received.load(std::sync::atomic::Ordering::Relaxed);
     let mut r = ScenarioResult::new(name, n, got.min(expect), "msg", elapsed);
+    r.set_cpu(env.cpu_since(&cpu, r.operations));
     r.errors = errors;
     r.lost = expect.saturating_sub(got);
     r.timeline = timeline;

@@ -18,8 +18,18 @@ use crate::store::{Queuing, Target, TextToQueue};
 /// AEAD tag plus the plaintext's own framing.
 const SEAL_OVERHEAD: usize = 256;
 
-/// Checks one message and turns it into what the store queues.
-fn admit(user: &str, message: Outgoing) -> Result<TextToQueue, ProtoError> {
+/// What an admitted message becomes.
+enum Admitted {
+    /// A text, queued durably.
+    Queue(TextToQueue),
+    /// A receipt: a best-effort mark for the friend's online sessions, never
+    /// a queue entry (a lost one only leaves "sent" showing).
+    Live { to: String, envelope: Arc<Vec<u8>> },
+}
+
+/// Checks one message and turns it into what the store queues (or, for a
+/// receipt, what goes live only).
+fn admit(user: &str, message: Outgoing) -> Result<Admitted, ProtoError> {
     let (to, id, sealed_len, envelope) = match message {
         Outgoing::Direct(t) => {
             fastchat_proto::validate_name(&t.to)
@@ -45,7 +55,12 @@ fn admit(user: &str, message: Outgoing) -> Result<TextToQueue, ProtoError> {
                 from: user.to_string(),
                 ids: r.ids,
             };
-            (Target::Direct(r.to), r.id, 0, envelope)
+            let envelope = encode_body(&envelope)
+                .map_err(|e| ProtoError::new(ErrorCode::TooLarge, e.to_string()))?;
+            return Ok(Admitted::Live {
+                to: r.to,
+                envelope: Arc::new(envelope),
+            });
         }
         Outgoing::Group(t) => {
             if t.signature.len() != 64 {
@@ -82,11 +97,11 @@ fn admit(user: &str, message: Outgoing) -> Result<TextToQueue, ProtoError> {
     }
     let envelope =
         encode_body(&envelope).map_err(|e| ProtoError::new(ErrorCode::TooLarge, e.to_string()))?;
-    Ok(TextToQueue {
+    Ok(Admitted::Queue(TextToQueue {
         to,
         id,
         envelope: Arc::new(envelope),
-    })
+    }))
 }
 
 pub(crate) async fn serve(
@@ -111,18 +126,30 @@ pub(crate) async fn serve(
     let mut acks: Vec<SendAck> = Vec::with_capacity(messages.len());
     let mut queue: Vec<TextToQueue> = Vec::with_capacity(messages.len());
     let mut slots: Vec<usize> = Vec::with_capacity(messages.len());
+    let mut live: Vec<(String, Arc<Vec<u8>>)> = Vec::new();
     for message in messages {
         let id = message.id();
         match admit(user, message) {
-            Ok(item) => {
+            Ok(Admitted::Queue(item)) => {
                 slots.push(acks.len());
                 queue.push(item);
+                acks.push(SendAck { id, result: Ok(()) });
+            }
+            Ok(Admitted::Live { to, envelope }) => {
+                live.push((to, envelope));
                 acks.push(SendAck { id, result: Ok(()) });
             }
             Err(e) => acks.push(SendAck { id, result: Err(e) }),
         }
     }
 
+    // Position 0: never stored, so nothing to delete when acknowledged.
+    for (to, envelope) in live {
+        shared.push(&to, Live { seq: 0, envelope });
+    }
+    if queue.is_empty() {
+        return write_frames(send, &acks, MAX_MESSAGE_FRAME).await;
+    }
     let envelopes: Vec<Arc<Vec<u8>>> = queue.iter().map(|t| t.envelope.clone()).collect();
     match shared.store.enqueue_texts(user, queue).await {
         Ok(outcomes) => {

@@ -9,7 +9,7 @@ use std::path::Path;
 use async_trait::async_trait;
 use fastchat_proto::MessageId;
 use fastchat_proto::control::Relation;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
     BlobLocation, BlobStart, GroupRecord, Membership, Queued, Queuing, Store, StoreError, Target,
@@ -26,16 +26,66 @@ pub enum Durability {
     PowerLoss,
 }
 
-/// A call for the store thread.
-type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+/// One call for the writer thread: it runs inside the group's transaction
+/// (under a savepoint of its own) and is answered only after the commit.
+trait Call: Send {
+    /// Runs the call; `false` if it failed and its changes must be undone.
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// Answers the caller once the group's fate is known.
+    fn answer(self: Box<Self>, committed: Result<(), StoreError>);
+}
 
-/// What the store thread is asked to do.
+/// A [`Call`] made of a closure and the channel its caller waits on.
+struct Pending<F, R> {
+    work: Option<F>,
+    result: Option<Result<R, StoreError>>,
+    done: Option<tokio::sync::oneshot::Sender<Result<R, StoreError>>>,
+}
+
+impl<F, R> Call for Pending<F, R>
+where
+    F: FnOnce(&Connection) -> Result<R, StoreError> + Send,
+    R: Send,
+{
+    fn run(&mut self, conn: &Connection) -> bool {
+        let Some(work) = self.work.take() else {
+            return false;
+        };
+        // A call that panics fails alone (its caller sees the store as
+        // unavailable); the rest of the group goes on.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(conn)))
+            .unwrap_or_else(|_| {
+                tracing::error!("a store call panicked");
+                Err(StoreError::Unavailable("a store call failed".into()))
+            });
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn answer(mut self: Box<Self>, committed: Result<(), StoreError>) {
+        let result = match (self.result.take(), committed) {
+            (Some(Ok(r)), Ok(())) => Ok(r),
+            (Some(Err(e)), _) => Err(e),
+            (Some(Ok(_)), Err(e)) | (None, Err(e)) => Err(e),
+            (None, Ok(())) => Err(StoreError::Unavailable("a store call was not run".into())),
+        };
+        if let Some(done) = self.done.take() {
+            let _ = done.send(result);
+        }
+    }
+}
+
+/// What the writer thread is asked to do.
 enum Request {
-    /// Run one call.
-    Call(Job),
+    /// Run one call; `write` says whether it may change the database.
+    Call { call: Box<dyn Call>, write: bool },
     /// Close the database and stop; the sender learns when the file is shut.
     Close(tokio::sync::oneshot::Sender<()>),
 }
+
+/// Most calls one group transaction takes, so one commit stays short.
+const MAX_GROUP: usize = 1024;
 
 /// The SQLite-backed [`Store`].
 #[derive(Clone)]
@@ -235,48 +285,123 @@ impl SqliteStore {
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
         add_blob_owner(&conn).map_err(unavailable)?;
         let (jobs, queue) = std::sync::mpsc::channel::<Request>();
-        let mut conn = conn;
         std::thread::Builder::new()
             .name("fastchat-store".into())
-            .spawn(move || {
-                // Ends on `close` or when the last handle to the store is dropped.
-                for request in queue {
-                    match request {
-                        Request::Call(job) => {
-                            // A call that panics fails alone (its caller sees
-                            // the store as unavailable); the thread serves the next.
-                            let run = std::panic::AssertUnwindSafe(|| job(&mut conn));
-                            if std::panic::catch_unwind(run).is_err() {
-                                tracing::error!("a store call panicked");
-                            }
-                        }
-                        Request::Close(closed) => {
-                            // The file must be shut before `close` returns, so a
-                            // stopped node leaves nothing open on its disk.
-                            drop(conn);
-                            let _ = closed.send(());
-                            return;
-                        }
-                    }
-                }
-            })
+            .spawn(move || writer(conn, queue))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the store thread: {e}")))?;
         Ok(Self { jobs })
     }
 
+    /// Runs a call that may write, in the next group transaction.
     async fn with<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
+        f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        self.call(f, true).await
+    }
+
+    /// Runs a call that only reads.
+    async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        self.call(f, false).await
+    }
+
+    async fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+        write: bool,
     ) -> Result<R, StoreError> {
         let (done, result) = tokio::sync::oneshot::channel();
+        let call = Box::new(Pending {
+            work: Some(f),
+            result: None,
+            done: Some(done),
+        });
         self.jobs
-            .send(Request::Call(Box::new(move |conn| {
-                let _ = done.send(f(conn));
-            })))
+            .send(Request::Call { call, write })
             .map_err(|_| StoreError::Unavailable("the store thread has stopped".into()))?;
         result
             .await
             .map_err(|_| StoreError::Unavailable("the store thread has stopped".into()))?
+    }
+}
+
+/// The writer thread: owns the connection, takes every call waiting, runs
+/// them in one transaction (each under its own savepoint, so a refused call
+/// undoes only itself) and answers them after the one commit. With a single
+/// call waiting it commits at once: nothing waits on a timer. Ends on
+/// `close` or when the last handle to the store is dropped.
+fn writer(mut conn: Connection, queue: std::sync::mpsc::Receiver<Request>) {
+    let mut group: Vec<Box<dyn Call>> = Vec::new();
+    let mut closing = None;
+    while let Ok(first) = queue.recv() {
+        let mut writes = false;
+        let mut take = |request: Request, group: &mut Vec<Box<dyn Call>>| match request {
+            Request::Call { call, write } => {
+                writes |= write;
+                group.push(call);
+                None
+            }
+            Request::Close(closed) => Some(closed),
+        };
+        closing = take(first, &mut group);
+        while closing.is_none() && group.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(request) => closing = take(request, &mut group),
+                Err(_) => break,
+            }
+        }
+        if !group.is_empty() {
+            let committed = run_group(&mut conn, &mut group, writes);
+            for call in group.drain(..) {
+                call.answer(committed.clone());
+            }
+        }
+        if closing.is_some() {
+            break;
+        }
+    }
+    // The file must be shut before `close` returns, so a stopped node
+    // leaves nothing open on its disk.
+    drop(conn);
+    if let Some(closed) = closing {
+        let _ = closed.send(());
+    }
+}
+
+/// Runs `group` in one transaction; `Err` if it could not be committed.
+fn run_group(
+    conn: &mut Connection,
+    group: &mut [Box<dyn Call>],
+    writes: bool,
+) -> Result<(), StoreError> {
+    // IMMEDIATE takes the write lock up front, so nodes sharing the file
+    // never deadlock upgrading a read lock.
+    let begin = if writes { "BEGIN IMMEDIATE" } else { "BEGIN" };
+    conn.execute_batch(begin).map_err(unavailable)?;
+    for call in group.iter_mut() {
+        if let Err(e) = conn.execute_batch("SAVEPOINT call") {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(unavailable(e));
+        }
+        let undo = if call.run(conn) {
+            "RELEASE call"
+        } else {
+            "ROLLBACK TO call; RELEASE call"
+        };
+        if let Err(e) = conn.execute_batch(undo) {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(unavailable(e));
+        }
+    }
+    match conn.execute_batch("COMMIT") {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(unavailable(e))
+        }
     }
 }
 
@@ -305,7 +430,7 @@ impl Store for SqliteStore {
 
     async fn public_key(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let name = name.to_string();
-        self.with(move |c| {
+        self.read(move |c| {
             c.query_row(
                 "SELECT public_key FROM users WHERE name = ?1",
                 params![name],
@@ -319,7 +444,7 @@ impl Store for SqliteStore {
 
     async fn relation(&self, me: &str, other: &str) -> Result<Relation, StoreError> {
         let (me, other) = (me.to_string(), other.to_string());
-        self.with(move |c| {
+        self.read(move |c| {
             let rel = if are_friends(c, &me, &other).map_err(unavailable)? {
                 Relation::Friends
             } else if has_request(c, &other, &me).map_err(unavailable)? {
@@ -342,9 +467,7 @@ impl Store for SqliteStore {
     ) -> Result<Option<u64>, StoreError> {
         let (from, to, envelope) = (from.to_string(), to.to_string(), envelope.to_vec());
         self.with(move |c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(unavailable)?;
+            let tx = c;
             if !user_exists(&tx, &to).map_err(unavailable)? {
                 return Err(StoreError::UnknownUser);
             }
@@ -360,7 +483,6 @@ impl Store for SqliteStore {
             )
             .map_err(unavailable)?;
             let seq = enqueue(&tx, &to, &random_id(), &envelope).map_err(unavailable)?;
-            tx.commit().map_err(unavailable)?;
             Ok(seq)
         })
         .await
@@ -378,7 +500,7 @@ impl Store for SqliteStore {
             envelope.to_vec(),
         );
         self.with(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
+            let tx = c;
             if are_friends(&tx, &accepter, &requester).map_err(unavailable)? {
                 return Err(StoreError::AlreadyFriends);
             }
@@ -399,7 +521,6 @@ impl Store for SqliteStore {
             let seq = enqueue(&tx, &requester, &random_id(), &envelope)
                 .map_err(unavailable)?
                 .ok_or_else(|| StoreError::Unavailable("queue id collision".into()))?;
-            tx.commit().map_err(unavailable)?;
             Ok(seq)
         })
         .await
@@ -408,9 +529,7 @@ impl Store for SqliteStore {
     async fn create_group(&self, name: &str, admin: &str) -> Result<u64, StoreError> {
         let (name, admin) = (name.to_string(), admin.to_string());
         self.with(move |c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(unavailable)?;
+            let tx = c;
             let n = tx
                 .execute(
                     "INSERT OR IGNORE INTO groups(name, admin, epoch) VALUES (?1, ?2, 0)",
@@ -426,7 +545,6 @@ impl Store for SqliteStore {
                 params![id, admin],
             )
             .map_err(unavailable)?;
-            tx.commit().map_err(unavailable)?;
             Ok(id as u64)
         })
         .await
@@ -434,12 +552,12 @@ impl Store for SqliteStore {
 
     async fn group_by_name(&self, name: &str) -> Result<Option<GroupRecord>, StoreError> {
         let name = name.to_string();
-        self.with(move |c| load_group(c, "name", &name).map_err(unavailable))
+        self.read(move |c| load_group(c, "name", &name).map_err(unavailable))
             .await
     }
 
     async fn group(&self, id: u64) -> Result<Option<GroupRecord>, StoreError> {
-        self.with(move |c| load_group(c, "id", &(id as i64)).map_err(unavailable))
+        self.read(move |c| load_group(c, "id", &(id as i64)).map_err(unavailable))
             .await
     }
 
@@ -451,9 +569,7 @@ impl Store for SqliteStore {
         envelopes: Vec<(String, Vec<u8>)>,
     ) -> Result<Vec<(String, u64)>, StoreError> {
         self.with(move |c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(unavailable)?;
+            let tx = c;
             let current = group_epoch(&tx, id).map_err(unavailable)?;
             if current.map(|e| e + 1) != Some(epoch) {
                 return Err(StoreError::StaleEpoch);
@@ -488,7 +604,6 @@ impl Store for SqliteStore {
                     .ok_or_else(|| StoreError::Unavailable("queue id collision".into()))?;
                 out.push((to, seq));
             }
-            tx.commit().map_err(unavailable)?;
             Ok(out)
         })
         .await
@@ -501,9 +616,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Queuing>, StoreError> {
         let from = from.to_string();
         self.with(move |c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(unavailable)?;
+            let tx = c;
             // Per-batch caches: a batch usually repeats a few targets.
             let mut friends: Vec<(String, bool)> = Vec::new();
             let mut groups: Vec<(u64, Option<(u64, Vec<String>)>)> = Vec::new();
@@ -557,7 +670,6 @@ impl Store for SqliteStore {
                     Queuing::Stored(stored)
                 });
             }
-            tx.commit().map_err(unavailable)?;
             Ok(out)
         })
         .await
@@ -575,9 +687,7 @@ impl Store for SqliteStore {
     ) -> Result<BlobStart, StoreError> {
         let (sender, owner) = (sender.to_string(), owner.to_string());
         self.with(move |c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(unavailable)?;
+            let tx = c;
             let existing: Option<(i64, i64, String)> = tx
                 .query_row(
                     "SELECT blob_id, total_len, owner FROM blobs WHERE sender = ?1 AND msg_id = ?2",
@@ -594,7 +704,6 @@ impl Store for SqliteStore {
                         params![owner, blob_id],
                     )
                     .map_err(unavailable)?;
-                    tx.commit().map_err(unavailable)?;
                 }
                 return Ok(BlobStart {
                     blob_id: blob_id as u64,
@@ -630,7 +739,6 @@ impl Store for SqliteStore {
                     queued.push((r, seq));
                 }
             }
-            tx.commit().map_err(unavailable)?;
             Ok(BlobStart {
                 blob_id: blob_id as u64,
                 total_len,
@@ -648,7 +756,7 @@ impl Store for SqliteStore {
         id: MessageId,
     ) -> Result<Option<BlobLocation>, StoreError> {
         let (recipient, sender) = (recipient.to_string(), sender.to_string());
-        self.with(move |c| {
+        self.read(move |c| {
             c.query_row(
                 "SELECT b.blob_id, b.total_len, b.owner FROM blobs b JOIN blob_recipients r ON r.blob_id = b.blob_id
                  WHERE b.sender = ?1 AND b.msg_id = ?2 AND r.recipient = ?3",
@@ -669,9 +777,7 @@ impl Store for SqliteStore {
     ) -> Result<Option<BlobLocation>, StoreError> {
         let (recipient, sender) = (recipient.to_string(), sender.to_string());
         self.with(move |c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(unavailable)?;
+            let tx = c;
             let blob: Option<BlobLocation> = tx
                 .query_row(
                     "SELECT blob_id, total_len, owner FROM blobs WHERE sender = ?1 AND msg_id = ?2",
@@ -703,7 +809,6 @@ impl Store for SqliteStore {
             } else {
                 None
             };
-            tx.commit().map_err(unavailable)?;
             Ok(gone)
         })
         .await
@@ -716,7 +821,7 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<Queued>, StoreError> {
         let user = user.to_string();
-        self.with(move |c| {
+        self.read(move |c| {
             let mut stmt = c
                 .prepare_cached(
                     "SELECT seq, envelope FROM queue WHERE recipient = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
@@ -735,9 +840,7 @@ impl Store for SqliteStore {
     async fn ack(&self, user: &str, seqs: &[u64]) -> Result<(), StoreError> {
         let (user, seqs) = (user.to_string(), seqs.to_vec());
         self.with(move |c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(unavailable)?;
+            let tx = c;
             {
                 let mut stmt = tx
                     .prepare_cached("DELETE FROM queue WHERE recipient = ?1 AND seq = ?2")
@@ -747,13 +850,13 @@ impl Store for SqliteStore {
                         .map_err(unavailable)?;
                 }
             }
-            tx.commit().map_err(unavailable)
+            Ok(())
         })
         .await
     }
 
     async fn queue_depth(&self) -> Result<u64, StoreError> {
-        self.with(|c| {
+        self.read(|c| {
             c.query_row("SELECT COUNT(*) FROM queue", [], |r| r.get::<_, i64>(0))
                 .map(|n| n as u64)
                 .map_err(unavailable)
@@ -763,7 +866,7 @@ impl Store for SqliteStore {
 
     async fn last_pending(&self, user: &str) -> Result<Option<u64>, StoreError> {
         let user = user.to_string();
-        self.with(move |c| {
+        self.read(move |c| {
             c.query_row(
                 "SELECT MAX(seq) FROM queue WHERE recipient = ?1",
                 params![user],
@@ -777,7 +880,7 @@ impl Store for SqliteStore {
 
     async fn count_pending_upto(&self, user: &str, upto: u64) -> Result<u64, StoreError> {
         let user = user.to_string();
-        self.with(move |c| {
+        self.read(move |c| {
             c.query_row(
                 "SELECT COUNT(*) FROM queue WHERE recipient = ?1 AND seq <= ?2",
                 params![user, upto as i64],
