@@ -127,3 +127,192 @@ async fn offline_queue_survives_sigkill_and_holds_no_plaintext() {
 async fn wait_for_nodes(ca: &std::path::Path, server: &str) {
     common::wait_for_balancer(ca, server, "a node", |live| !live.is_empty()).await;
 }
+
+/// Senders flat out, many texts inside each group commit; the node is
+/// SIGKILLed mid-stream and restarted. Every text the node acknowledged
+/// arrives exactly once, and nothing arrives that was never sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_inside_group_commits_loses_no_acknowledged_text() {
+    use futures::stream::{FuturesUnordered, StreamExt};
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    const SENDERS: usize = 6;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    fastchat_certs::generate(&certs, &[], false).unwrap();
+    let balancer = fastchat_balancer::start(BalancerConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        certs.clone(),
+    ))
+    .await
+    .unwrap();
+    let server = balancer.local_addr().to_string();
+    let ca = certs.join("ca.pem");
+    let port = free_port();
+    let mut node = spawn_node(dir.path(), port, &server);
+    wait_for_nodes(&ca, &server).await;
+
+    let home = |u: &str| dir.path().join("homes").join(u);
+    let bob = Client::register(&home("bob"), "bob", &server, &ca)
+        .await
+        .unwrap();
+    let mut senders = Vec::new();
+    for i in 0..SENDERS {
+        let name = format!("s{i}");
+        let c = Client::register(&home(&name), &name, &server, &ca)
+            .await
+            .unwrap();
+        befriend(&c, &bob).await;
+        senders.push(Arc::new(c));
+    }
+    bob.close().await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked_count = Arc::new(AtomicUsize::new(0));
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let tried = Arc::new(Mutex::new(Vec::<String>::new()));
+    let tasks: Vec<_> = senders
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let (c, stop, acked, tried, count) = (
+                c.clone(),
+                stop.clone(),
+                acked.clone(),
+                tried.clone(),
+                acked_count.clone(),
+            );
+            tokio::spawn(async move {
+                let mut in_flight = FuturesUnordered::new();
+                let mut n = 0;
+                loop {
+                    if !stop.load(Ordering::Relaxed) && in_flight.len() < 32 {
+                        let text = format!("s{i} #{n}");
+                        n += 1;
+                        tried.lock().unwrap().push(text.clone());
+                        let c = c.clone();
+                        in_flight.push(async move { (c.send_text("bob", &text).await, text) });
+                        continue;
+                    }
+                    match in_flight.next().await {
+                        Some((Ok(_), text)) => {
+                            acked.lock().unwrap().push(text);
+                            count.fetch_add(1, Ordering::Relaxed);
+                        }
+                        // Not acknowledged: it may or may not arrive.
+                        Some((Err(_), _)) => {}
+                        None => break,
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // Kill once texts flow, so commits are full of them.
+    let t = std::time::Instant::now();
+    while acked_count.load(Ordering::Relaxed) < 300 {
+        assert!(t.elapsed().as_secs() < 60, "the senders never got going");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    node.0.kill().unwrap();
+    node.0.wait().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    drop(node);
+    let node = spawn_node(dir.path(), port, &server);
+    // Texts in flight at the kill are resent after failover, with their ids.
+    for task in tasks {
+        tokio::time::timeout(std::time::Duration::from_secs(60), task)
+            .await
+            .expect("the senders settle after the restart")
+            .unwrap();
+    }
+    for c in senders {
+        Arc::try_unwrap(c).ok().unwrap().close().await;
+    }
+
+    let bob = Client::connect(&home("bob")).await.unwrap();
+    bob.sync().await.unwrap();
+    let got: Vec<String> = bob
+        .unshown()
+        .unwrap()
+        .into_iter()
+        .filter(|i| i.kind == InboxKind::Text)
+        .map(|i| i.text)
+        .collect();
+    let unique: HashSet<&String> = got.iter().collect();
+    assert_eq!(unique.len(), got.len(), "a text was shown twice");
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 300);
+    for text in &acked {
+        assert!(unique.contains(text), "acknowledged {text:?} was lost");
+    }
+    let tried: HashSet<String> = tried.lock().unwrap().iter().cloned().collect();
+    assert!(got.iter().all(|t| tried.contains(t)), "a text nobody sent");
+    bob.close().await;
+    drop(node);
+    balancer.shutdown().await;
+}
+
+/// A recipient killed after its keystore committed a batch and before it
+/// acknowledged it: the node delivers the batch again, and each text is
+/// still shown once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recipient_killed_between_commit_and_ack_shows_each_text_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_up, server, ca) = common::start_up(dir.path());
+    let home = |u: &str| dir.path().join("homes").join(u);
+    let ca = std::path::PathBuf::from(ca);
+    let alice = Client::register(&home("alice"), "alice", &server, &ca)
+        .await
+        .unwrap();
+    let bob = Client::register(&home("bob"), "bob", &server, &ca)
+        .await
+        .unwrap();
+    befriend(&alice, &bob).await;
+    bob.close().await;
+    for i in 0..50 {
+        alice.send_text("bob", &format!("t{i:02}")).await.unwrap();
+    }
+
+    // Bob's `recv` dies right after committing its first delivery batch.
+    let out = Command::new(common::bin())
+        .arg("--home")
+        .arg(home("bob"))
+        .args(["recv", "--json"])
+        .env("FASTCHAT_FAULT", "after-keystore-commit")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "recv should have been stopped");
+    use std::os::unix::process::ExitStatusExt;
+    assert!(out.status.signal().is_some(), "stopped by a signal");
+    assert!(out.stdout.is_empty(), "nothing was shown before the crash");
+
+    let bob = Client::connect(&home("bob")).await.unwrap();
+    // Committed before the crash...
+    let kept = bob.unshown().unwrap();
+    assert!(
+        kept.iter().any(|i| i.kind == InboxKind::Text),
+        "the batch was committed before the crash"
+    );
+    // ...and still queued at the node, since it was never acknowledged.
+    assert!(bob.pending_at_login() > 0, "the node still had the batch");
+    bob.sync().await.unwrap();
+    let texts: Vec<String> = bob
+        .unshown()
+        .unwrap()
+        .into_iter()
+        .filter(|i| i.kind == InboxKind::Text)
+        .map(|i| i.text)
+        .collect();
+    let want: Vec<String> = (0..50).map(|i| format!("t{i:02}")).collect();
+    assert_eq!(texts, want, "each text once, in order");
+    bob.close().await;
+    alice.close().await;
+
+    let bob = Client::connect(&home("bob")).await.unwrap();
+    assert_eq!(bob.pending_at_login(), 0, "the redelivery was acknowledged");
+    bob.close().await;
+}

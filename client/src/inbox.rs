@@ -52,6 +52,8 @@ async fn serve(
     let seqs: Vec<u64> = deliveries.iter().map(|d| d.seq).collect();
     let (fresh, downloads) =
         process(core, deliveries).map_err(|e| StreamError::Connection(e.to_string()))?;
+    // Committed, not yet acknowledged: the node will deliver it again.
+    crate::fault::crash_at(crate::fault::AFTER_KEYSTORE_COMMIT);
     write_frame(&mut send, &DeliveryAck { seqs }, MAX_CONTROL_FRAME).await?;
     let _ = send.finish();
     send_receipts(core, &fresh);

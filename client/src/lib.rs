@@ -9,6 +9,7 @@ mod connect;
 mod control;
 mod download;
 mod error;
+mod fault;
 mod inbox;
 pub mod keystore;
 mod outbox;

@@ -180,7 +180,8 @@ pub async fn watch(
 }
 
 /// Sends `count` texts from `from` to `to`, at most [`WINDOW`] unacknowledged;
-/// returns how many failed.
+/// returns how many failed. One task per sender (the sends in flight are
+/// futures it polls), as a real client would hold them.
 pub async fn send_windowed(
     from: Arc<Client>,
     to: String,
@@ -189,32 +190,30 @@ pub async fn send_windowed(
     start: Instant,
     group: bool,
 ) -> u64 {
-    let window = Arc::new(tokio::sync::Semaphore::new(WINDOW));
-    let errors = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::with_capacity(count);
-    for _ in 0..count {
-        let permit = window
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("open semaphore");
-        let (from, to, errors) = (from.clone(), to.clone(), errors.clone());
-        let text = stamped(start, size);
-        tasks.push(tokio::spawn(async move {
-            let r = if group {
+    use futures::stream::{FuturesUnordered, StreamExt};
+    let send = |text: String| {
+        let (from, to) = (from.clone(), to.clone());
+        async move {
+            if group {
                 from.send_group_text(&to, &text).await
             } else {
                 from.send_text(&to, &text).await
-            };
-            if let Err(e) = r {
-                tracing::warn!(error = %e, "send failed");
-                errors.fetch_add(1, Ordering::Relaxed);
             }
-            drop(permit);
-        }));
+        }
+    };
+    let mut errors = 0;
+    let mut in_flight = FuturesUnordered::new();
+    let mut sent = 0;
+    while sent < count || !in_flight.is_empty() {
+        if sent < count && in_flight.len() < WINDOW {
+            in_flight.push(send(stamped(start, size)));
+            sent += 1;
+            continue;
+        }
+        if let Some(Err(e)) = in_flight.next().await {
+            tracing::warn!(error = %e, "send failed");
+            errors += 1;
+        }
     }
-    for t in tasks {
-        let _ = t.await;
-    }
-    errors.load(Ordering::Relaxed)
+    errors
 }

@@ -81,6 +81,8 @@ pub async fn friendship_lifecycle_and_queue(s: &dyn Store) {
     let last = s.last_pending("bob").await.unwrap().unwrap();
     assert_eq!(last, bob[1].0);
     assert_eq!(s.count_pending_upto("bob", last).await.unwrap(), 2);
+    // "Everything", as a login asks, must not wrap to a negative position.
+    assert_eq!(s.count_pending_upto("bob", u64::MAX).await.unwrap(), 2);
     assert_eq!(s.queue_depth().await.unwrap(), 3);
     s.ack("bob", &[bob[0].0]).await.unwrap();
     s.ack("alice", &[bob[1].0]).await.unwrap(); // not alice's: no effect

@@ -856,7 +856,7 @@ impl Store for PostgresStore {
         let row = client
             .query_one(
                 "SELECT COUNT(*) FROM queue WHERE recipient = $1 AND seq <= $2",
-                &[&user, &(upto as i64)],
+                &[&user, &(upto.min(i64::MAX as u64) as i64)],
             )
             .await
             .map_err(unavailable)?;

@@ -883,7 +883,7 @@ impl Store for SqliteStore {
         self.read(move |c| {
             c.query_row(
                 "SELECT COUNT(*) FROM queue WHERE recipient = ?1 AND seq <= ?2",
-                params![user, upto as i64],
+                params![user, upto.min(i64::MAX as u64) as i64],
                 |r| r.get::<_, i64>(0),
             )
             .map(|n| n as u64)
