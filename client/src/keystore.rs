@@ -336,7 +336,7 @@ enum Vault {
     /// mode 0600).
     Plain,
     /// Secrets are sealed under this key, derived from the passphrase.
-    Sealed(ConversationKey),
+    Sealed(Box<ConversationKey>),
     /// A passphrase protects the secrets and none was given.
     Locked,
 }
@@ -411,7 +411,7 @@ impl Keystore {
         let vault = match passphrase {
             Some(p) => {
                 fastchat_crypto::random_bytes(&mut salt)?;
-                Vault::Sealed(derive(p, &salt)?)
+                Vault::Sealed(Box::new(derive(p, &salt)?))
             }
             None => Vault::Plain,
         };
@@ -473,7 +473,7 @@ impl Keystore {
         if let Some(salt) = ks.setting("kdf_salt")? {
             ks.vault = match passphrase {
                 Some(p) => {
-                    let vault = Vault::Sealed(derive(p, &salt)?);
+                    let vault = Vault::Sealed(Box::new(derive(p, &salt)?));
                     let check = ks.required("kdf_check")?;
                     if vault.open("check", &check).is_err() {
                         return Err(ClientError::WrongPassphrase);

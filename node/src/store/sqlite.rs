@@ -468,13 +468,13 @@ impl Store for SqliteStore {
         let (from, to, envelope) = (from.to_string(), to.to_string(), envelope.to_vec());
         self.with(move |c| {
             let tx = c;
-            if !user_exists(&tx, &to).map_err(unavailable)? {
+            if !user_exists(tx, &to).map_err(unavailable)? {
                 return Err(StoreError::UnknownUser);
             }
-            if are_friends(&tx, &from, &to).map_err(unavailable)? {
+            if are_friends(tx, &from, &to).map_err(unavailable)? {
                 return Err(StoreError::AlreadyFriends);
             }
-            if has_request(&tx, &from, &to).map_err(unavailable)? {
+            if has_request(tx, &from, &to).map_err(unavailable)? {
                 return Ok(None);
             }
             tx.execute(
@@ -482,7 +482,7 @@ impl Store for SqliteStore {
                 params![from, to],
             )
             .map_err(unavailable)?;
-            let seq = enqueue(&tx, &to, &random_id(), &envelope).map_err(unavailable)?;
+            let seq = enqueue(tx, &to, &random_id(), &envelope).map_err(unavailable)?;
             Ok(seq)
         })
         .await
@@ -501,10 +501,10 @@ impl Store for SqliteStore {
         );
         self.with(move |c| {
             let tx = c;
-            if are_friends(&tx, &accepter, &requester).map_err(unavailable)? {
+            if are_friends(tx, &accepter, &requester).map_err(unavailable)? {
                 return Err(StoreError::AlreadyFriends);
             }
-            if !has_request(&tx, &requester, &accepter).map_err(unavailable)? {
+            if !has_request(tx, &requester, &accepter).map_err(unavailable)? {
                 return Err(StoreError::NoPendingRequest);
             }
             tx.execute(
@@ -518,7 +518,7 @@ impl Store for SqliteStore {
                 params![a, b],
             )
             .map_err(unavailable)?;
-            let seq = enqueue(&tx, &requester, &random_id(), &envelope)
+            let seq = enqueue(tx, &requester, &random_id(), &envelope)
                 .map_err(unavailable)?
                 .ok_or_else(|| StoreError::Unavailable("queue id collision".into()))?;
             Ok(seq)
@@ -570,7 +570,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<(String, u64)>, StoreError> {
         self.with(move |c| {
             let tx = c;
-            let current = group_epoch(&tx, id).map_err(unavailable)?;
+            let current = group_epoch(tx, id).map_err(unavailable)?;
             if current.map(|e| e + 1) != Some(epoch) {
                 return Err(StoreError::StaleEpoch);
             }
@@ -599,7 +599,7 @@ impl Store for SqliteStore {
             }
             let mut out = Vec::with_capacity(envelopes.len());
             for (to, envelope) in envelopes {
-                let seq = enqueue(&tx, &to, &random_id(), &envelope)
+                let seq = enqueue(tx, &to, &random_id(), &envelope)
                     .map_err(unavailable)?
                     .ok_or_else(|| StoreError::Unavailable("queue id collision".into()))?;
                 out.push((to, seq));
@@ -628,7 +628,7 @@ impl Store for SqliteStore {
                         let is_friend = match known {
                             Some(f) => f,
                             None => {
-                                let f = are_friends(&tx, &from, to).map_err(unavailable)?;
+                                let f = are_friends(tx, &from, to).map_err(unavailable)?;
                                 friends.push((to.clone(), f));
                                 f
                             }
@@ -641,8 +641,8 @@ impl Store for SqliteStore {
                     }
                     Target::Group { id, epoch } => {
                         if !groups.iter().any(|(g, _)| g == id) {
-                            let state = match group_epoch(&tx, *id).map_err(unavailable)? {
-                                Some(e) => Some((e, group_members(&tx, *id).map_err(unavailable)?)),
+                            let state = match group_epoch(tx, *id).map_err(unavailable)? {
+                                Some(e) => Some((e, group_members(tx, *id).map_err(unavailable)?)),
                                 None => None,
                             };
                             groups.push((*id, state));
@@ -658,7 +658,7 @@ impl Store for SqliteStore {
                 };
                 let mut stored = Vec::with_capacity(recipients.len());
                 for to in recipients {
-                    if let Some(seq) = enqueue(&tx, &to, &text.id.0, text.envelope.as_slice())
+                    if let Some(seq) = enqueue(tx, &to, &text.id.0, text.envelope.as_slice())
                         .map_err(unavailable)?
                     {
                         stored.push((to, seq));
@@ -735,7 +735,7 @@ impl Store for SqliteStore {
                     params![blob_id, r],
                 )
                 .map_err(unavailable)?;
-                if let Some(seq) = enqueue(&tx, &r, &id.0, &envelope).map_err(unavailable)? {
+                if let Some(seq) = enqueue(tx, &r, &id.0, &envelope).map_err(unavailable)? {
                     queued.push((r, seq));
                 }
             }
