@@ -179,15 +179,14 @@ fn new_text(text: &str) -> Result<(MessageId, u64, Vec<u8>), ClientError> {
     if text.len() > MAX_TEXT_BYTES {
         return Err(ClientError::TooLong(text.len()));
     }
-    let mut id = [0u8; 16];
-    random_bytes(&mut id)?;
+    let id = crate::ids::new_message_id()?;
     let sent_at_ms = now_ms();
     let plain = encode_body(&TextContent {
         text: text.to_string(),
         sent_at_ms,
     })
     .map_err(|_| ClientError::TooLong(text.len()))?;
-    Ok((MessageId(id), sent_at_ms, plain))
+    Ok((id, sent_at_ms, plain))
 }
 
 /// Checks the name first (key generation takes a moment), then makes a key.
@@ -908,8 +907,7 @@ impl Client {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "file".into());
-        let mut id = [0u8; 16];
-        random_bytes(&mut id)?;
+        let id = crate::ids::new_message_id()?.0;
         let mut nonce_prefix = [0u8; 7];
         random_bytes(&mut nonce_prefix)?;
         let (target, label, key, aad, epoch_group) = match to {

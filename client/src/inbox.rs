@@ -81,15 +81,10 @@ fn send_receipts(core: &Core, fresh: &[InboxItem]) {
         }
     }
     for (to, ids) in by_sender {
-        let mut id = [0u8; 16];
-        if fastchat_crypto::random_bytes(&mut id).is_err() {
+        let Ok(id) = crate::ids::new_message_id() else {
             continue;
-        }
-        let receipt = fastchat_proto::envelope::Receipt {
-            id: MessageId(id),
-            to,
-            ids,
         };
+        let receipt = fastchat_proto::envelope::Receipt { id, to, ids };
         let (done, _) = tokio::sync::oneshot::channel();
         let _ = core.outbox.send(crate::outbox::Pending {
             message: fastchat_proto::envelope::Outgoing::Receipt(receipt),

@@ -10,6 +10,7 @@ mod control;
 mod download;
 mod error;
 mod fault;
+mod ids;
 mod inbox;
 pub mod keystore;
 mod outbox;

@@ -109,14 +109,10 @@ CREATE TABLE IF NOT EXISTS friendships(
     b TEXT NOT NULL,
     PRIMARY KEY(a, b)
 );
-CREATE TABLE IF NOT EXISTS queue(
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    recipient TEXT NOT NULL,
-    msg_id BLOB NOT NULL,
-    envelope BLOB NOT NULL,
-    UNIQUE(recipient, msg_id)
+CREATE TABLE IF NOT EXISTS queue_seq(
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    next INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS queue_by_recipient ON queue(recipient, seq);
 CREATE TABLE IF NOT EXISTS groups(
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     name TEXT NOT NULL UNIQUE,
@@ -195,13 +191,107 @@ fn user_exists(tx: &Connection, name: &str) -> rusqlite::Result<bool> {
     .map(|r| r.is_some())
 }
 
+/// The queue: rows clustered by (recipient, position), so a user's backlog
+/// is one range, an ack deletes by key, and an insert touches one table and
+/// one index (the ids that de-duplicate resends). Positions come from
+/// `queue_seq`, read once per group transaction (see [`NextSeq`]).
+const QUEUE_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS queue(
+    recipient TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    msg_id BLOB NOT NULL,
+    envelope BLOB NOT NULL,
+    PRIMARY KEY(recipient, seq)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS queue_ids ON queue(recipient, msg_id);
+";
+
+/// Databases made with the first queue layout (a rowid table with
+/// AUTOINCREMENT and a second index) move to the clustered one, keeping
+/// every row and position.
+fn migrate_queue(conn: &mut Connection) -> rusqlite::Result<()> {
+    let old: Option<String> = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'queue'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let tx = conn.transaction()?;
+    if old.is_some_and(|sql| sql.contains("AUTOINCREMENT")) {
+        tx.execute_batch(
+            "DROP INDEX IF EXISTS queue_by_recipient;
+             ALTER TABLE queue RENAME TO queue_rowid;",
+        )?;
+        tx.execute_batch(QUEUE_SCHEMA)?;
+        tx.execute_batch(
+            "INSERT INTO queue(recipient, seq, msg_id, envelope)
+                 SELECT recipient, seq, msg_id, envelope FROM queue_rowid;
+             INSERT OR REPLACE INTO queue_seq(id, next) VALUES (0,
+                 MAX(COALESCE((SELECT MAX(seq) FROM queue_rowid), 0),
+                     COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'queue_rowid'), 0)) + 1);
+             DROP TABLE queue_rowid;",
+        )?;
+    } else {
+        tx.execute_batch(QUEUE_SCHEMA)?;
+    }
+    tx.execute(
+        "INSERT OR IGNORE INTO queue_seq(id, next) VALUES (0, 1)",
+        [],
+    )?;
+    tx.commit()
+}
+
+thread_local! {
+    /// The next queue position, while the writer thread's group transaction
+    /// holds the write lock: read from `queue_seq` at its first use, handed
+    /// out from memory, written back before the commit. One read and one
+    /// write per group instead of a counter update per row; nodes sharing
+    /// the file take turns on the write lock, so positions stay unique and
+    /// grow in commit order.
+    static NEXT_SEQ: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// The writer thread's handle on [`NEXT_SEQ`] for one group transaction.
+struct NextSeq;
+
+impl NextSeq {
+    /// Forgets any position held from an earlier group.
+    fn begin() {
+        NEXT_SEQ.with(|n| n.set(None));
+    }
+
+    /// The next position, reading `queue_seq` if this group has not yet.
+    fn take(tx: &Connection) -> rusqlite::Result<u64> {
+        let next = match NEXT_SEQ.with(|n| n.get()) {
+            Some(n) => n,
+            None => tx
+                .prepare_cached("SELECT next FROM queue_seq WHERE id = 0")?
+                .query_row([], |r| r.get::<_, i64>(0))? as u64,
+        };
+        NEXT_SEQ.with(|n| n.set(Some(next + 1)));
+        Ok(next)
+    }
+
+    /// Writes the next position back, if this group used any.
+    fn save(tx: &Connection) -> rusqlite::Result<()> {
+        if let Some(next) = NEXT_SEQ.with(|n| n.take()) {
+            tx.prepare_cached("UPDATE queue_seq SET next = ?1 WHERE id = 0")?
+                .execute([next as i64])?;
+        }
+        Ok(())
+    }
+}
+
 fn enqueue(tx: &Connection, to: &str, id: &[u8], envelope: &[u8]) -> rusqlite::Result<Option<u64>> {
+    let seq = NextSeq::take(tx)?;
     let changed = tx
         .prepare_cached(
-            "INSERT OR IGNORE INTO queue(recipient, msg_id, envelope) VALUES (?1, ?2, ?3)",
+            "INSERT OR IGNORE INTO queue(recipient, seq, msg_id, envelope) VALUES (?1, ?2, ?3, ?4)",
         )?
-        .execute(params![to, id, envelope])?;
-    Ok((changed == 1).then(|| tx.last_insert_rowid() as u64))
+        .execute(params![to, seq as i64, id, envelope])?;
+    // A duplicate leaves a gap in the positions: harmless, they only grow.
+    Ok((changed == 1).then_some(seq))
 }
 
 fn load_group(
@@ -283,6 +373,8 @@ impl SqliteStore {
         ))
         .map_err(unavailable)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
+        let mut conn = conn;
+        migrate_queue(&mut conn).map_err(unavailable)?;
         add_blob_owner(&conn).map_err(unavailable)?;
         let (jobs, queue) = std::sync::mpsc::channel::<Request>();
         std::thread::Builder::new()
@@ -371,6 +463,14 @@ fn writer(mut conn: Connection, queue: std::sync::mpsc::Receiver<Request>) {
     }
 }
 
+/// Runs one of the writer's fixed statements (cached: parsed once).
+fn exec(conn: &Connection, sql: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(sql)
+        .and_then(|mut s| s.execute([]))
+        .map(|_| ())
+        .map_err(unavailable)
+}
+
 /// Runs `group` in one transaction; `Err` if it could not be committed.
 fn run_group(
     conn: &mut Connection,
@@ -379,30 +479,23 @@ fn run_group(
 ) -> Result<(), StoreError> {
     // IMMEDIATE takes the write lock up front, so nodes sharing the file
     // never deadlock upgrading a read lock.
-    let begin = if writes { "BEGIN IMMEDIATE" } else { "BEGIN" };
-    conn.execute_batch(begin).map_err(unavailable)?;
-    for call in group.iter_mut() {
-        if let Err(e) = conn.execute_batch("SAVEPOINT call") {
-            let _ = conn.execute_batch("ROLLBACK");
-            return Err(unavailable(e));
+    exec(conn, if writes { "BEGIN IMMEDIATE" } else { "BEGIN" })?;
+    NextSeq::begin();
+    let result = (|| {
+        for call in group.iter_mut() {
+            exec(conn, "SAVEPOINT call")?;
+            if !call.run(conn) {
+                exec(conn, "ROLLBACK TO call")?;
+            }
+            exec(conn, "RELEASE call")?;
         }
-        let undo = if call.run(conn) {
-            "RELEASE call"
-        } else {
-            "ROLLBACK TO call; RELEASE call"
-        };
-        if let Err(e) = conn.execute_batch(undo) {
-            let _ = conn.execute_batch("ROLLBACK");
-            return Err(unavailable(e));
-        }
+        NextSeq::save(conn).map_err(unavailable)?;
+        exec(conn, "COMMIT")
+    })();
+    if result.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
     }
-    match conn.execute_batch("COMMIT") {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK");
-            Err(unavailable(e))
-        }
-    }
+    result
 }
 
 #[async_trait]
@@ -926,6 +1019,44 @@ mod tests {
         ));
         let again = SqliteStore::open(&dir.path().join("node.db"), Durability::Process).unwrap();
         assert_eq!(again.public_key("alice").await.unwrap().unwrap(), b"key");
+    }
+
+    #[tokio::test]
+    async fn a_database_with_the_first_queue_layout_keeps_its_rows_and_positions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE queue(
+                     seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                     recipient TEXT NOT NULL, msg_id BLOB NOT NULL, envelope BLOB NOT NULL,
+                     UNIQUE(recipient, msg_id));
+                 CREATE INDEX queue_by_recipient ON queue(recipient, seq);
+                 INSERT INTO queue(recipient, msg_id, envelope) VALUES ('bob', x'01', x'aa');
+                 INSERT INTO queue(recipient, msg_id, envelope) VALUES ('bob', x'02', x'bb');
+                 INSERT INTO queue(recipient, msg_id, envelope) VALUES ('eve', x'03', x'cc');
+                 DELETE FROM queue WHERE recipient = 'eve';",
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open(&path, Durability::Process).unwrap();
+        let bob = s.pending("bob", 0, 10).await.unwrap();
+        assert_eq!(bob, vec![(1, vec![0xaa]), (2, vec![0xbb])]);
+        // New positions continue after the highest ever handed out (3, deleted).
+        s.create_user("alice", b"k").await.unwrap();
+        s.create_user("bob", b"k").await.unwrap();
+        let seq = s
+            .request_friend("alice", "bob", b"req")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(seq, 4);
+        assert_eq!(s.count_pending_upto("bob", u64::MAX).await.unwrap(), 3);
+        drop(s);
+        // Opening again leaves the new layout as it is.
+        let again = SqliteStore::open(&path, Durability::Process).unwrap();
+        assert_eq!(again.pending("bob", 0, 10).await.unwrap().len(), 3);
     }
 
     #[tokio::test]
