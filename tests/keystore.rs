@@ -109,3 +109,58 @@ fn the_cli_takes_the_passphrase_from_the_environment() {
     assert!(!ok);
     assert!(err.contains("FASTCHAT_PASSPHRASE"), "{err}");
 }
+
+/// A keystore made before login keys (none stored) logs in with its RSA
+/// identity once, makes a login key and binds it; later logins use that key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keystore_without_a_login_key_binds_one_at_its_next_login() {
+    let cluster = Cluster::start().await;
+    let home = cluster.home("alice");
+    cluster.register("alice").await.close().await;
+    let node_key = || -> Option<Vec<u8>> {
+        let db = rusqlite::Connection::open(cluster.data_dir().join("node.db")).unwrap();
+        db.query_row(
+            "SELECT login_key FROM users WHERE name = 'alice'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let stored_key = || -> Option<Vec<u8>> {
+        let ks = rusqlite::Connection::open(home.join(fastchat_client::KEYSTORE_FILE)).unwrap();
+        ks.query_row(
+            "SELECT value FROM settings WHERE key = 'login_key'",
+            [],
+            |r| r.get(0),
+        )
+        .ok()
+    };
+    let registered = node_key().expect("registration bound a login key");
+    assert!(stored_key().is_some());
+    rusqlite::Connection::open(home.join(fastchat_client::KEYSTORE_FILE))
+        .unwrap()
+        .execute("DELETE FROM settings WHERE key = 'login_key'", [])
+        .unwrap();
+
+    let alice = Client::connect(&home).await.unwrap();
+    alice.close().await;
+    let rebound = node_key().unwrap();
+    assert_ne!(rebound, registered, "a new login key was bound");
+    // Stored unsealed (no passphrase): the seed, whose public half the node holds.
+    let seed = stored_key().expect("the new key was kept");
+    let public = fastchat_crypto::SigningIdentity::from_seed(&seed)
+        .unwrap()
+        .public();
+    assert_eq!(rebound, public.to_vec());
+    // And it logs in again with that key alone: with the RSA key the node
+    // holds made unusable, only a login-key signature can get in.
+    rusqlite::Connection::open(cluster.data_dir().join("node.db"))
+        .unwrap()
+        .execute(
+            "UPDATE users SET public_key = x'00' WHERE name = 'alice'",
+            [],
+        )
+        .unwrap();
+    Client::connect(&home).await.unwrap().close().await;
+    assert_eq!(node_key().unwrap(), rebound);
+}

@@ -8,30 +8,107 @@ use std::time::Duration;
 
 use common::{Cluster, RawClient, befriend};
 use fastchat_client::{Client, ClientError, InboxKind};
-use fastchat_crypto::{Identity, transcript};
+use fastchat_crypto::{Identity, SigningIdentity, transcript};
 use fastchat_proto::control::Request;
 use fastchat_proto::envelope::{Outgoing, OutgoingText, Sealed, SendAck};
 use fastchat_proto::error::close;
 use fastchat_proto::{ErrorCode, MessageId, PROTOCOL_VERSION};
 use fastchat_transport::{TransportError, read_frame, write_frame};
 
-/// Registers `name` with `identity` and logs in, by hand.
-async fn raw_login(cluster: &Cluster, name: &str, identity: &Identity) -> RawClient {
-    let mut raw = RawClient::connect(&cluster.ca(), cluster.node_addr()).await;
+/// Registers `name` with `identity` (binding `login_key`), by hand.
+async fn raw_register(raw: &mut RawClient, name: &str, identity: &Identity, login_key: [u8; 32]) {
     let public_key = identity.public().der().to_vec();
     let proof = identity
-        .sign(&transcript::register(name, &public_key))
+        .sign(&transcript::register(name, &public_key, &login_key))
         .unwrap();
     raw.request(Request::Register {
         version: PROTOCOL_VERSION,
         name: name.into(),
         public_key,
+        login_key,
         proof,
     })
     .await
     .unwrap();
+}
+
+/// Registers `name` with `identity` and logs in (with the RSA key), by hand.
+async fn raw_login(cluster: &Cluster, name: &str, identity: &Identity) -> RawClient {
+    let mut raw = RawClient::connect(&cluster.ca(), cluster.node_addr()).await;
+    let login_key = SigningIdentity::generate().unwrap().public();
+    raw_register(&mut raw, name, identity, login_key).await;
     raw.login(name, identity).await;
     raw
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_are_checked_against_the_bound_login_key_and_only_the_identity_rebinds_it() {
+    let cluster = Cluster::start().await;
+    let carol = Identity::generate().unwrap();
+    let login = SigningIdentity::generate().unwrap();
+    let other = SigningIdentity::generate().unwrap();
+    let mut raw = RawClient::connect(&cluster.ca(), cluster.node_addr()).await;
+    raw_register(&mut raw, "carol", &carol, login.public()).await;
+
+    // The node names the key it holds; another Ed25519 key is refused.
+    let mut a = RawClient::connect(&cluster.ca(), cluster.node_addr()).await;
+    let nonce = match a
+        .request(Request::Hello {
+            version: PROTOCOL_VERSION,
+            name: "carol".into(),
+        })
+        .await
+        .unwrap()
+    {
+        fastchat_proto::control::Response::Challenge { nonce, login_key } => {
+            assert_eq!(login_key, Some(login.public()));
+            nonce
+        }
+        other => panic!("no challenge: {other:?}"),
+    };
+    let forged = other.sign(&transcript::login("carol", &nonce));
+    let err = a
+        .request(Request::Login { signature: forged })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::AuthFailed);
+
+    // The bound key logs in.
+    let mut b = RawClient::connect(&cluster.ca(), cluster.node_addr()).await;
+    let nonce = b.hello("carol").await;
+    let signature = login.sign(&transcript::login("carol", &nonce));
+    b.request(Request::Login { signature }).await.unwrap();
+
+    // Rebinding needs the RSA identity's signature, not the login key's.
+    let err = b
+        .request(Request::BindLoginKey {
+            login_key: other.public(),
+            proof: login.sign(&transcript::login_key("carol", &other.public())),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::AuthFailed);
+    let proof = carol
+        .sign(&transcript::login_key("carol", &other.public()))
+        .unwrap();
+    b.request(Request::BindLoginKey {
+        login_key: other.public(),
+        proof,
+    })
+    .await
+    .unwrap();
+    // Now the old login key no longer works, the new one does.
+    let mut c = RawClient::connect(&cluster.ca(), cluster.node_addr()).await;
+    let nonce = c.hello("carol").await;
+    let stale = login.sign(&transcript::login("carol", &nonce));
+    let err = c
+        .request(Request::Login { signature: stale })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::AuthFailed);
+    let nonce = c.hello("carol").await;
+    let signature = other.sign(&transcript::login("carol", &nonce));
+    c.request(Request::Login { signature }).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -35,6 +35,8 @@ pub(crate) struct Core {
     pub home: PathBuf,
     pub identity: Identity,
     pub signing: SigningIdentity,
+    /// Signs logins (bound to the identity at the node).
+    pub login_key: SigningIdentity,
     pub keystore: Mutex<Keystore>,
     pub events: broadcast::Sender<InboxItem>,
     pub progress: broadcast::Sender<Progress>,
@@ -137,7 +139,7 @@ async fn supervise(core: Arc<Core>, endpoint: Endpoint) {
 
 async fn relink(core: &Arc<Core>, endpoint: &Endpoint) -> Result<(), ClientError> {
     let (conn, control) = reach_node(endpoint, &core.server).await?;
-    login(&control, &core.name, &core.identity).await?;
+    login(&control, &core.name, &core.identity, &core.login_key).await?;
     if core.is_closing() {
         conn.close(0u32.into(), b"bye");
         return Ok(());
@@ -315,7 +317,8 @@ impl Client {
         let ca = parse_ca(&ca_pem, ca_file)?;
         let endpoint = client_endpoint(&ca, None)?;
         let (conn, control) = reach_node(&endpoint, server).await?;
-        register(&control, name, &identity).await?;
+        let login_key = SigningIdentity::generate()?;
+        register(&control, name, &identity, &login_key).await?;
 
         std::fs::create_dir_all(home)
             .map_err(|e| ClientError::Keystore(format!("cannot create {}: {e}", home.display())))?;
@@ -332,9 +335,18 @@ impl Client {
             &signing,
             passphrase,
         )?;
-        let pending = login(&control, name, &identity).await?;
+        keystore.set_login_identity(&login_key)?;
+        let pending = login(&control, name, &identity, &login_key).await?;
         Ok(Self::assemble(
-            home, name, server, identity, signing, keystore, endpoint, conn, control, pending,
+            home,
+            name,
+            server,
+            (identity, signing, login_key),
+            keystore,
+            endpoint,
+            conn,
+            control,
+            pending,
         ))
     }
 
@@ -352,16 +364,16 @@ impl Client {
         let profile = keystore.profile()?;
         let identity = keystore.identity()?;
         let signing = keystore.signing_identity()?;
+        let (login_key, _new) = keystore.login_identity()?;
         let ca = parse_ca(&profile.ca_pem, &home.join(KEYSTORE_FILE))?;
         let endpoint = client_endpoint(&ca, None)?;
         let (conn, control) = reach_node(&endpoint, &profile.server).await?;
-        let pending = login(&control, &profile.name, &identity).await?;
+        let pending = login(&control, &profile.name, &identity, &login_key).await?;
         Ok(Self::assemble(
             home,
             &profile.name,
             &profile.server,
-            identity,
-            signing,
+            (identity, signing, login_key),
             keystore,
             endpoint,
             conn,
@@ -375,8 +387,7 @@ impl Client {
         home: &Path,
         name: &str,
         server: &str,
-        identity: Identity,
-        signing: SigningIdentity,
+        (identity, signing, login_key): (Identity, SigningIdentity, SigningIdentity),
         keystore: Keystore,
         endpoint: Endpoint,
         conn: Connection,
@@ -392,6 +403,7 @@ impl Client {
             home: home.to_path_buf(),
             identity,
             signing,
+            login_key,
             keystore: Mutex::new(keystore),
             events,
             progress,

@@ -1,7 +1,7 @@
 //! Reaching a node: ask the balancer which one, connect to it pinned to the
 //! cluster CA, open the control stream, and log in.
 
-use fastchat_crypto::{Identity, transcript};
+use fastchat_crypto::{Identity, SigningIdentity, transcript};
 use fastchat_proto::PROTOCOL_VERSION;
 use fastchat_proto::balancer::{BalancerRequest, BalancerResponse};
 use fastchat_proto::control::{Request, Response};
@@ -71,19 +71,23 @@ pub(crate) async fn reach_node(
         .unwrap_or(ClientError::Disconnected))
 }
 
-/// Registers `name` with `identity` on an open control stream.
+/// Registers `name` with `identity` on an open control stream, binding
+/// `login` as the key that signs its logins.
 pub(crate) async fn register(
     control: &Control,
     name: &str,
     identity: &Identity,
+    login: &SigningIdentity,
 ) -> Result<(), ClientError> {
     let public_key = identity.public().der().to_vec();
-    let proof = identity.sign(&transcript::register(name, &public_key))?;
+    let login_key = login.public();
+    let proof = identity.sign(&transcript::register(name, &public_key, &login_key))?;
     match control
         .request(Request::Register {
             version: PROTOCOL_VERSION,
             name: name.to_string(),
             public_key,
+            login_key,
             proof,
         })
         .await?
@@ -94,26 +98,50 @@ pub(crate) async fn register(
 }
 
 /// Logs in by signing the node's challenge; returns how many items wait.
+/// Signs with the Ed25519 login key when the node holds it (tens of
+/// microseconds), else with the RSA identity (milliseconds) and then binds
+/// the login key, so the next login is cheap.
 pub(crate) async fn login(
     control: &Control,
     name: &str,
     identity: &Identity,
+    login: &SigningIdentity,
 ) -> Result<u64, ClientError> {
-    let nonce = match control
+    let (nonce, bound) = match control
         .request(Request::Hello {
             version: PROTOCOL_VERSION,
             name: name.to_string(),
         })
         .await?
     {
-        Response::Challenge { nonce } => nonce,
+        Response::Challenge { nonce, login_key } => (nonce, login_key),
         _ => return Err(ClientError::UnexpectedReply),
     };
-    let signature = identity.sign(&transcript::login(name, &nonce))?;
-    match control.request(Request::Login { signature }).await? {
-        Response::LoggedIn { pending } => Ok(pending),
-        _ => Err(ClientError::UnexpectedReply),
+    let ours = login.public();
+    let transcript = transcript::login(name, &nonce);
+    let signature = if bound == Some(ours) {
+        login.sign(&transcript)
+    } else {
+        identity.sign(&transcript)?
+    };
+    let pending = match control.request(Request::Login { signature }).await? {
+        Response::LoggedIn { pending } => pending,
+        _ => return Err(ClientError::UnexpectedReply),
+    };
+    if bound != Some(ours) {
+        let proof = identity.sign(&transcript::login_key(name, &ours))?;
+        match control
+            .request(Request::BindLoginKey {
+                login_key: ours,
+                proof,
+            })
+            .await?
+        {
+            Response::Done => {}
+            _ => return Err(ClientError::UnexpectedReply),
+        }
     }
+    Ok(pending)
 }
 
 /// What the balancer at `server` knows: its strategy and its live nodes.

@@ -532,6 +532,29 @@ impl Keystore {
         Ok(SigningIdentity::from_seed(&seed)?)
     }
 
+    /// The user's Ed25519 login key, or a new one (stored) if this keystore
+    /// has none yet (it was made before login keys); `true` if it is new.
+    /// A login binds it at the node whenever the node holds another.
+    pub fn login_identity(&self) -> Result<(SigningIdentity, bool), ClientError> {
+        if let Some(sealed) = self.setting("login_key")? {
+            let seed = self.vault.open("login_key", &sealed)?;
+            return Ok((SigningIdentity::from_seed(&seed)?, false));
+        }
+        let key = SigningIdentity::generate()?;
+        self.set_login_identity(&key)?;
+        Ok((key, true))
+    }
+
+    /// Stores `key` as the user's login key.
+    pub fn set_login_identity(&self, key: &SigningIdentity) -> Result<(), ClientError> {
+        let sealed = self.vault.seal("login_key", &key.seed()[..])?;
+        self.conn.execute(
+            "INSERT OR REPLACE INTO settings(key, value) VALUES ('login_key', ?1)",
+            params![sealed],
+        )?;
+        Ok(())
+    }
+
     /// Opens a transaction that the following calls join, until
     /// [`Keystore::commit`] (or [`Keystore::rollback`]).
     pub fn begin(&self) -> Result<(), ClientError> {

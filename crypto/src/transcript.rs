@@ -14,8 +14,13 @@ fn build(label: &str, fields: &[&[u8]]) -> Vec<u8> {
 }
 
 /// Registration: proves possession of the key being registered.
-pub fn register(name: &str, public_key: &[u8]) -> Vec<u8> {
-    build("register", &[name.as_bytes(), public_key])
+pub fn register(name: &str, public_key: &[u8], login_key: &[u8; 32]) -> Vec<u8> {
+    build("register", &[name.as_bytes(), public_key, login_key])
+}
+
+/// Binding a (new) Ed25519 login key to a user's RSA identity.
+pub fn login_key(name: &str, login_key: &[u8; 32]) -> Vec<u8> {
+    build("login-key", &[name.as_bytes(), login_key])
 }
 
 /// Login: binds the user name to the node's fresh challenge.
@@ -158,7 +163,11 @@ mod tests {
 
     #[test]
     fn fields_cannot_slide_into_each_other() {
-        assert_ne!(register("ab", b"c"), register("a", b"bc"));
-        assert_ne!(login("a", &[0; 32]), register("a", &[0; 32]));
+        assert_ne!(
+            register("ab", b"c", &[1; 32]),
+            register("a", b"bc", &[1; 32])
+        );
+        assert_ne!(login_key("a", &[0; 32]), login("a", &[0; 32]));
+        assert_ne!(login("a", &[0; 32]), register("a", &[0; 32], &[0; 32]));
     }
 }

@@ -28,7 +28,8 @@ pub struct ResponseFrame {
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub enum Request {
     /// Creates an account. `proof` is the identity key's signature over
-    /// `fastchat_crypto::transcript::register(name, public_key)`.
+    /// `fastchat_crypto::transcript::register(name, public_key, login_key)`,
+    /// so the one RSA check at registration also binds the login key.
     Register {
         /// Protocol version the client speaks.
         version: u32,
@@ -36,6 +37,8 @@ pub enum Request {
         name: String,
         /// RSA public key, SubjectPublicKeyInfo DER.
         public_key: Vec<u8>,
+        /// The Ed25519 key that signs this user's logins.
+        login_key: [u8; 32],
         /// Proof of possession of the private key.
         proof: Vec<u8>,
     },
@@ -46,11 +49,23 @@ pub enum Request {
         /// Who is logging in.
         name: String,
     },
-    /// Finishes a login with the identity key's signature over
-    /// `fastchat_crypto::transcript::login(name, challenge)`.
+    /// Finishes a login with a signature over
+    /// `fastchat_crypto::transcript::login(name, challenge)`: by the login
+    /// key the node holds for the user (64 bytes, Ed25519), or else by the
+    /// RSA identity key.
     Login {
         /// The signature.
         signature: Vec<u8>,
+    },
+    /// Binds a (new) Ed25519 login key to the logged-in user, for accounts
+    /// registered before login keys or whose keystore made a new one.
+    /// `proof` is the RSA identity's signature over
+    /// `fastchat_crypto::transcript::login_key(name, login_key)`.
+    BindLoginKey {
+        /// The Ed25519 public key.
+        login_key: [u8; 32],
+        /// The RSA identity's signature binding it.
+        proof: Vec<u8>,
     },
     /// Looks up a user's public key and how they relate to the caller.
     LookupUser {
@@ -130,6 +145,9 @@ pub enum Response {
     Challenge {
         /// Fresh random bytes, never reused.
         nonce: [u8; 32],
+        /// The login key the node holds for this user, if any: sign with it
+        /// when it is yours, else with the RSA identity (and bind yours).
+        login_key: Option<[u8; 32]>,
     },
     /// Logged in.
     LoggedIn {

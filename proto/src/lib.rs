@@ -20,7 +20,7 @@ pub use frame::{FrameError, decode, encode_frame, frame_len};
 pub const ALPN: &[u8] = b"fastchat/1";
 
 /// Protocol version sent in the first control request.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// A message identifier chosen by the sender; unique per message, used for
 /// de-duplication end to end.

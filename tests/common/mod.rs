@@ -258,7 +258,7 @@ impl RawClient {
             .await
             .unwrap()
         {
-            Response::Challenge { nonce } => nonce,
+            Response::Challenge { nonce, .. } => nonce,
             other => panic!("no challenge: {other:?}"),
         }
     }

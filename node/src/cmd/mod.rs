@@ -5,7 +5,7 @@
 mod friend;
 mod group;
 pub(crate) mod image;
-mod login;
+pub(crate) mod login;
 mod lookup;
 mod register;
 pub(crate) mod send;
@@ -22,7 +22,7 @@ pub(crate) struct Session {
     /// Set once login succeeded.
     pub user: Option<String>,
     /// The outstanding login challenge: who asked and the nonce.
-    pub challenge: Option<(String, [u8; 32])>,
+    pub challenge: Option<login::Challenge>,
     /// Logins refused on this connection so far.
     pub failed_logins: u32,
 }
@@ -67,10 +67,14 @@ pub(crate) async fn apply(
             version,
             name,
             public_key,
+            login_key,
             proof,
-        } => register::apply(shared, version, &name, &public_key, &proof).await,
+        } => register::apply(shared, version, &name, &public_key, login_key, &proof).await,
         Request::Hello { version, name } => login::hello(shared, session, version, name).await,
         Request::Login { signature } => login::login(shared, session, &signature).await,
+        Request::BindLoginKey { login_key, proof } => {
+            login::bind(shared, session.user()?, login_key, &proof).await
+        }
         Request::LookupUser { name } => lookup::apply(shared, session.user()?, &name).await,
         Request::FriendRequest {
             to,

@@ -1,4 +1,6 @@
-//! `Register`: a new user with an RSA identity, proven by a signature.
+//! `Register`: a new user with an RSA identity, proven by a signature that
+//! also binds the user's Ed25519 login key (checked once, here, so that
+//! every later login costs an Ed25519 check instead of RSA).
 
 use fastchat_crypto::{PublicIdentity, transcript};
 use fastchat_proto::control::Response;
@@ -13,6 +15,7 @@ pub(super) async fn apply(
     version: u32,
     name: &str,
     public_key: &[u8],
+    login_key: [u8; 32],
     proof: &[u8],
 ) -> Result<Response, ProtoError> {
     check_version(version)?;
@@ -22,7 +25,7 @@ pub(super) async fn apply(
     }
     let key = PublicIdentity::from_der(public_key)
         .map_err(|_| bad_request("the public key is not an RSA key of 2048 to 4096 bits"))?;
-    key.verify(&transcript::register(name, public_key), proof)
+    key.verify(&transcript::register(name, public_key, &login_key), proof)
         .map_err(|_| {
             ProtoError::new(
                 ErrorCode::AuthFailed,
@@ -31,7 +34,7 @@ pub(super) async fn apply(
         })?;
     shared
         .store
-        .create_user(name, public_key)
+        .create_user(name, public_key, Some(login_key))
         .await
         .map_err(|e| match e {
             crate::store::StoreError::NameTaken => ProtoError::new(

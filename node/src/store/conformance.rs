@@ -6,7 +6,7 @@ use std::sync::Arc;
 use fastchat_proto::control::Relation;
 use fastchat_proto::{ErrorCode, MessageId};
 
-use super::{BlobLocation, Membership, Queuing, Store, StoreError, Target, TextToQueue};
+use super::{BlobLocation, Membership, Queuing, Store, StoreError, Target, TextToQueue, UserKeys};
 
 /// A text with id `[n; 16]`.
 pub fn text(to: Target, n: u8, body: &[u8]) -> TextToQueue {
@@ -17,11 +17,36 @@ pub fn text(to: Target, n: u8, body: &[u8]) -> TextToQueue {
     }
 }
 
+/// Login keys: stored at registration, absent for older accounts, bound later.
+pub async fn login_keys_are_stored_and_rebound(s: &dyn Store) {
+    s.create_user("carol", b"kc", Some([7; 32])).await.unwrap();
+    s.create_user("dave", b"kd", None).await.unwrap();
+    let carol = UserKeys {
+        public_key: b"kc".to_vec(),
+        login_key: Some([7; 32]),
+    };
+    assert_eq!(s.user_keys("carol").await.unwrap(), Some(carol));
+    assert_eq!(s.user_keys("dave").await.unwrap().unwrap().login_key, None);
+    assert_eq!(s.user_keys("erin").await.unwrap(), None);
+    s.set_login_key("dave", [9; 32]).await.unwrap();
+    assert_eq!(
+        s.user_keys("dave").await.unwrap().unwrap().login_key,
+        Some([9; 32])
+    );
+    assert_eq!(
+        s.set_login_key("erin", [1; 32]).await,
+        Err(StoreError::UnknownUser)
+    );
+}
+
 /// Users, friend requests and accepts, the queue: order, paging, de-duplication, acks.
 pub async fn friendship_lifecycle_and_queue(s: &dyn Store) {
-    s.create_user("alice", b"ka").await.unwrap();
-    s.create_user("bob", b"kb").await.unwrap();
-    assert_eq!(s.create_user("bob", b"x").await, Err(StoreError::NameTaken));
+    s.create_user("alice", b"ka", None).await.unwrap();
+    s.create_user("bob", b"kb", None).await.unwrap();
+    assert_eq!(
+        s.create_user("bob", b"x", None).await,
+        Err(StoreError::NameTaken)
+    );
     assert_eq!(s.public_key("bob").await.unwrap(), Some(b"kb".to_vec()));
     assert_eq!(s.public_key("carol").await.unwrap(), None);
     assert_eq!(

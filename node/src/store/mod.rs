@@ -172,13 +172,31 @@ pub struct BlobLocation {
     pub owner: String,
 }
 
+/// What a login is checked against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserKeys {
+    /// The RSA identity, SPKI DER.
+    pub public_key: Vec<u8>,
+    /// The Ed25519 login key bound to it, if any.
+    pub login_key: Option<[u8; 32]>,
+}
+
 /// The node's durable state.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Registers a user with their public key.
-    async fn create_user(&self, name: &str, public_key: &[u8]) -> Result<(), StoreError>;
+    /// Registers a user with their public key and login key.
+    async fn create_user(
+        &self,
+        name: &str,
+        public_key: &[u8],
+        login_key: Option<[u8; 32]>,
+    ) -> Result<(), StoreError>;
     /// A user's public key, if registered.
     async fn public_key(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// A user's public key and login key, if registered.
+    async fn user_keys(&self, name: &str) -> Result<Option<UserKeys>, StoreError>;
+    /// Binds a new login key to a registered user.
+    async fn set_login_key(&self, name: &str, login_key: [u8; 32]) -> Result<(), StoreError>;
     /// How `other` relates to `me`.
     async fn relation(&self, me: &str, other: &str) -> Result<Relation, StoreError>;
     /// Records a friend request and queues its envelope for `to`, atomically.

@@ -32,7 +32,7 @@ use tokio_postgres::error::SqlState;
 
 use super::{
     BlobLocation, BlobStart, GroupRecord, Membership, Queued, Queuing, Store, StoreError, Target,
-    TextToQueue,
+    TextToQueue, UserKeys,
 };
 
 /// Connections per node.
@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS users(
     public_key BYTEA NOT NULL,
     created_at BIGINT NOT NULL
 );
+ALTER TABLE users ADD COLUMN IF NOT EXISTS login_key BYTEA;
 CREATE TABLE IF NOT EXISTS friend_requests(
     from_user TEXT NOT NULL,
     to_user TEXT NOT NULL,
@@ -383,7 +384,13 @@ impl PostgresStore {
 
 #[async_trait]
 impl Store for PostgresStore {
-    async fn create_user(&self, name: &str, public_key: &[u8]) -> Result<(), StoreError> {
+    async fn create_user(
+        &self,
+        name: &str,
+        public_key: &[u8],
+        login_key: Option<[u8; 32]>,
+    ) -> Result<(), StoreError> {
+        let login = login_key.map(|k| k.to_vec());
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
@@ -391,9 +398,9 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let n = client
             .execute(
-                "INSERT INTO users(name, public_key, created_at) VALUES ($1, $2, $3)
+                "INSERT INTO users(name, public_key, created_at, login_key) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (name) DO NOTHING",
-                &[&name, &public_key, &now],
+                &[&name, &public_key, &now, &login],
             )
             .await
             .map_err(unavailable)?;
@@ -410,6 +417,38 @@ impl Store for PostgresStore {
             .await
             .map_err(unavailable)?;
         Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn user_keys(&self, name: &str) -> Result<Option<UserKeys>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT public_key, login_key FROM users WHERE name = $1",
+                &[&name],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(row.map(|r| UserKeys {
+            public_key: r.get(0),
+            login_key: r
+                .get::<_, Option<Vec<u8>>>(1)
+                .and_then(|k| k.try_into().ok()),
+        }))
+    }
+
+    async fn set_login_key(&self, name: &str, login_key: [u8; 32]) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "UPDATE users SET login_key = $2 WHERE name = $1",
+                &[&name, &&login_key[..]],
+            )
+            .await
+            .map_err(unavailable)?;
+        if n == 0 {
+            return Err(StoreError::UnknownUser);
+        }
+        Ok(())
     }
 
     async fn relation(&self, me: &str, other: &str) -> Result<Relation, StoreError> {
@@ -906,6 +945,12 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
+    async fn login_keys_are_stored_and_rebound() {
+        let (_pg, _, s) = store("login_keys").await;
+        conformance::login_keys_are_stored_and_rebound(&s).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
     async fn groups_fan_out_and_refuse() {
         let (_pg, _, s) = store("groups").await;
         conformance::groups_fan_out_and_refuse(&s).await;
@@ -917,8 +962,8 @@ mod tests {
     async fn two_nodes_race() {
         let (_pg, url, a) = store("race").await;
         let b = PostgresStore::connect(&url).await.unwrap();
-        a.create_user("alice", b"ka").await.unwrap();
-        b.create_user("bob", b"kb").await.unwrap();
+        a.create_user("alice", b"ka", None).await.unwrap();
+        b.create_user("bob", b"kb", None).await.unwrap();
         a.request_friend("alice", "bob", b"req").await.unwrap();
         b.accept_friend("bob", "alice", b"acc").await.unwrap();
         let before = a.pending("bob", 0, 1000).await.unwrap().len();
@@ -1034,7 +1079,7 @@ mod tests {
     async fn opposite_order_resends_survive_deadlocks() {
         let (_pg, url, a) = store("deadlock").await;
         let b = PostgresStore::connect(&url).await.unwrap();
-        a.create_user("bob", b"kb").await.unwrap();
+        a.create_user("bob", b"kb", None).await.unwrap();
         a.request_friend("alice", "bob", b"req").await.unwrap();
         b.accept_friend("bob", "alice", b"acc").await.unwrap();
         for round in 0..20u8 {

@@ -13,7 +13,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
     BlobLocation, BlobStart, GroupRecord, Membership, Queued, Queuing, Store, StoreError, Target,
-    TextToQueue,
+    TextToQueue, UserKeys,
 };
 
 /// How hard a commit tries to reach the disk.
@@ -97,7 +97,8 @@ const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS users(
     name TEXT PRIMARY KEY,
     public_key BLOB NOT NULL,
-    created_at INTEGER NOT NULL
+    created_at INTEGER NOT NULL,
+    login_key BLOB
 );
 CREATE TABLE IF NOT EXISTS friend_requests(
     from_user TEXT NOT NULL,
@@ -340,16 +341,25 @@ fn group_epoch(tx: &Connection, id: u64) -> rusqlite::Result<Option<u64>> {
         .map(|e| e.map(|e| e as u64))
 }
 
-/// Databases made before blobs had owners gain the column (owner '' is
-/// whichever node opens it: the only one there was).
-fn add_blob_owner(conn: &Connection) -> rusqlite::Result<()> {
+/// Adds `column` to `table` in databases made before it existed.
+fn add_column(conn: &Connection, table: &str, column: &str, decl: &str) -> rusqlite::Result<()> {
     let has: bool = conn
-        .prepare("SELECT 1 FROM pragma_table_info('blobs') WHERE name = 'owner'")?
+        .prepare(&format!(
+            "SELECT 1 FROM pragma_table_info('{table}') WHERE name = '{column}'"
+        ))?
         .exists([])?;
     if !has {
-        conn.execute_batch("ALTER TABLE blobs ADD COLUMN owner TEXT NOT NULL DEFAULT ''")?;
+        conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
     }
     Ok(())
+}
+
+/// Databases made before blobs had owners gain the column (owner '' is
+/// whichever node opens it: the only one there was), and users made before
+/// login keys log in with their RSA key until they bind one.
+fn add_late_columns(conn: &Connection) -> rusqlite::Result<()> {
+    add_column(conn, "blobs", "owner", "TEXT NOT NULL DEFAULT ''")?;
+    add_column(conn, "users", "login_key", "BLOB")
 }
 
 fn random_id() -> [u8; 16] {
@@ -375,7 +385,7 @@ impl SqliteStore {
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
         let mut conn = conn;
         migrate_queue(&mut conn).map_err(unavailable)?;
-        add_blob_owner(&conn).map_err(unavailable)?;
+        add_late_columns(&conn).map_err(unavailable)?;
         let (jobs, queue) = std::sync::mpsc::channel::<Request>();
         std::thread::Builder::new()
             .name("fastchat-store".into())
@@ -500,8 +510,14 @@ fn run_group(
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn create_user(&self, name: &str, public_key: &[u8]) -> Result<(), StoreError> {
+    async fn create_user(
+        &self,
+        name: &str,
+        public_key: &[u8],
+        login_key: Option<[u8; 32]>,
+    ) -> Result<(), StoreError> {
         let (name, key) = (name.to_string(), public_key.to_vec());
+        let login = login_key.map(|k| k.to_vec());
         self.with(move |c| {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -509,8 +525,8 @@ impl Store for SqliteStore {
                 .unwrap_or(0);
             let n = c
                 .execute(
-                    "INSERT OR IGNORE INTO users(name, public_key, created_at) VALUES (?1, ?2, ?3)",
-                    params![name, key, now],
+                    "INSERT OR IGNORE INTO users(name, public_key, created_at, login_key) VALUES (?1, ?2, ?3, ?4)",
+                    params![name, key, now, login],
                 )
                 .map_err(unavailable)?;
             if n == 0 {
@@ -531,6 +547,44 @@ impl Store for SqliteStore {
             )
             .optional()
             .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn user_keys(&self, name: &str) -> Result<Option<UserKeys>, StoreError> {
+        let name = name.to_string();
+        self.read(move |c| {
+            c.prepare_cached("SELECT public_key, login_key FROM users WHERE name = ?1")
+                .and_then(|mut s| {
+                    s.query_row(params![name], |r| {
+                        Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Option<Vec<u8>>>(1)?))
+                    })
+                    .optional()
+                })
+                .map_err(unavailable)
+                .map(|row| {
+                    row.map(|(public_key, login)| UserKeys {
+                        public_key,
+                        login_key: login.and_then(|k| k.try_into().ok()),
+                    })
+                })
+        })
+        .await
+    }
+
+    async fn set_login_key(&self, name: &str, login_key: [u8; 32]) -> Result<(), StoreError> {
+        let name = name.to_string();
+        self.with(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE users SET login_key = ?2 WHERE name = ?1",
+                    params![name, &login_key[..]],
+                )
+                .map_err(unavailable)?;
+            if n == 0 {
+                return Err(StoreError::UnknownUser);
+            }
+            Ok(())
         })
         .await
     }
@@ -1008,7 +1062,7 @@ mod tests {
     #[tokio::test]
     async fn close_shuts_the_file_and_later_calls_fail() {
         let (dir, s) = store();
-        s.create_user("alice", b"key").await.unwrap();
+        s.create_user("alice", b"key", None).await.unwrap();
         assert!(dir.path().join("node.db-wal").exists());
         s.close().await;
         // SQLite removes the WAL when its last connection closes cleanly.
@@ -1044,8 +1098,8 @@ mod tests {
         let bob = s.pending("bob", 0, 10).await.unwrap();
         assert_eq!(bob, vec![(1, vec![0xaa]), (2, vec![0xbb])]);
         // New positions continue after the highest ever handed out (3, deleted).
-        s.create_user("alice", b"k").await.unwrap();
-        s.create_user("bob", b"k").await.unwrap();
+        s.create_user("alice", b"k", None).await.unwrap();
+        s.create_user("bob", b"k", None).await.unwrap();
         let seq = s
             .request_friend("alice", "bob", b"req")
             .await
@@ -1069,6 +1123,12 @@ mod tests {
     async fn blobs_resume_count_quota_move_and_go_when_all_have_them() {
         let (_d, s) = store();
         conformance::blobs_resume_count_quota_move_and_go_when_all_have_them(&s).await;
+    }
+
+    #[tokio::test]
+    async fn login_keys_are_stored_and_rebound() {
+        let (_d, s) = store();
+        conformance::login_keys_are_stored_and_rebound(&s).await;
     }
 
     #[tokio::test]
