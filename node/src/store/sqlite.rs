@@ -218,7 +218,9 @@ fn migrate_queue(conn: &mut Connection) -> rusqlite::Result<()> {
             |r| r.get(0),
         )
         .optional()?;
-    let tx = conn.transaction()?;
+    // IMMEDIATE: nodes sharing the file may be writing; a deferred
+    // transaction upgrading to a write would fail at once instead of waiting.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     if old.is_some_and(|sql| sql.contains("AUTOINCREMENT")) {
         tx.execute_batch(
             "DROP INDEX IF EXISTS queue_by_recipient;
