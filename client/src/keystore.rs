@@ -324,6 +324,8 @@ pub enum Transfers {
 /// The open keystore.
 pub struct Keystore {
     conn: Connection,
+    /// Checkpoints the log off the commit path; stops once `conn` closes.
+    _checkpointer: fastchat_sqlite::Checkpointer,
     vault: Vault,
     /// Friends' keys with their ciphers ready, so a text costs no lookup.
     /// Dropped for a peer whenever it is written, and whole on rollback.
@@ -388,13 +390,15 @@ impl Vault {
     }
 }
 
-fn open_conn(path: &Path) -> Result<Connection, ClientError> {
-    let conn = Connection::open(path)?;
+fn open_conn(path: &Path) -> Result<(Connection, fastchat_sqlite::Checkpointer), ClientError> {
+    let mut conn = Connection::open(path)?;
     conn.execute_batch(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;",
     )?;
     conn.execute_batch(SCHEMA)?;
-    Ok(conn)
+    let checkpointer = fastchat_sqlite::Checkpointer::start(path, &mut conn)
+        .map_err(|e| ClientError::Keystore(e.to_string()))?;
+    Ok((conn, checkpointer))
 }
 
 impl Keystore {
@@ -406,7 +410,7 @@ impl Keystore {
         signing: &SigningIdentity,
         passphrase: Option<&str>,
     ) -> Result<Self, ClientError> {
-        let mut conn = open_conn(path)?;
+        let (mut conn, checkpointer) = open_conn(path)?;
         let mut salt = [0u8; KDF_SALT];
         let vault = match passphrase {
             Some(p) => {
@@ -439,6 +443,7 @@ impl Keystore {
         restrict_permissions(path);
         Ok(Self {
             conn,
+            _checkpointer: checkpointer,
             vault,
             friend_keys: Default::default(),
         })
@@ -462,8 +467,10 @@ impl Keystore {
         if !path.exists() {
             return Err(ClientError::NotRegistered(home.to_path_buf()));
         }
+        let (conn, checkpointer) = open_conn(&path)?;
         let mut ks = Self {
-            conn: open_conn(&path)?,
+            conn,
+            _checkpointer: checkpointer,
             vault: Vault::Plain,
             friend_keys: Default::default(),
         };

@@ -9,6 +9,7 @@ use std::path::Path;
 use async_trait::async_trait;
 use fastchat_proto::MessageId;
 use fastchat_proto::control::Relation;
+use fastchat_sqlite::Checkpointer;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
@@ -388,10 +389,12 @@ impl SqliteStore {
         let mut conn = conn;
         migrate_queue(&mut conn).map_err(unavailable)?;
         add_late_columns(&conn).map_err(unavailable)?;
+        let checkpointer = Checkpointer::start(path, &mut conn)
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let (jobs, queue) = std::sync::mpsc::channel::<Request>();
         std::thread::Builder::new()
             .name("fastchat-store".into())
-            .spawn(move || writer(conn, queue))
+            .spawn(move || writer(conn, checkpointer, queue))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the store thread: {e}")))?;
         Ok(Self { jobs })
     }
@@ -437,7 +440,11 @@ impl SqliteStore {
 /// undoes only itself) and answers them after the one commit. With a single
 /// call waiting it commits at once: nothing waits on a timer. Ends on
 /// `close` or when the last handle to the store is dropped.
-fn writer(mut conn: Connection, queue: std::sync::mpsc::Receiver<Request>) {
+fn writer(
+    mut conn: Connection,
+    checkpointer: Checkpointer,
+    queue: std::sync::mpsc::Receiver<Request>,
+) {
     let mut group: Vec<Box<dyn Call>> = Vec::new();
     let mut closing = None;
     while let Ok(first) = queue.recv() {
@@ -468,8 +475,10 @@ fn writer(mut conn: Connection, queue: std::sync::mpsc::Receiver<Request>) {
         }
     }
     // The file must be shut before `close` returns, so a stopped node
-    // leaves nothing open on its disk.
+    // leaves nothing open on its disk: the writer's connection, then the
+    // checkpointer's (which stops once the writer's hook is gone).
     drop(conn);
+    checkpointer.join();
     if let Some(closed) = closing {
         let _ = closed.send(());
     }
