@@ -206,6 +206,13 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot start node {k}"))?;
         nodes.push(node);
     }
+    // Ready means a client can register now: every node has reported.
+    if !balancer
+        .wait_for_nodes(nodes.len(), std::time::Duration::from_secs(10))
+        .await
+    {
+        tracing::warn!("not every node has reported to the balancer yet");
+    }
     let bus_note = match (&nats, &bus) {
         (Some(server), _) => format!(" over nats-server {}", server.url()),
         (None, Some(url)) => format!(" over {url}"),

@@ -58,12 +58,34 @@ pub enum BalancerError {
 pub struct BalancerHandle {
     endpoint: Endpoint,
     accept: JoinHandle<()>,
+    registry: Arc<Mutex<Registry>>,
 }
 
 impl BalancerHandle {
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.endpoint.local_addr().expect("bound endpoint")
+    }
+
+    /// Waits until at least `n` nodes have reported, for at most `limit`;
+    /// false if they did not in time.
+    pub async fn wait_for_nodes(&self, n: usize, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            let live = self
+                .registry
+                .lock()
+                .expect("registry lock")
+                .live(Instant::now())
+                .len();
+            if live >= n {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Stops accepting and closes every connection.
@@ -84,8 +106,12 @@ pub async fn start(config: BalancerConfig) -> Result<BalancerHandle, BalancerErr
         config.node_timeout,
     )));
     tracing::info!(addr = %endpoint.local_addr().expect("bound"), strategy = %config.strategy, "balancer listening");
-    let accept = tokio::spawn(accept_loop(endpoint.clone(), registry));
-    Ok(BalancerHandle { endpoint, accept })
+    let accept = tokio::spawn(accept_loop(endpoint.clone(), registry.clone()));
+    Ok(BalancerHandle {
+        endpoint,
+        accept,
+        registry,
+    })
 }
 
 async fn accept_loop(endpoint: Endpoint, registry: Arc<Mutex<Registry>>) {
