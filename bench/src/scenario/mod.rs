@@ -91,9 +91,8 @@ pub async fn befriend(pairs: &[(Arc<Client>, Arc<Client>)]) -> anyhow::Result<()
 /// so the receiver can compute the latency on the same clock.
 pub fn stamped(start: Instant, size: usize) -> String {
     let mut s = format!("{:020}", start.elapsed().as_nanos());
-    while s.len() < size {
-        s.push('.');
-    }
+    let pad = size.saturating_sub(s.len());
+    s.extend(std::iter::repeat_n('.', pad));
     s
 }
 
