@@ -6,7 +6,7 @@ mod common;
 use std::fs::File;
 use std::process::{Command, Stdio};
 
-use common::{ChildGuard, befriend, contains, free_port};
+use common::{ChildGuard, befriend, contains, free_port, unshown_texts};
 use fastchat_balancer::BalancerConfig;
 use fastchat_client::{Client, InboxKind};
 
@@ -38,20 +38,7 @@ fn spawn_node(dir: &std::path::Path, port: u16, balancer: &str) -> ChildGuard {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_queue_survives_sigkill_and_holds_no_plaintext() {
     let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    fastchat_certs::generate(&certs, &[], false).unwrap();
-    let balancer = fastchat_balancer::start(BalancerConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        certs.clone(),
-    ))
-    .await
-    .unwrap();
-    let server = balancer.local_addr().to_string();
-    let ca = certs.join("ca.pem");
-    let port = free_port();
-
-    let mut node = spawn_node(dir.path(), port, &server);
-    wait_for_nodes(&ca, &server).await;
+    let (balancer, server, ca, port, mut node) = balancer_and_node(dir.path()).await;
 
     let home = |u: &str| dir.path().join("homes").join(u);
     let alice = Client::register(&home("alice"), "alice", &server, &ca)
@@ -124,6 +111,33 @@ async fn offline_queue_survives_sigkill_and_holds_no_plaintext() {
     balancer.shutdown().await;
 }
 
+/// Certificates, a balancer in this process, and a node process reporting
+/// to it on a free port: (balancer, its address, CA file, node port, node).
+async fn balancer_and_node(
+    dir: &std::path::Path,
+) -> (
+    fastchat_balancer::BalancerHandle,
+    String,
+    std::path::PathBuf,
+    u16,
+    ChildGuard,
+) {
+    let certs = dir.join("certs");
+    fastchat_certs::generate(&certs, &[], false).unwrap();
+    let balancer = fastchat_balancer::start(BalancerConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        certs.clone(),
+    ))
+    .await
+    .unwrap();
+    let server = balancer.local_addr().to_string();
+    let ca = certs.join("ca.pem");
+    let port = free_port();
+    let node = spawn_node(dir, port, &server);
+    wait_for_nodes(&ca, &server).await;
+    (balancer, server, ca, port, node)
+}
+
 async fn wait_for_nodes(ca: &std::path::Path, server: &str) {
     common::wait_for_balancer(ca, server, "a node", |live| !live.is_empty()).await;
 }
@@ -140,19 +154,7 @@ async fn sigkill_inside_group_commits_loses_no_acknowledged_text() {
 
     const SENDERS: usize = 6;
     let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    fastchat_certs::generate(&certs, &[], false).unwrap();
-    let balancer = fastchat_balancer::start(BalancerConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        certs.clone(),
-    ))
-    .await
-    .unwrap();
-    let server = balancer.local_addr().to_string();
-    let ca = certs.join("ca.pem");
-    let port = free_port();
-    let mut node = spawn_node(dir.path(), port, &server);
-    wait_for_nodes(&ca, &server).await;
+    let (balancer, server, ca, port, mut node) = balancer_and_node(dir.path()).await;
 
     let home = |u: &str| dir.path().join("homes").join(u);
     let bob = Client::register(&home("bob"), "bob", &server, &ca)
@@ -234,13 +236,7 @@ async fn sigkill_inside_group_commits_loses_no_acknowledged_text() {
 
     let bob = Client::connect(&home("bob")).await.unwrap();
     bob.sync().await.unwrap();
-    let got: Vec<String> = bob
-        .unshown()
-        .unwrap()
-        .into_iter()
-        .filter(|i| i.kind == InboxKind::Text)
-        .map(|i| i.text)
-        .collect();
+    let got = unshown_texts(&bob);
     let unique: HashSet<&String> = got.iter().collect();
     assert_eq!(unique.len(), got.len(), "a text was shown twice");
     let acked = acked.lock().unwrap().clone();
@@ -300,13 +296,7 @@ async fn a_recipient_killed_between_commit_and_ack_shows_each_text_once() {
     // ...and still queued at the node, since it was never acknowledged.
     assert!(bob.pending_at_login() > 0, "the node still had the batch");
     bob.sync().await.unwrap();
-    let texts: Vec<String> = bob
-        .unshown()
-        .unwrap()
-        .into_iter()
-        .filter(|i| i.kind == InboxKind::Text)
-        .map(|i| i.text)
-        .collect();
+    let texts = unshown_texts(&bob);
     let want: Vec<String> = (0..50).map(|i| format!("t{i:02}")).collect();
     assert_eq!(texts, want, "each text once, in order");
     bob.close().await;

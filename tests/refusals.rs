@@ -374,12 +374,6 @@ async fn a_replayed_message_id_is_shown_once() {
         assert!(ack.result.is_ok(), "{:?}", ack.result);
     }
     bob.sync().await.unwrap();
-    let texts: Vec<_> = bob
-        .unshown()
-        .unwrap()
-        .into_iter()
-        .filter(|i| i.kind == InboxKind::Text)
-        .map(|i| i.text)
-        .collect();
+    let texts = common::unshown_texts(&bob);
     assert_eq!(texts, vec!["only once".to_string()]);
 }

@@ -123,13 +123,7 @@ async fn texting_before_acceptance_and_to_strangers_is_refused() {
     bob.friend_add("alice").await.unwrap();
     alice.send_text("bob", "now it works").await.unwrap();
     bob.sync().await.unwrap();
-    let texts: Vec<_> = bob
-        .unshown()
-        .unwrap()
-        .into_iter()
-        .filter(|i| i.kind == InboxKind::Text)
-        .map(|i| i.text)
-        .collect();
+    let texts = common::unshown_texts(&bob);
     assert_eq!(texts, vec!["now it works".to_string()]);
 }
 
@@ -151,13 +145,7 @@ async fn many_concurrent_sends_each_get_their_own_ack() {
     ids.dedup();
     assert_eq!(ids.len(), 300);
     bob.sync().await.unwrap();
-    let mut texts: Vec<_> = bob
-        .unshown()
-        .unwrap()
-        .into_iter()
-        .filter(|i| i.kind == InboxKind::Text)
-        .map(|i| i.text)
-        .collect();
+    let mut texts = common::unshown_texts(&bob);
     texts.sort();
     let mut want: Vec<_> = (0..300).map(|i| format!("m{i}")).collect();
     want.sort();

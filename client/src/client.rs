@@ -364,7 +364,7 @@ impl Client {
         let profile = keystore.profile()?;
         let identity = keystore.identity()?;
         let signing = keystore.signing_identity()?;
-        let (login_key, _new) = keystore.login_identity()?;
+        let login_key = keystore.login_identity()?;
         let ca = parse_ca(&profile.ca_pem, &home.join(KEYSTORE_FILE))?;
         let endpoint = client_endpoint(&ca, None)?;
         let (conn, control) = reach_node(&endpoint, &profile.server).await?;

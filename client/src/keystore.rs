@@ -540,16 +540,16 @@ impl Keystore {
     }
 
     /// The user's Ed25519 login key, or a new one (stored) if this keystore
-    /// has none yet (it was made before login keys); `true` if it is new.
-    /// A login binds it at the node whenever the node holds another.
-    pub fn login_identity(&self) -> Result<(SigningIdentity, bool), ClientError> {
+    /// has none yet (it was made before login keys). A login binds it at the
+    /// node whenever the node holds another.
+    pub fn login_identity(&self) -> Result<SigningIdentity, ClientError> {
         if let Some(sealed) = self.setting("login_key")? {
             let seed = self.vault.open("login_key", &sealed)?;
-            return Ok((SigningIdentity::from_seed(&seed)?, false));
+            return Ok(SigningIdentity::from_seed(&seed)?);
         }
         let key = SigningIdentity::generate()?;
         self.set_login_identity(&key)?;
-        Ok((key, true))
+        Ok(key)
     }
 
     /// Stores `key` as the user's login key.

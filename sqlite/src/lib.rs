@@ -102,6 +102,22 @@ impl Checkpointer {
 mod tests {
     use super::*;
 
+    /// A WAL database in a temp dir with one table, its checkpoints taken over.
+    fn wal_database() -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        Connection,
+        Checkpointer,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let mut c = Connection::open(&path).unwrap();
+        c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x BLOB);")
+            .unwrap();
+        let ckpt = Checkpointer::start(&path, &mut c).unwrap();
+        (dir, path, c, ckpt)
+    }
+
     fn insert_pages(c: &mut Connection, pages: i32) {
         for _ in 0..(pages / 50) {
             let tx = c.transaction().unwrap();
@@ -115,12 +131,7 @@ mod tests {
 
     #[test]
     fn the_other_thread_copies_the_log_into_the_database() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
-        let mut c = Connection::open(&path).unwrap();
-        c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x BLOB);")
-            .unwrap();
-        let ckpt = Checkpointer::start(&path, &mut c).unwrap();
+        let (_dir, path, mut c, ckpt) = wal_database();
         // Past the thread's threshold, far below the writer's own.
         insert_pages(&mut c, CHECKPOINT_PAGES + 200);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -137,12 +148,7 @@ mod tests {
 
     #[test]
     fn the_log_reaches_the_database_and_stays_bounded_and_all_closes() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
-        let mut c = Connection::open(&path).unwrap();
-        c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x BLOB);")
-            .unwrap();
-        let ckpt = Checkpointer::start(&path, &mut c).unwrap();
+        let (dir, path, mut c, ckpt) = wal_database();
         // Writes that never pause, far past both thresholds: the log is
         // copied into the database and stays bounded.
         insert_pages(&mut c, 3 * INLINE_PAGES);

@@ -210,6 +210,17 @@ pub async fn next_text(
     .expect("the text arrives")
 }
 
+/// The texts `client` has stored and not yet shown, oldest first.
+pub fn unshown_texts(client: &fastchat_client::Client) -> Vec<String> {
+    client
+        .unshown()
+        .unwrap()
+        .into_iter()
+        .filter(|i| i.kind == fastchat_client::InboxKind::Text)
+        .map(|i| i.text)
+        .collect()
+}
+
 /// Makes two users friends through the SDK.
 pub async fn befriend(a: &fastchat_client::Client, b: &fastchat_client::Client) {
     assert_eq!(
