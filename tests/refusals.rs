@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Cluster, RawClient, befriend};
-use fastchat_client::{Client, ClientError, InboxKind};
+use fastchat_client::{Client, ClientError};
 use fastchat_crypto::{Identity, SigningIdentity, transcript};
 use fastchat_proto::control::Request;
 use fastchat_proto::envelope::{Outgoing, OutgoingText, Sealed, SendAck};
