@@ -16,23 +16,16 @@ use fastchat_transport::quinn::Connection;
 use fastchat_transport::{read_frame, write_frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::client::Core;
+use crate::core::Core;
 use crate::error::ClientError;
-use crate::keystore::{Attachment, InboxItem, InboxKind, Transfers};
+use crate::keystore::{TransferState, Transfers};
 use crate::transfer::{
-    Direction, DownloadRecord, Progress, SEALED_CHUNK, candidate, chunk_count, chunk_len,
-    safe_file_name,
+    DownloadRecord, SEALED_CHUNK, candidate, chunk_count, chunk_len, safe_file_name,
 };
+use crate::types::{Attachment, Direction, InboxItem, InboxKind, Progress};
 
 /// Where received files go inside a home.
 pub const DOWNLOADS_DIR: &str = "downloads";
-
-fn file_err(path: &Path) -> impl Fn(std::io::Error) -> ClientError + '_ {
-    move |e| ClientError::File {
-        path: path.to_path_buf(),
-        why: e.to_string(),
-    }
-}
 
 /// Starts downloading `rec` unless it is already running.
 pub(crate) fn spawn(core: Arc<Core>, conn: Connection, rec: DownloadRecord) {
@@ -79,7 +72,7 @@ async fn run(
     let dir = core.home.join(DOWNLOADS_DIR);
     tokio::fs::create_dir_all(&dir)
         .await
-        .map_err(file_err(&dir))?;
+        .map_err(ClientError::io(&dir))?;
     let partial = dir.join(format!(
         ".partial-{}-{}",
         safe_file_name(&rec.from),
@@ -96,14 +89,20 @@ async fn run(
         .truncate(false)
         .open(&partial)
         .await
-        .map_err(file_err(&partial))?;
-    let existing = file.metadata().await.map_err(file_err(&partial))?.len();
+        .map_err(ClientError::io(&partial))?;
+    let existing = file
+        .metadata()
+        .await
+        .map_err(ClientError::io(&partial))?
+        .len();
     let mut index = (existing / IMAGE_CHUNK as u64).min(chunks - 1);
     if size == 0 {
         index = 0;
     }
     let kept = (index * IMAGE_CHUNK as u64).min(size);
-    file.set_len(kept).await.map_err(file_err(&partial))?;
+    file.set_len(kept)
+        .await
+        .map_err(ClientError::io(&partial))?;
     let mut hasher = Hasher::default();
     {
         let mut left = kept;
@@ -112,7 +111,7 @@ async fn run(
             let n = (left as usize).min(buf.len());
             file.read_exact(&mut buf[..n])
                 .await
-                .map_err(file_err(&partial))?;
+                .map_err(ClientError::io(&partial))?;
             hasher.update(&buf[..n]);
             left -= n as u64;
         }
@@ -179,13 +178,15 @@ async fn run(
             Err(_) => return Err(fail(core, rec, &partial, "a chunk failed authentication").await),
         };
         pending.drain(..want);
-        file.write_all(&plain).await.map_err(file_err(&partial))?;
+        file.write_all(&plain)
+            .await
+            .map_err(ClientError::io(&partial))?;
         hasher.update(&plain);
         index += 1;
         report((index * IMAGE_CHUNK as u64).min(size));
     }
-    file.flush().await.map_err(file_err(&partial))?;
-    file.sync_all().await.map_err(file_err(&partial))?;
+    file.flush().await.map_err(ClientError::io(&partial))?;
+    file.sync_all().await.map_err(ClientError::io(&partial))?;
     drop(file);
     let digest = hasher.finish();
     if digest != rec.header.sha256 {
@@ -219,9 +220,14 @@ async fn run(
     {
         let ks = core.keystore.lock().expect("keystore lock");
         ks.begin()?;
-        let stored = ks
-            .insert_inbox(vec![item.clone()])
-            .and_then(|_| ks.set_transfer_state(Transfers::Downloads, &rec.from, &rec.id, "done"));
+        let stored = ks.insert_inbox(vec![item.clone()]).and_then(|_| {
+            ks.set_transfer_state(
+                Transfers::Downloads,
+                &rec.from,
+                &rec.id,
+                TransferState::Done,
+            )
+        });
         match stored {
             Ok(()) => ks.commit()?,
             Err(e) => {
@@ -254,10 +260,10 @@ async fn place(dir: &Path, partial: &Path, title: &str) -> Result<PathBuf, Clien
                 return Ok(path);
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(file_err(&path)(e)),
+            Err(e) => return Err(ClientError::io(&path)(e)),
         }
     }
-    Err(ClientError::File {
+    Err(ClientError::Unusable {
         path: dir.join(name),
         why: "no free name left".into(),
     })
@@ -266,7 +272,12 @@ async fn place(dir: &Path, partial: &Path, title: &str) -> Result<PathBuf, Clien
 async fn fail(core: &Core, rec: &DownloadRecord, partial: &Path, why: &str) -> ClientError {
     let _ = tokio::fs::remove_file(partial).await;
     if let Ok(ks) = core.keystore.lock() {
-        let _ = ks.set_transfer_state(Transfers::Downloads, &rec.from, &rec.id, "failed");
+        let _ = ks.set_transfer_state(
+            Transfers::Downloads,
+            &rec.from,
+            &rec.id,
+            TransferState::Failed,
+        );
     }
     ClientError::Corrupt {
         title: rec.header.title.clone(),

@@ -32,7 +32,24 @@ pub enum ClientError {
     },
     /// The keystore could not be read or written.
     #[error("the keystore failed: {0}")]
-    Keystore(String),
+    Keystore(#[from] rusqlite::Error),
+    /// The keystore's background checkpointer could not start.
+    #[error("the keystore failed: {0}")]
+    Checkpoint(#[from] fastchat_sqlite::Error),
+    /// An entry in the keystore does not decode.
+    #[error(
+        "the keystore is damaged ({0}); restore it from a backup, or register again in another --home"
+    )]
+    Damaged(String),
+    /// No key could be derived from the passphrase.
+    #[error("cannot derive a key from the passphrase: {0}")]
+    KeyDerivation(String),
+    /// A message could not be encoded.
+    #[error("cannot encode a message: {0}")]
+    Encode(#[from] fastchat_proto::FrameError),
+    /// A background task died.
+    #[error("a background task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
     /// Networking failed.
     #[error(transparent)]
     Transport(#[from] fastchat_transport::TransportError),
@@ -79,9 +96,18 @@ pub enum ClientError {
     /// Not in the group.
     #[error("{0} is not a member of that group")]
     NotMember(String),
-    /// A local file could not be read or written.
-    #[error("cannot use {path}: {why}")]
+    /// A local file or directory could not be read or written.
+    #[error("cannot use {path}: {source}")]
     File {
+        /// The file.
+        path: PathBuf,
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A local file is not one we can use.
+    #[error("cannot use {path}: {why}")]
+    Unusable {
         /// The file.
         path: PathBuf,
         /// What went wrong.
@@ -119,8 +145,12 @@ pub enum ClientError {
     UnexpectedReply,
 }
 
-impl From<rusqlite::Error> for ClientError {
-    fn from(e: rusqlite::Error) -> Self {
-        ClientError::Keystore(e.to_string())
+impl ClientError {
+    /// A [`ClientError::File`] maker for `path`, for `map_err`.
+    pub(crate) fn io(path: &std::path::Path) -> impl Fn(std::io::Error) -> Self + '_ {
+        move |source| ClientError::File {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }

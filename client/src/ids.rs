@@ -14,10 +14,7 @@ use crate::error::ClientError;
 pub(crate) fn new_message_id() -> Result<MessageId, ClientError> {
     let mut id = [0u8; 16];
     fastchat_crypto::random_bytes(&mut id[6..])?;
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let ms = fastchat_proto::now_ms();
     id[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
     Ok(MessageId(id))
 }

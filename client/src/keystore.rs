@@ -4,12 +4,16 @@
 
 use std::path::Path;
 
+use crate::error::ClientError;
+use crate::room::Change;
+use crate::transfer::DownloadRecord;
+pub use crate::types::{
+    Attachment, Conversation, GroupState, HistoryEntry, InboxItem, InboxKind, MessageState, Peer,
+    PeerState,
+};
 use fastchat_crypto::{ConversationKey, Identity, SigningIdentity};
 use fastchat_proto::group::RosterEntry;
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::Serialize;
-
-use crate::error::ClientError;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS settings(
@@ -83,193 +87,6 @@ pub struct Profile {
     pub ca_pem: Vec<u8>,
 }
 
-/// How a peer relates to us.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PeerState {
-    /// We asked them; waiting for their key.
-    Requested,
-    /// They asked us; `friend add` accepts.
-    Incoming,
-    /// Friends with a shared conversation key.
-    Friend,
-}
-
-impl PeerState {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Requested => "requested",
-            Self::Incoming => "incoming",
-            Self::Friend => "friend",
-        }
-    }
-
-    fn parse(s: &str) -> Self {
-        match s {
-            "friend" => Self::Friend,
-            "incoming" => Self::Incoming,
-            _ => Self::Requested,
-        }
-    }
-}
-
-/// A peer as the keystore knows them.
-#[derive(Clone)]
-pub struct Peer {
-    /// Their name.
-    pub name: String,
-    /// Their RSA public key (SPKI DER), as first seen.
-    pub public_key: Vec<u8>,
-    /// Their Ed25519 signing key, once certified by the friend handshake.
-    pub signing_key: Option<[u8; 32]>,
-    /// Where the friendship stands.
-    pub state: PeerState,
-    /// The conversation key, once friends.
-    pub key: Option<ConversationKey>,
-}
-
-/// What kind of entry an inbox item is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum InboxKind {
-    /// A text message.
-    Text,
-    /// Someone asked to be friends.
-    FriendRequest,
-    /// Someone accepted our friend request.
-    FriendAccepted,
-    /// A member joined a group (possibly us).
-    MemberAdded,
-    /// A member was removed from a group.
-    MemberRemoved,
-    /// We were removed from a group.
-    YouWereRemoved,
-    /// An image, saved under the home's downloads.
-    Image,
-    /// A file, saved under the home's downloads.
-    File,
-}
-
-impl InboxKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Text => "text",
-            Self::FriendRequest => "friend_request",
-            Self::FriendAccepted => "friend_accepted",
-            Self::MemberAdded => "member_added",
-            Self::MemberRemoved => "member_removed",
-            Self::YouWereRemoved => "you_were_removed",
-            Self::Image => "image",
-            Self::File => "file",
-        }
-    }
-
-    fn parse(s: &str) -> Self {
-        match s {
-            "friend_request" => Self::FriendRequest,
-            "friend_accepted" => Self::FriendAccepted,
-            "member_added" => Self::MemberAdded,
-            "member_removed" => Self::MemberRemoved,
-            "you_were_removed" => Self::YouWereRemoved,
-            "image" => Self::Image,
-            "file" => Self::File,
-            _ => Self::Text,
-        }
-    }
-}
-
-/// Something received, decrypted and stored.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct InboxItem {
-    /// Unique id (the sender's message id for texts).
-    pub id: [u8; 16],
-    /// Who it is from.
-    pub from: String,
-    /// What it is.
-    pub kind: InboxKind,
-    /// The group it concerns, for group traffic.
-    pub group: Option<String>,
-    /// The member who joined or left, for membership changes.
-    pub member: Option<String>,
-    /// The saved file, for images and files.
-    pub attachment: Option<Attachment>,
-    /// The text, for texts; empty otherwise.
-    pub text: String,
-    /// When the sender sent it (ms since the Unix epoch).
-    pub sent_at_ms: u64,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// A received image or file, checked and saved.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Attachment {
-    /// Where it was saved.
-    pub path: String,
-    /// Its size.
-    pub bytes: u64,
-    /// Its SHA-256, hex.
-    pub sha256: String,
-}
-
-/// A group as this user knows it.
-#[derive(Clone)]
-pub struct GroupState {
-    /// The node's id for it.
-    pub id: u64,
-    /// Its name.
-    pub name: String,
-    /// Its admin.
-    pub admin: String,
-    /// The newest epoch we know.
-    pub epoch: u64,
-    /// Whether we are still a member.
-    pub member: bool,
-    /// Members at that epoch (empty once removed).
-    pub roster: Vec<RosterEntry>,
-    /// The key at that epoch (none once removed).
-    pub key: Option<ConversationKey>,
-}
-
-/// A conversation: a friend or a group.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Conversation {
-    /// With one friend.
-    Friend(String),
-    /// In a group.
-    Group(String),
-}
-
-/// One line of a conversation's history.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HistoryEntry {
-    /// The message's id.
-    pub id: [u8; 16],
-    /// Who wrote it (the sender, or our name for ours).
-    pub from: String,
-    /// Whether we sent it.
-    pub outgoing: bool,
-    /// What it is.
-    pub kind: InboxKind,
-    /// The text (empty for events).
-    pub text: String,
-    /// The member concerned, for membership events.
-    pub member: Option<String>,
-    /// The saved file, for images and files.
-    pub path: Option<String>,
-    /// When it was sent (ms since the Unix epoch).
-    pub sent_at_ms: u64,
-    /// For ours: "sent" once the node stored it.
-    pub state: String,
-    /// Which conversation it belongs to.
-    pub conversation: Conversation,
-}
-
 fn conversation_filter(c: &Conversation) -> (&'static str, &str) {
     match c {
         Conversation::Friend(n) => ("grp IS NULL AND peer = ?1", n.as_str()),
@@ -293,7 +110,7 @@ fn row_to_history(r: &rusqlite::Row<'_>, me: &str) -> rusqlite::Result<HistoryEn
         kind: InboxKind::parse(&r.get::<_, String>(3)?),
         text: r.get(4)?,
         sent_at_ms: r.get::<_, i64>(5)? as u64,
-        state: r.get(6)?,
+        state: MessageState::parse(&r.get::<_, String>(6)?),
         path: r.get(7)?,
         member: r.get(9)?,
         conversation: match grp {
@@ -319,6 +136,30 @@ pub enum Transfers {
     Uploads,
     /// Images we receive.
     Downloads,
+}
+
+/// Where a transfer stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransferState {
+    /// A download announced to us, not yet in place.
+    Pending,
+    /// An upload the node does not have all of yet.
+    Uploading,
+    /// Finished.
+    Done,
+    /// Given up (the node refused it, or the file failed its checks).
+    Failed,
+}
+
+impl TransferState {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Uploading => "uploading",
+            Self::Done => "done",
+            Self::Failed => "failed",
+        }
+    }
 }
 
 /// The open keystore.
@@ -351,7 +192,7 @@ fn derive(passphrase: &str, salt: &[u8]) -> Result<ConversationKey, ClientError>
     let mut key = zeroize::Zeroizing::new([0u8; 32]);
     argon2::Argon2::default()
         .hash_password_into(passphrase.as_bytes(), salt, &mut key[..])
-        .map_err(|e| ClientError::Keystore(e.to_string()))?;
+        .map_err(|e| ClientError::KeyDerivation(e.to_string()))?;
     Ok(ConversationKey::from_bytes(*key))
 }
 
@@ -373,7 +214,7 @@ impl Vault {
         match self {
             Vault::Plain => Ok(zeroize::Zeroizing::new(stored.to_vec())),
             Vault::Sealed(k) => {
-                let corrupt = || ClientError::Keystore(format!("the sealed '{label}' is corrupt"));
+                let corrupt = || ClientError::Damaged(format!("the sealed '{label}' is corrupt"));
                 if stored.len() < 12 {
                     return Err(corrupt());
                 }
@@ -396,8 +237,7 @@ fn open_conn(path: &Path) -> Result<(Connection, fastchat_sqlite::Checkpointer),
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;",
     )?;
     conn.execute_batch(SCHEMA)?;
-    let checkpointer = fastchat_sqlite::Checkpointer::start(path, &mut conn)
-        .map_err(|e| ClientError::Keystore(e.to_string()))?;
+    let checkpointer = fastchat_sqlite::Checkpointer::start(path, &mut conn)?;
     Ok((conn, checkpointer))
 }
 
@@ -506,7 +346,7 @@ impl Keystore {
 
     fn required(&self, key: &str) -> Result<Vec<u8>, ClientError> {
         self.setting(key)?
-            .ok_or_else(|| ClientError::Keystore(format!("the keystore lacks '{key}'")))
+            .ok_or_else(|| ClientError::Damaged(format!("it lacks '{key}'")))
     }
 
     /// The stored profile of the identity in `home`, without logging in.
@@ -517,7 +357,7 @@ impl Keystore {
     /// The stored profile.
     pub fn profile(&self) -> Result<Profile, ClientError> {
         let text =
-            |v: Vec<u8>| String::from_utf8(v).map_err(|e| ClientError::Keystore(e.to_string()));
+            |v: Vec<u8>| String::from_utf8(v).map_err(|e| ClientError::Damaged(e.to_string()));
         Ok(Profile {
             name: text(self.required("name")?)?,
             server: text(self.required("server")?)?,
@@ -581,6 +421,54 @@ impl Keystore {
         self.friend_keys.borrow_mut().clear();
     }
 
+    /// Runs `f` in one transaction: committed if it succeeds, rolled back
+    /// (with every cache it touched) if not.
+    pub(crate) fn transaction<T>(
+        &self,
+        f: impl FnOnce(&Self) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        self.begin()?;
+        match f(self) {
+            Ok(v) => {
+                self.commit()?;
+                Ok(v)
+            }
+            Err(e) => {
+                self.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes a change a protocol room decided on.
+    pub(crate) fn apply(&self, change: &Change) -> Result<(), ClientError> {
+        match change {
+            Change::PutPeer(peer) => self.put_peer(peer),
+            Change::PutGroupEpoch {
+                id,
+                name,
+                admin,
+                epoch,
+                key,
+                roster,
+            } => self.put_group_epoch(*id, name, admin, *epoch, key, roster),
+            Change::LeaveGroup { id, epoch } => self.leave_group(*id, *epoch),
+            Change::MarkDelivered { peer, ids } => self.mark_delivered(peer, ids),
+            Change::AddDownload(rec) => self.add_download(rec),
+        }
+    }
+
+    fn add_download(&self, rec: &DownloadRecord) -> Result<(), ClientError> {
+        let record = fastchat_proto::frame::encode_body(rec)?;
+        self.put_transfer(
+            Transfers::Downloads,
+            &rec.from,
+            &rec.id,
+            &record,
+            TransferState::Pending,
+        )
+    }
+
     /// The conversation key of friend `name`, or `None` if they are not
     /// (yet) a friend.
     pub fn friend_key(&self, name: &str) -> Result<Option<ConversationKey>, ClientError> {
@@ -632,7 +520,7 @@ impl Keystore {
             let bytes: [u8; 32] = plain
                 .as_slice()
                 .try_into()
-                .map_err(|_| ClientError::Keystore("a stored friend key is corrupt".into()))?;
+                .map_err(|_| ClientError::Damaged("a stored friend key is corrupt".into()))?;
             peer.key = Some(ConversationKey::from_bytes(bytes));
         }
         Ok(peer)
@@ -652,7 +540,7 @@ impl Keystore {
                     .map(|k| self.vault.seal(&format!("peer-key:{}", peer.name), k.as_bytes()))
                     .transpose()?,
                 peer.signing_key.map(|k| k.to_vec()),
-                now_ms() as i64
+                fastchat_proto::now_ms() as i64
             ],
         )?;
         Ok(())
@@ -694,7 +582,7 @@ impl Keystore {
             "INSERT OR IGNORE INTO messages(id, peer, outgoing, kind, grp, member, body, sent_at, received_at, state, shown, att_path, att_bytes, att_sha256)
              VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6, ?7, ?8, 'received', 0, ?9, ?10, ?11)",
         )?;
-        let now = now_ms() as i64;
+        let now = fastchat_proto::now_ms() as i64;
         for item in items {
             let att = item.attachment.as_ref();
             let n = stmt.execute(params![
@@ -724,8 +612,9 @@ impl Keystore {
         sender: &str,
         id: &[u8; 16],
         record: &[u8],
-        state: &str,
+        state: TransferState,
     ) -> Result<(), ClientError> {
+        let state = state.as_str();
         // Records hold the transfer's key.
         let record = self.vault.seal(&transfer_label(table, id), record)?;
         match table {
@@ -747,8 +636,9 @@ impl Keystore {
         table: Transfers,
         sender: &str,
         id: &[u8; 16],
-        state: &str,
+        state: TransferState,
     ) -> Result<(), ClientError> {
+        let state = state.as_str();
         match table {
             Transfers::Uploads => self.conn.execute(
                 "UPDATE uploads SET state = ?2 WHERE id = ?1",
@@ -763,7 +653,12 @@ impl Keystore {
     }
 
     /// Records of transfers in `state`.
-    pub fn transfers(&self, table: Transfers, state: &str) -> Result<Vec<Vec<u8>>, ClientError> {
+    pub fn transfers(
+        &self,
+        table: Transfers,
+        state: TransferState,
+    ) -> Result<Vec<Vec<u8>>, ClientError> {
+        let state = state.as_str();
         let sql = match table {
             Transfers::Uploads => "SELECT id, record FROM uploads WHERE state = ?1",
             Transfers::Downloads => "SELECT id, record FROM downloads WHERE state = ?1",
@@ -955,9 +850,9 @@ impl Keystore {
         let key: [u8; 32] = key
             .as_slice()
             .try_into()
-            .map_err(|_| ClientError::Keystore("a stored group key is corrupt".into()))?;
+            .map_err(|_| ClientError::Damaged("a stored group key is corrupt".into()))?;
         let roster: Vec<RosterEntry> = fastchat_proto::decode(&roster)
-            .map_err(|_| ClientError::Keystore("a stored roster is corrupt".into()))?;
+            .map_err(|_| ClientError::Damaged("a stored roster is corrupt".into()))?;
         Ok(Some((ConversationKey::from_bytes(key), roster)))
     }
 
@@ -971,8 +866,7 @@ impl Keystore {
         key: &ConversationKey,
         roster: &[RosterEntry],
     ) -> Result<(), ClientError> {
-        let roster = fastchat_proto::frame::encode_body(&roster.to_vec())
-            .map_err(|e| ClientError::Keystore(e.to_string()))?;
+        let roster = fastchat_proto::frame::encode_body(&roster.to_vec())?;
         self.conn.execute(
             "INSERT OR REPLACE INTO groups(id, name, admin, epoch, member) VALUES (?1, ?2, ?3, ?4, 1)",
             params![id as i64, name, admin, epoch as i64],

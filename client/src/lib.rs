@@ -4,29 +4,43 @@
 //! local keystore before acknowledging it, so nothing acknowledged is lost
 //! and nothing is shown twice.
 
+// The SDK's surface.
 mod client;
+mod error;
+mod types;
+
+// Protocol rooms: the rules, both sides of each, with no I/O.
+mod attachments;
+mod friends;
+mod groups;
+mod room;
+mod texts;
+
+// The I/O around them.
 mod connect;
 mod control;
+mod core;
 mod download;
-mod error;
+mod failover;
 mod fault;
 mod ids;
-mod inbox;
 pub mod keystore;
-mod outbox;
+mod receiver;
+mod sender;
 mod transfer;
 mod upload;
 
-pub use client::{Client, FriendAdd, Recipient};
+pub use client::Client;
 pub use connect::cluster_status;
 pub use download::DOWNLOADS_DIR;
 pub use error::ClientError;
 pub use fastchat_proto::balancer::NodeReport;
 pub use fastchat_proto::image::AttachmentKind;
-pub use keystore::{
-    Attachment, Conversation, GroupState, HistoryEntry, InboxItem, InboxKind, Peer, PeerState,
+pub use transfer::safe_file_name;
+pub use types::{
+    Attachment, Conversation, Direction, FriendAdd, GroupState, HistoryEntry, InboxItem, InboxKind,
+    MessageState, Peer, PeerState, Progress, Recipient, UploadReport,
 };
-pub use transfer::{Direction, Progress, UploadReport, safe_file_name};
 
 /// File name of the keystore inside a user's home directory.
 pub const KEYSTORE_FILE: &str = "keystore.db";

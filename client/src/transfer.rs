@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 
 use fastchat_crypto::ConversationKey;
 use fastchat_crypto::chunked::ChunkCipher;
-use fastchat_proto::MessageId;
 use fastchat_proto::image::{ImageHeader, ImageTarget};
 use fastchat_proto::limits::{IMAGE_CHUNK, IMAGE_TAG};
 use serde::{Deserialize, Serialize};
+
+use crate::error::ClientError;
 
 /// An upload as saved in the keystore until the node has all of it.
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -61,45 +62,24 @@ impl DownloadRecord {
     }
 }
 
-/// Which way a transfer goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
-    /// We send.
-    Up,
-    /// We receive.
-    Down,
-}
-
-/// How far a transfer has come.
-#[derive(Clone, Debug)]
-pub struct Progress {
-    /// The image's id.
-    pub id: MessageId,
-    /// Up or down.
-    pub direction: Direction,
-    /// The other side (friend or group name, or the sender).
-    pub peer: String,
-    /// The file's title.
-    pub title: String,
-    /// Plaintext bytes done.
-    pub done: u64,
-    /// Plaintext bytes in all.
-    pub total: u64,
-    /// Plaintext bytes that were already done when this attempt started.
-    pub resumed_from: u64,
-}
-
-/// What an upload did.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UploadReport {
-    /// The image's id.
-    pub id: MessageId,
-    /// Plaintext size.
-    pub bytes: u64,
-    /// Ciphertext bytes the node already had when this attempt started.
-    pub resumed_from: u64,
-    /// Ciphertext bytes sent by this attempt.
-    pub sent: u64,
+/// The SHA-256 of the file at `path`, read off the async workers.
+pub(crate) async fn hash_file(path: &Path) -> Result<[u8; 32], ClientError> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut f = std::fs::File::open(&path).map_err(ClientError::io(&path))?;
+        let mut hasher = fastchat_crypto::Hasher::default();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf).map_err(ClientError::io(&path))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        Ok(hasher.finish())
+    })
+    .await?
 }
 
 /// Number of chunks for `size` plaintext bytes (an empty file has one).

@@ -11,7 +11,8 @@ use fastchat_transport::{read_frame, write_frame};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::error::ClientError;
-use crate::transfer::{SEALED_CHUNK, UploadRecord, UploadReport, chunk_count, chunk_len};
+use crate::transfer::{SEALED_CHUNK, UploadRecord, chunk_count, chunk_len};
+use crate::types::UploadReport;
 
 /// Uploads `rec`, resuming where the node is; `progress(done, total)` gets
 /// plaintext bytes.
@@ -51,10 +52,7 @@ pub(crate) async fn run(
 
     let mut file = tokio::fs::File::open(&rec.path)
         .await
-        .map_err(|e| ClientError::File {
-            path: rec.path.clone(),
-            why: e.to_string(),
-        })?;
+        .map_err(ClientError::io(&rec.path))?;
     let cipher = rec.cipher();
     let chunks = chunk_count(rec.size);
     let first = have / SEALED_CHUNK;
@@ -63,17 +61,14 @@ pub(crate) async fn run(
         first * fastchat_proto::limits::IMAGE_CHUNK as u64,
     ))
     .await
-    .map_err(|e| ClientError::File {
-        path: rec.path.clone(),
-        why: e.to_string(),
-    })?;
+    .map_err(ClientError::io(&rec.path))?;
     let mut plain = vec![0u8; fastchat_proto::limits::IMAGE_CHUNK];
     let mut sent = 0u64;
     for i in first..chunks {
         let len = chunk_len(rec.size, i);
         file.read_exact(&mut plain[..len])
             .await
-            .map_err(|e| ClientError::File {
+            .map_err(|e| ClientError::Unusable {
                 path: rec.path.clone(),
                 why: format!("it changed while being sent ({e})"),
             })?;

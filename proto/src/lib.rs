@@ -22,6 +22,15 @@ pub const ALPN: &[u8] = b"fastchat/1";
 /// Protocol version sent in the first control request.
 pub const PROTOCOL_VERSION: u32 = 2;
 
+/// Milliseconds since the Unix epoch (0 if the clock is before it): the one
+/// clock every timestamp on the wire and in the stores is read from.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// A message identifier chosen by the sender; unique per message, used for
 /// de-duplication end to end.
 #[derive(

@@ -252,7 +252,7 @@ mod tests {
             member: None,
             path: None,
             sent_at_ms: 0,
-            state: "sent".into(),
+            state: fastchat_client::MessageState::Sent,
             conversation: Conversation::Friend("bob".into()),
         }
     }

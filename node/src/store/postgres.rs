@@ -391,10 +391,7 @@ impl Store for PostgresStore {
         login_key: Option<[u8; 32]>,
     ) -> Result<(), StoreError> {
         let login = login_key.map(|k| k.to_vec());
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let now = (fastchat_proto::now_ms() / 1000) as i64;
         let client = self.client().await?;
         let n = client
             .execute(

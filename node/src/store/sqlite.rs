@@ -530,10 +530,7 @@ impl Store for SqliteStore {
         let (name, key) = (name.to_string(), public_key.to_vec());
         let login = login_key.map(|k| k.to_vec());
         self.with(move |c| {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0);
+            let now = (fastchat_proto::now_ms() / 1000) as i64;
             let n = c
                 .execute(
                     "INSERT OR IGNORE INTO users(name, public_key, created_at, login_key) VALUES (?1, ?2, ?3, ?4)",

@@ -16,45 +16,40 @@ use fastchat_transport::{read_frame, write_frame, write_frames};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::client::Core;
+use crate::core::{Core, Pending};
 use crate::error::ClientError;
-
-/// A message waiting to go, with whom to tell when it is acknowledged.
-pub(crate) struct Pending {
-    pub message: Outgoing,
-    /// The local history entry, written once the node acknowledged it,
-    /// for the whole batch in one transaction.
-    pub history: Option<History>,
-    pub done: oneshot::Sender<Result<(), ClientError>>,
-}
-
-/// What the local history keeps of a sent text.
-pub(crate) struct History {
-    pub peer: String,
-    pub group: Option<String>,
-    pub text: String,
-    pub sent_at_ms: u64,
-}
+use crate::texts::History;
 
 /// Starts the sender task, fed by `rx`.
 pub(crate) fn start(core: Arc<Core>, rx: mpsc::UnboundedReceiver<Pending>) {
     tokio::spawn(run(core, rx));
 }
 
-/// Runs `f` on the keystore inside one transaction.
-fn in_transaction(
+/// Hands a message to the sender task and waits for the node's answer.
+pub(crate) async fn submit(
     core: &Core,
-    f: impl FnOnce(&crate::keystore::Keystore) -> Result<(), ClientError>,
+    message: Outgoing,
+    history: Option<History>,
 ) -> Result<(), ClientError> {
-    let ks = core.keystore.lock().expect("keystore lock");
-    ks.begin()?;
-    match f(&ks) {
-        Ok(()) => ks.commit(),
-        Err(e) => {
-            ks.rollback();
-            Err(e)
-        }
-    }
+    let (done, rx) = oneshot::channel();
+    core.outbox
+        .send(Pending {
+            message,
+            history,
+            done,
+        })
+        .map_err(|_| ClientError::Disconnected)?;
+    rx.await.map_err(|_| ClientError::Disconnected)?
+}
+
+/// Queues a message nobody waits for (a receipt): a lost one costs nothing.
+pub(crate) fn send_best_effort(core: &Core, message: Outgoing) {
+    let (done, _) = oneshot::channel();
+    let _ = core.outbox.send(Pending {
+        message,
+        history: None,
+        done,
+    });
 }
 
 /// Text streams a connection keeps in flight at once. Whatever is queued
@@ -124,7 +119,7 @@ async fn send_batch(core: Arc<Core>, mut batch: Vec<Pending>) {
 /// Records what the node accepted in the history (one transaction) and
 /// tells each sender its message's fate.
 fn settle(core: &Core, batch: Vec<Pending>, mut acks: HashMap<MessageId, Result<(), ProtoError>>) {
-    let recorded = in_transaction(core, |ks| {
+    let recorded = core.keystore().transaction(|ks| {
         for o in &batch {
             if let (Some(h), Some(Ok(()))) = (&o.history, acks.get(&o.message.id())) {
                 ks.record_sent(

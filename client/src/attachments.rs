@@ -1,0 +1,301 @@
+//! Attachments (images and files), both sides: what an upload carries and
+//! signs, and the checks an announced attachment passes before it is
+//! fetched. The bytes themselves move in `upload.rs` and `download.rs`.
+
+use std::path::PathBuf;
+
+use fastchat_crypto::chunked::ChunkCipher;
+use fastchat_crypto::{ConversationKey, signing, transcript};
+use fastchat_proto::decode;
+use fastchat_proto::frame::encode_body;
+use fastchat_proto::group::RosterEntry;
+use fastchat_proto::image::{ImageHeader, ImageTarget};
+use fastchat_proto::limits::image_ciphertext_len;
+
+use crate::error::ClientError;
+use crate::room::{Change, Invalid, Me, Outcome, invalid};
+use crate::transfer::{DownloadRecord, UploadRecord};
+use crate::types::GroupState;
+
+/// Whom an upload is sealed for, with the key that seals it.
+pub(crate) enum SealFor<'a> {
+    /// A friend, by name.
+    Friend {
+        name: &'a str,
+        key: &'a ConversationKey,
+    },
+    /// A group at its newest epoch.
+    Group(&'a GroupState),
+}
+
+/// The saved record of a new upload of the file at `path`: its header
+/// (title, size, hash, kind) sealed for the recipient and, in a group,
+/// signed by us so members know who sent it.
+pub(crate) fn plan_upload(
+    me: &Me,
+    to: SealFor<'_>,
+    id: [u8; 16],
+    nonce_prefix: [u8; 7],
+    path: PathBuf,
+    header: &ImageHeader,
+) -> Result<UploadRecord, ClientError> {
+    let size = header.size;
+    let (target, label, key, aad, group) = match to {
+        SealFor::Friend { name, key } => (
+            ImageTarget::Direct(name.to_string()),
+            name.to_string(),
+            key.clone(),
+            transcript::image_aad(&me.name, name, &id, 0),
+            None,
+        ),
+        SealFor::Group(g) => (
+            ImageTarget::Group {
+                id: g.id,
+                epoch: g.epoch,
+            },
+            g.name.clone(),
+            g.key
+                .clone()
+                .ok_or_else(|| ClientError::RemovedFromGroup(g.name.clone()))?,
+            transcript::image_aad(&me.name, &format!("group:{}", g.id), &id, g.epoch),
+            Some((g.id, g.epoch)),
+        ),
+    };
+    let mut rec = UploadRecord {
+        id,
+        path,
+        to: target,
+        label,
+        key: *key.as_bytes(),
+        aad,
+        nonce_prefix,
+        header: Vec::new(),
+        signature: Vec::new(),
+        size,
+        total_len: image_ciphertext_len(size),
+    };
+    rec.header = rec.cipher().seal_header(&encode_body(header)?)?;
+    if let Some((gid, epoch)) = group {
+        rec.signature = me.signing.sign(&transcript::group_image_signature(
+            gid,
+            epoch,
+            &me.name,
+            &id,
+            &nonce_prefix,
+            &rec.header,
+            rec.total_len,
+        ));
+    }
+    Ok(rec)
+}
+
+/// What we hold to open an announced attachment.
+// Built once per announcement and matched at once: boxing would only add
+// an allocation.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum OpenWith {
+    /// From a friend: our conversation key, if they are one.
+    Friend(Option<ConversationKey>),
+    /// In a group: the group, and the key and roster of the epoch it claims.
+    Group {
+        group: Option<GroupState>,
+        at_epoch: Option<(ConversationKey, Vec<RosterEntry>)>,
+    },
+}
+
+/// An attachment announcement as it arrived.
+pub(crate) struct Announced<'a> {
+    pub id: [u8; 16],
+    pub from: &'a str,
+    pub group: Option<(u64, u64)>,
+    pub header: &'a [u8],
+    pub nonce_prefix: [u8; 7],
+    pub total_len: u64,
+    pub signature: &'a [u8],
+}
+
+/// Checks an announced attachment (sender, signature in a group, header
+/// authenticity, a length that matches the header) and, if it passes,
+/// records it to fetch.
+pub(crate) fn on_announced(me: &Me, with: OpenWith, a: &Announced<'_>) -> Result<Outcome, Invalid> {
+    let from = a.from;
+    let (key, aad, group_name) = match (with, a.group) {
+        (OpenWith::Friend(key), None) => {
+            let key =
+                key.ok_or_else(|| invalid(format!("an image from {from}, who is not a friend")))?;
+            (key, transcript::image_aad(from, &me.name, &a.id, 0), None)
+        }
+        (OpenWith::Group { group, at_epoch }, Some((gid, epoch))) => {
+            let g = group.ok_or_else(|| invalid("an image for a group we do not know"))?;
+            let (key, roster) = at_epoch
+                .ok_or_else(|| invalid(format!("an image in {} under an epoch we lack", g.name)))?;
+            let sender = roster.iter().find(|r| r.name == from).ok_or_else(|| {
+                invalid(format!(
+                    "an image from {from}, not a member at epoch {epoch}"
+                ))
+            })?;
+            signing::verify(
+                &sender.signing_key,
+                &transcript::group_image_signature(
+                    gid,
+                    epoch,
+                    from,
+                    &a.id,
+                    &a.nonce_prefix,
+                    a.header,
+                    a.total_len,
+                ),
+                a.signature,
+            )
+            .map_err(|_| invalid(format!("an image in {} not signed by {from}", g.name)))?;
+            let aad = transcript::image_aad(from, &format!("group:{gid}"), &a.id, epoch);
+            (key, aad, Some(g.name))
+        }
+        _ => return Err(invalid("an image whose target does not match its keys")),
+    };
+    let plain = ChunkCipher::new(&key, a.nonce_prefix, aad.clone())
+        .open_header(a.header)
+        .map_err(|_| invalid(format!("an image header from {from} failed authentication")))?;
+    let header: ImageHeader =
+        decode(&plain).map_err(|_| invalid(format!("an image header from {from} is malformed")))?;
+    if image_ciphertext_len(header.size) != a.total_len {
+        return Err(invalid(format!(
+            "an image from {from} has an inconsistent length"
+        )));
+    }
+    Ok(Outcome::change(Change::AddDownload(DownloadRecord {
+        id: a.id,
+        from: from.to_string(),
+        group: group_name,
+        header,
+        key: *key.as_bytes(),
+        aad,
+        nonce_prefix: a.nonce_prefix,
+        total_len: a.total_len,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use fastchat_crypto::{Identity, SigningIdentity};
+    use fastchat_proto::image::AttachmentKind;
+
+    use super::*;
+
+    fn me(name: &str) -> Me {
+        Me {
+            name: name.into(),
+            identity: Identity::generate().unwrap(),
+            signing: SigningIdentity::generate().unwrap(),
+        }
+    }
+
+    fn header(size: u64) -> ImageHeader {
+        ImageHeader {
+            title: "cat.png".into(),
+            size,
+            sha256: [7; 32],
+            kind: AttachmentKind::Image,
+            sent_at_ms: 1,
+        }
+    }
+
+    fn announced<'a>(rec: &'a UploadRecord, from: &'a str) -> Announced<'a> {
+        Announced {
+            id: rec.id,
+            from,
+            group: match rec.to {
+                ImageTarget::Group { id, epoch } => Some((id, epoch)),
+                ImageTarget::Direct(_) => None,
+            },
+            header: &rec.header,
+            nonce_prefix: rec.nonce_prefix,
+            total_len: rec.total_len,
+            signature: &rec.signature,
+        }
+    }
+
+    #[test]
+    fn a_friends_attachment_is_recorded_with_its_header() {
+        let (alice, bob) = (me("alice"), me("bob"));
+        let key = ConversationKey::generate().unwrap();
+        let to = SealFor::Friend {
+            name: "bob",
+            key: &key,
+        };
+        let rec =
+            plan_upload(&alice, to, [1; 16], [2; 7], "cat.png".into(), &header(5000)).unwrap();
+        let outcome = on_announced(
+            &bob,
+            OpenWith::Friend(Some(key.clone())),
+            &announced(&rec, "alice"),
+        )
+        .unwrap();
+        let Some(Change::AddDownload(down)) = outcome.change else {
+            panic!("expected a download")
+        };
+        assert_eq!(
+            (down.header.title.as_str(), down.header.size),
+            ("cat.png", 5000)
+        );
+
+        // Not a friend, the wrong claimed sender, or a length that does not
+        // match the header: refused.
+        assert!(on_announced(&bob, OpenWith::Friend(None), &announced(&rec, "alice")).is_err());
+        assert!(
+            on_announced(
+                &bob,
+                OpenWith::Friend(Some(key.clone())),
+                &announced(&rec, "carol")
+            )
+            .is_err()
+        );
+        let mut longer = announced(&rec, "alice");
+        longer.total_len += 1;
+        let refused = on_announced(&bob, OpenWith::Friend(Some(key)), &longer).unwrap_err();
+        assert!(refused.0.contains("inconsistent length"), "{refused}");
+    }
+
+    #[test]
+    fn a_group_attachment_must_be_signed_by_a_member_of_its_epoch() {
+        let (alice, bob) = (me("alice"), me("bob"));
+        let key = ConversationKey::generate().unwrap();
+        let roster = vec![RosterEntry {
+            name: "alice".into(),
+            signing_key: alice.signing.public(),
+        }];
+        let group = GroupState {
+            id: 7,
+            name: "team".into(),
+            admin: "alice".into(),
+            epoch: 2,
+            member: true,
+            roster: roster.clone(),
+            key: Some(key.clone()),
+        };
+        let rec = plan_upload(
+            &alice,
+            SealFor::Group(&group),
+            [1; 16],
+            [2; 7],
+            "cat.png".into(),
+            &header(10),
+        )
+        .unwrap();
+        let with = || OpenWith::Group {
+            group: Some(group.clone()),
+            at_epoch: Some((key.clone(), roster.clone())),
+        };
+        assert!(on_announced(&bob, with(), &announced(&rec, "alice")).is_ok());
+        let mut forged = announced(&rec, "alice");
+        let bad = [0u8; 64];
+        forged.signature = &bad;
+        let refused = on_announced(&bob, with(), &forged).unwrap_err();
+        assert!(refused.0.contains("not signed by alice"), "{refused}");
+        let lacking = OpenWith::Group {
+            group: Some(group.clone()),
+            at_epoch: None,
+        };
+        assert!(on_announced(&bob, lacking, &announced(&rec, "alice")).is_err());
+    }
+}

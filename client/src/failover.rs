@@ -1,0 +1,78 @@
+//! Staying connected: when our node goes away, ask the balancer for a node
+//! again, log in, put the new link in place and restart what ran on the
+//! old one (the receiver, unfinished downloads).
+
+use std::sync::Arc;
+
+use fastchat_transport::quinn::{Connection, Endpoint};
+
+use crate::connect::{login, reach_node};
+use crate::core::Core;
+use crate::error::ClientError;
+use crate::keystore::{TransferState, Transfers};
+
+/// Starts the receiver on `conn` (a fresh link).
+pub(crate) fn start_receiving(core: &Arc<Core>, conn: Connection) {
+    tokio::spawn(crate::receiver::run(core.clone(), conn));
+}
+
+/// Keeps the client connected: when its node goes away, asks the balancer
+/// for a node again (backing off up to 2 s between tries), logs in, and
+/// puts the new connection in place. Senders waiting on the old one resend
+/// what it did not acknowledge; the node redelivers what we did not.
+pub(crate) async fn supervise(core: Arc<Core>, endpoint: Endpoint) {
+    loop {
+        let conn = core.conn();
+        // A killed node sends nothing: silence is how we notice it.
+        let reason =
+            fastchat_transport::closed_or_silent(&conn, fastchat_transport::PEER_SILENCE).await;
+        if core.is_closing() {
+            return;
+        }
+        tracing::info!(%reason, "lost the node; asking the balancer for another");
+        let _ = core.changes.send(());
+        let mut delay = std::time::Duration::from_millis(50);
+        loop {
+            if core.is_closing() {
+                return;
+            }
+            match relink(&core, &endpoint).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "reconnect failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(2));
+                }
+            }
+        }
+    }
+}
+
+async fn relink(core: &Arc<Core>, endpoint: &Endpoint) -> Result<(), ClientError> {
+    let (conn, control) = reach_node(endpoint, &core.server).await?;
+    login(&control, core.name(), &core.me.identity, &core.login_key).await?;
+    if core.is_closing() {
+        conn.close(0u32.into(), b"bye");
+        return Ok(());
+    }
+    core.relinked(conn.clone(), control);
+    start_receiving(core, conn.clone());
+    tracing::info!(node = %conn.remote_address(), "reconnected");
+    // Downloads the old connection cut off go on from where they stopped.
+    resume_downloads(core, &conn)?;
+    let _ = core.changes.send(());
+    Ok(())
+}
+
+/// Starts every download the keystore still has pending.
+pub(crate) fn resume_downloads(core: &Arc<Core>, conn: &Connection) -> Result<(), ClientError> {
+    let records = core
+        .keystore()
+        .transfers(Transfers::Downloads, TransferState::Pending)?;
+    for record in records {
+        if let Ok(rec) = fastchat_proto::decode(&record) {
+            crate::download::spawn(core.clone(), conn.clone(), rec);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,253 @@
+//! Receiving: the node opens a delivery stream per batch; each envelope goes
+//! to its room (friends, groups, texts, attachments) to be verified and
+//! decrypted, the whole batch is applied to the keystore in one
+//! transaction, and only then acknowledged. Ids already stored are skipped,
+//! so a redelivery after a crash is never shown twice.
+
+use std::sync::Arc;
+
+use fastchat_crypto::sha256;
+use fastchat_proto::envelope::{Delivery, DeliveryAck, Envelope, Outgoing};
+use fastchat_proto::limits::{MAX_CONTROL_FRAME, MAX_MESSAGE_FRAME};
+use fastchat_proto::stream::StreamKind;
+use fastchat_proto::{decode, error::close};
+use fastchat_transport::quinn::{Connection, RecvStream, SendStream};
+use fastchat_transport::{StreamError, read_frame, write_frame};
+
+use crate::core::Core;
+use crate::error::ClientError;
+use crate::keystore::Keystore;
+use crate::room::{Change, Invalid, Me, Outcome};
+use crate::transfer::DownloadRecord;
+use crate::types::InboxItem;
+use crate::{attachments, friends, groups, texts};
+
+/// Takes delivery streams one after another, in the order the node opened
+/// them (which is queue order), until the connection closes. The node keeps
+/// several in flight, so the next batch arrives while this one is applied.
+pub(crate) async fn run(core: Arc<Core>, conn: Connection) {
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        if let Err(e) = serve(&core, &conn, send, recv).await {
+            tracing::debug!(error = %e, "delivery stream failed; the node will redeliver");
+        }
+    }
+}
+
+async fn serve(
+    core: &Arc<Core>,
+    conn: &Connection,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) -> Result<(), StreamError> {
+    let mut buf = Vec::new();
+    let kind = read_frame::<StreamKind>(&mut recv, 64, &mut buf).await?;
+    if kind != Some(StreamKind::Delivery) {
+        let _ = send.reset(close::PROTOCOL.into());
+        return Ok(());
+    }
+    let mut deliveries = Vec::new();
+    while let Some(d) = read_frame::<Delivery>(&mut recv, MAX_MESSAGE_FRAME, &mut buf).await? {
+        deliveries.push(d);
+    }
+    let seqs: Vec<u64> = deliveries.iter().map(|d| d.seq).collect();
+    let (fresh, downloads) =
+        process(core, deliveries).map_err(|e| StreamError::Connection(e.to_string()))?;
+    // Committed, not yet acknowledged: the node will deliver it again.
+    crate::fault::crash_at(crate::fault::AFTER_KEYSTORE_COMMIT);
+    write_frame(&mut send, &DeliveryAck { seqs }, MAX_CONTROL_FRAME).await?;
+    let _ = send.finish();
+    send_receipts(core, &fresh);
+    let _ = core.changes.send(());
+    for item in fresh {
+        let _ = core.events.send(item);
+    }
+    for rec in downloads {
+        crate::download::spawn(core.clone(), conn.clone(), rec);
+    }
+    Ok(())
+}
+
+/// Tells each friend which of their texts we just stored (sent → delivered
+/// on their side). Best effort: a lost receipt only leaves "sent" showing.
+fn send_receipts(core: &Core, fresh: &[InboxItem]) {
+    match texts::receipts(fresh) {
+        Ok(receipts) => {
+            for r in receipts {
+                crate::sender::send_best_effort(core, Outgoing::Receipt(r));
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "no receipts this time"),
+    }
+}
+
+type Processed = (Vec<InboxItem>, Vec<DownloadRecord>);
+
+fn process(core: &Core, deliveries: Vec<Delivery>) -> Result<Processed, ClientError> {
+    // One transaction: a key that arrives in the same batch as the texts it
+    // opens is visible to them, and nothing is half-applied on a crash.
+    core.keystore().transaction(|ks| {
+        let mut items = Vec::with_capacity(deliveries.len());
+        let mut downloads = Vec::new();
+        for d in deliveries {
+            let envelope: Envelope = match decode(&d.envelope) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(seq = d.seq, error = %e, "dropping an undecodable envelope");
+                    continue;
+                }
+            };
+            // Texts and images carry their own ids; only events (friend
+            // and group changes) are named by a hash of their envelope.
+            let event_id = match &envelope {
+                Envelope::Text { .. }
+                | Envelope::GroupText { .. }
+                | Envelope::Image { .. }
+                | Envelope::Delivered { .. } => [0u8; 16],
+                _ => {
+                    let h = sha256(&d.envelope);
+                    <[u8; 16]>::try_from(&h[..16]).expect("16 bytes")
+                }
+            };
+            match take(&core.me, ks, envelope, event_id)? {
+                Ok(outcome) => {
+                    if let Some(change) = outcome.change {
+                        ks.apply(&change)?;
+                        if let Change::AddDownload(rec) = change {
+                            downloads.push(rec);
+                        }
+                    }
+                    items.extend(outcome.item);
+                }
+                Err(why) => tracing::warn!(seq = d.seq, %why, "ignoring an envelope"),
+            }
+        }
+        Ok((ks.insert_inbox(items)?, downloads))
+    })
+}
+
+/// Hands `envelope` to its room with what the keystore knows that the room
+/// needs. The outer error is the keystore failing (nothing is
+/// acknowledged); the inner one an envelope that failed a check.
+fn take(
+    me: &Me,
+    ks: &Keystore,
+    envelope: Envelope,
+    event_id: [u8; 16],
+) -> Result<Result<Outcome, Invalid>, ClientError> {
+    Ok(match envelope {
+        Envelope::Delivered { from, ids } => Ok(texts::on_delivered(from, ids)),
+        Envelope::Text { id, from, sealed } => {
+            let key = ks.friend_key(&from)?;
+            texts::open_direct(me, &from, key.as_ref(), id, &sealed)
+        }
+        Envelope::GroupText {
+            id,
+            group_id,
+            from,
+            epoch,
+            sealed,
+            signature,
+        } => texts::open_group(
+            ks.group(group_id)?.as_ref(),
+            ks.group_epoch(group_id, epoch)?.as_ref(),
+            &texts::GroupText {
+                id,
+                group_id,
+                from: &from,
+                epoch,
+                sealed: &sealed,
+                signature: &signature,
+            },
+        ),
+        Envelope::FriendRequest {
+            from,
+            public_key,
+            signing_key,
+            signature,
+        } => friends::on_request(
+            me,
+            ks.peer(&from)?.as_ref(),
+            &friends::Asking {
+                from: &from,
+                public_key: &public_key,
+                signing_key,
+                signature: &signature,
+            },
+            event_id,
+        ),
+        Envelope::FriendAccepted {
+            from,
+            wrapped_key,
+            signing_key,
+            signature,
+        } => friends::on_accepted(
+            me,
+            ks.peer(&from)?,
+            &friends::Accept {
+                from: &from,
+                wrapped_key: &wrapped_key,
+                signing_key,
+                signature: &signature,
+            },
+            event_id,
+        ),
+        Envelope::GroupKey {
+            update,
+            wrapped_key,
+            signature,
+        } => {
+            let admin = ks.peer(&update.admin)?;
+            let known = ks.group(update.group_id)?;
+            groups::on_key(
+                me,
+                admin.as_ref(),
+                known.as_ref(),
+                update,
+                &wrapped_key,
+                &signature,
+                event_id,
+            )
+        }
+        Envelope::GroupRemoved { update, signature } => groups::on_removed(
+            me,
+            ks.peer(&update.admin)?.as_ref(),
+            ks.group(update.group_id)?.as_ref(),
+            &update,
+            &signature,
+            event_id,
+        ),
+        Envelope::Image {
+            id,
+            from,
+            group,
+            header,
+            nonce_prefix,
+            total_len,
+            signature,
+        } => {
+            if ks.has_download(&from, &id.0)? {
+                return Ok(Ok(Outcome::nothing()));
+            }
+            let with = match group {
+                None => attachments::OpenWith::Friend(ks.friend_key(&from)?),
+                Some((gid, epoch)) => attachments::OpenWith::Group {
+                    group: ks.group(gid)?,
+                    at_epoch: ks.group_epoch(gid, epoch)?,
+                },
+            };
+            attachments::on_announced(
+                me,
+                with,
+                &attachments::Announced {
+                    id: id.0,
+                    from: &from,
+                    group,
+                    header: &header,
+                    nonce_prefix,
+                    total_len,
+                    signature: &signature,
+                },
+            )
+        }
+    })
+}

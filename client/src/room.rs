@@ -1,0 +1,129 @@
+//! What every protocol room shares. A room (`friends`, `groups`, `texts`,
+//! `attachments`) decides; it never touches a socket or the keystore. It is
+//! given what the keystore knows and returns what should change there
+//! ([`Change`]) and what the screen should show ([`Outcome::item`]); the
+//! sender, the receiver and the [`crate::Client`] do the I/O around it.
+
+use fastchat_crypto::{ConversationKey, Identity, SigningIdentity};
+use fastchat_proto::group::RosterEntry;
+
+use crate::transfer::DownloadRecord;
+use crate::types::{InboxItem, InboxKind, Peer};
+
+/// Who we are: the keys the rooms sign, unwrap and verify with.
+pub(crate) struct Me {
+    /// Our user name.
+    pub name: String,
+    /// Our RSA identity (signs friend handshakes, unwraps keys).
+    pub identity: Identity,
+    /// Our Ed25519 key (signs group traffic).
+    pub signing: SigningIdentity,
+}
+
+impl Me {
+    /// Our RSA public key, SPKI DER.
+    pub fn public_der(&self) -> &[u8] {
+        self.identity.public().der()
+    }
+}
+
+/// A change a room asks the keystore to make.
+pub(crate) enum Change {
+    /// Insert or replace a peer.
+    PutPeer(Peer),
+    /// Store a group key at a new epoch and make it the group's newest.
+    PutGroupEpoch {
+        id: u64,
+        name: String,
+        admin: String,
+        epoch: u64,
+        key: ConversationKey,
+        roster: Vec<RosterEntry>,
+    },
+    /// We were removed from a group at `epoch`.
+    LeaveGroup { id: u64, epoch: u64 },
+    /// Our texts with these ids reached `peer`.
+    MarkDelivered { peer: String, ids: Vec<[u8; 16]> },
+    /// An attachment announced to us, to fetch.
+    AddDownload(DownloadRecord),
+}
+
+/// What one incoming envelope came to.
+#[derive(Default)]
+pub(crate) struct Outcome {
+    /// What to write, in the same transaction as the item.
+    pub change: Option<Change>,
+    /// What to store in the inbox and show.
+    pub item: Option<InboxItem>,
+}
+
+impl Outcome {
+    /// Nothing to do (a redelivery, or a mark that needs no row).
+    pub fn nothing() -> Self {
+        Self::default()
+    }
+
+    /// Only an item to show.
+    pub fn item(item: InboxItem) -> Self {
+        Self {
+            change: None,
+            item: Some(item),
+        }
+    }
+
+    /// A change and an item to show.
+    pub fn both(change: Change, item: InboxItem) -> Self {
+        Self {
+            change: Some(change),
+            item: Some(item),
+        }
+    }
+
+    /// Only a change.
+    pub fn change(change: Change) -> Self {
+        Self {
+            change: Some(change),
+            item: None,
+        }
+    }
+}
+
+// Tests unwrap results: say what an outcome holds without its keys.
+impl std::fmt::Debug for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outcome")
+            .field("change", &self.change.is_some())
+            .field("item", &self.item)
+            .finish()
+    }
+}
+
+/// Why an envelope was refused: it failed a check, so it is acknowledged
+/// (the node must not deliver it again) and dropped, with this logged.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Invalid(pub String);
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An [`Invalid`] saying `why`.
+pub(crate) fn invalid(why: impl Into<String>) -> Invalid {
+    Invalid(why.into())
+}
+
+/// An inbox event (a friend or group change) named by `id`.
+pub(crate) fn event(id: [u8; 16], from: &str, kind: InboxKind) -> InboxItem {
+    InboxItem {
+        id,
+        from: from.to_string(),
+        kind,
+        group: None,
+        member: None,
+        attachment: None,
+        text: String::new(),
+        sent_at_ms: fastchat_proto::now_ms(),
+    }
+}
