@@ -4,6 +4,7 @@
 
 #[cfg(test)]
 mod conformance;
+mod policy;
 mod postgres;
 mod sqlite;
 
@@ -58,35 +59,6 @@ impl From<StoreError> for ProtoError {
     }
 }
 
-/// The refusal of a text to `to`, who is not the sender's friend.
-pub(crate) fn not_friends(to: &str) -> ProtoError {
-    ProtoError::new(
-        ErrorCode::NotFriends,
-        format!("{to} is not your friend; send a friend request first"),
-    )
-}
-
-/// Why `from` may not post to a group under `epoch`, given the group's
-/// (current epoch, members) or `None` if there is no such group.
-pub(crate) fn group_refusal(
-    state: Option<&(u64, Vec<String>)>,
-    from: &str,
-    epoch: u64,
-) -> Option<ProtoError> {
-    let (code, why) = match state {
-        None => (ErrorCode::UnknownGroup, "no such group"),
-        Some((_, members)) if !members.iter().any(|m| m == from) => {
-            (ErrorCode::NotMember, "you are not a member of this group")
-        }
-        Some((current, _)) if *current != epoch => (
-            ErrorCode::StaleEpoch,
-            "the group has a newer key; sync and resend",
-        ),
-        _ => return None,
-    };
-    Some(ProtoError::new(code, why))
-}
-
 /// Where a text goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -110,6 +82,17 @@ pub struct TextToQueue {
     /// The encoded [`fastchat_proto::envelope::Envelope`], shared with the
     /// live pushes to online recipients.
     pub envelope: std::sync::Arc<Vec<u8>>,
+}
+
+impl Queuing {
+    /// A text stored at `stored` (none: all were there already).
+    pub(crate) fn of(stored: Vec<(String, u64)>) -> Self {
+        if stored.is_empty() {
+            Queuing::Duplicate
+        } else {
+            Queuing::Stored(stored)
+        }
+    }
 }
 
 /// What happened to one queued text.

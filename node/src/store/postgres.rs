@@ -31,8 +31,9 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 
 use super::{
-    BlobLocation, BlobStart, GroupRecord, Membership, Queued, Queuing, Store, StoreError, Target,
+    BlobLocation, BlobStart, GroupRecord, Membership, Queued, Queuing, Store, StoreError,
     TextToQueue, UserKeys,
+    policy::{self, Lookup},
 };
 
 /// Connections per node.
@@ -486,13 +487,12 @@ impl Store for PostgresStore {
                 .query_opt("SELECT 1 FROM users WHERE name = $1", &[&to])
                 .await?
                 .is_some();
-            if !exists {
-                return Err(StoreError::UnknownUser.into());
-            }
-            if are_friends(&tx, from, to).await? {
-                return Err(StoreError::AlreadyFriends.into());
-            }
-            if has_request(&tx, from, to).await? {
+            let store_it = policy::friend_request(
+                exists,
+                are_friends(&tx, from, to).await?,
+                has_request(&tx, from, to).await?,
+            )?;
+            if !store_it {
                 return Ok(None);
             }
             tx.execute(
@@ -512,12 +512,10 @@ impl Store for PostgresStore {
     ) -> Result<u64, StoreError> {
         transaction!(self, |tx| {
             lock_pair(&tx, accepter, requester).await?;
-            if are_friends(&tx, accepter, requester).await? {
-                return Err(StoreError::AlreadyFriends.into());
-            }
-            if !has_request(&tx, requester, accepter).await? {
-                return Err(StoreError::NoPendingRequest.into());
-            }
+            policy::friend_accept(
+                are_friends(&tx, accepter, requester).await?,
+                has_request(&tx, requester, accepter).await?,
+            )?;
             tx.execute(
                 "DELETE FROM friend_requests WHERE (from_user = $1 AND to_user = $2) OR (from_user = $2 AND to_user = $1)",
                 &[&requester, &accepter],
@@ -586,9 +584,7 @@ impl Store for PostgresStore {
                 .query_opt("SELECT epoch FROM groups WHERE id = $1 FOR UPDATE", &[&gid])
                 .await?
                 .map(|r| r.get::<_, i64>(0) as u64);
-            if current.map(|e| e + 1) != Some(epoch) {
-                return Err(StoreError::StaleEpoch.into());
-            }
+            policy::rekey(current, epoch)?;
             tx.execute(
                 "UPDATE groups SET epoch = $2 WHERE id = $1",
                 &[&gid, &(epoch as i64)],
@@ -627,73 +623,46 @@ impl Store for PostgresStore {
         texts: Vec<TextToQueue>,
     ) -> Result<Vec<Queuing>, StoreError> {
         transaction!(self, |tx| {
-            // Per-batch caches: a batch usually repeats a few targets.
-            let mut friends: Vec<(&str, bool)> = Vec::new();
-            let mut groups: Vec<(u64, Option<(u64, Vec<String>)>)> = Vec::new();
+            let mut admission = policy::TextAdmission::new(from);
             let mut out = Vec::with_capacity(texts.len());
             for text in &texts {
-                let envelope = text.envelope.as_slice();
-                match &text.to {
-                    Target::Direct(to) => {
-                        let known = friends
-                            .iter()
-                            .find(|(n, _)| *n == to.as_str())
-                            .map(|(_, f)| *f);
-                        let is_friend = match known {
-                            Some(f) => f,
-                            None => {
-                                let f = are_friends(&tx, from, to).await?;
-                                friends.push((to.as_str(), f));
-                                f
+                match admission.needs(&text.to) {
+                    Some(Lookup::Friendship(to)) => {
+                        let f = are_friends(&tx, from, to).await?;
+                        admission.knows_friendship(to, f);
+                    }
+                    Some(Lookup::Group(id)) => {
+                        // FOR SHARE holds off a re-key until this commits;
+                        // the member list is read after the lock, so it
+                        // belongs to the epoch just read.
+                        let lock = tx.prepare_cached(LOCK_GROUP_SHARED).await?;
+                        let now = match tx.query_opt(&lock, &[&(id as i64)]).await? {
+                            Some(r) => {
+                                let list = tx.prepare_cached(GROUP_MEMBERS).await?;
+                                let members = tx
+                                    .query(&list, &[&(id as i64)])
+                                    .await?
+                                    .iter()
+                                    .map(|m| m.get::<_, String>(0))
+                                    .collect();
+                                Some((r.get::<_, i64>(0) as u64, members))
                             }
+                            None => None,
                         };
-                        if !is_friend {
-                            out.push(Queuing::Refused(super::not_friends(to)));
-                            continue;
-                        }
-                        out.push(match enqueue(&tx, to, &text.id.0, envelope).await? {
-                            Some(seq) => Queuing::Stored(vec![(to.clone(), seq)]),
-                            None => Queuing::Duplicate,
-                        });
+                        admission.knows_group(id, now);
                     }
-                    Target::Group { id, epoch } => {
-                        if !groups.iter().any(|(g, _)| g == id) {
-                            // FOR SHARE holds off a re-key until this commits;
-                            // the member list is read after the lock, so it
-                            // belongs to the epoch just read.
-                            let lock = tx.prepare_cached(LOCK_GROUP_SHARED).await?;
-                            let current = tx.query_opt(&lock, &[&(*id as i64)]).await?;
-                            let state = match current {
-                                Some(r) => {
-                                    let list = tx.prepare_cached(GROUP_MEMBERS).await?;
-                                    let members = tx
-                                        .query(&list, &[&(*id as i64)])
-                                        .await?
-                                        .iter()
-                                        .map(|m| m.get::<_, String>(0))
-                                        .collect();
-                                    Some((r.get::<_, i64>(0) as u64, members))
-                                }
-                                None => None,
-                            };
-                            groups.push((*id, state));
-                        }
-                        let state = &groups.iter().find(|(g, _)| g == id).expect("cached").1;
-                        if let Some(refusal) = super::group_refusal(state.as_ref(), from, *epoch) {
-                            out.push(Queuing::Refused(refusal));
-                            continue;
-                        }
-                        let members = &state.as_ref().expect("checked").1;
-                        let recipients: Vec<String> =
-                            members.iter().filter(|m| *m != from).cloned().collect();
-                        let stored = enqueue_many(&tx, &recipients, &text.id.0, envelope).await?;
-                        out.push(if stored.is_empty() {
-                            Queuing::Duplicate
-                        } else {
-                            Queuing::Stored(stored)
-                        });
-                    }
+                    None => {}
                 }
+                let recipients = match admission.recipients(&text.to) {
+                    Ok(r) => r,
+                    Err(refusal) => {
+                        out.push(Queuing::Refused(refusal));
+                        continue;
+                    }
+                };
+                let envelope = text.envelope.as_slice();
+                let stored = enqueue_many(&tx, &recipients, &text.id.0, envelope).await?;
+                out.push(Queuing::of(stored));
             }
             Ok(out)
         })
@@ -726,7 +695,7 @@ impl Store for PostgresStore {
                 .as_ref()
                 .map(blob_location);
             if let Some(blob) = existing {
-                let moved = blob.owner != owner && !blob.owner.is_empty();
+                let previous_owner = policy::blob_moves(&blob.owner, owner);
                 if blob.owner != owner {
                     tx.execute(
                         "UPDATE blobs SET owner = $1 WHERE blob_id = $2",
@@ -738,7 +707,7 @@ impl Store for PostgresStore {
                     blob_id: blob.blob_id,
                     total_len: blob.total_len,
                     queued: Vec::new(),
-                    previous_owner: moved.then_some(blob.owner),
+                    previous_owner,
                 });
             }
             let used: i64 = tx
@@ -748,9 +717,7 @@ impl Store for PostgresStore {
                 )
                 .await?
                 .get(0);
-            if (used as u64).saturating_add(total_len) > quota {
-                return Err(StoreError::QuotaExceeded.into());
-            }
+            policy::blob_quota(used as u64, total_len, quota)?;
             let blob_id: i64 = tx
                 .query_one(
                     "INSERT INTO blobs(sender, msg_id, total_len, owner) VALUES ($1, $2, $3, $4) RETURNING blob_id",
@@ -909,6 +876,7 @@ mod tests {
     use std::collections::HashSet;
     use std::sync::Arc;
 
+    use crate::store::Target;
     use fastchat_testkit::postgres::PgServer;
 
     use super::super::conformance::{self, text};

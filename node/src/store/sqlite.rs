@@ -13,8 +13,9 @@ use fastchat_sqlite::Checkpointer;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    BlobLocation, BlobStart, GroupRecord, Membership, Queued, Queuing, Store, StoreError, Target,
+    BlobLocation, BlobStart, GroupRecord, Membership, Queued, Queuing, Store, StoreError,
     TextToQueue, UserKeys,
+    policy::{self, Lookup},
 };
 
 /// How hard a commit tries to reach the disk.
@@ -623,13 +624,12 @@ impl Store for SqliteStore {
         let (from, to, envelope) = (from.to_string(), to.to_string(), envelope.to_vec());
         self.with(move |c| {
             let tx = c;
-            if !user_exists(tx, &to).map_err(unavailable)? {
-                return Err(StoreError::UnknownUser);
-            }
-            if are_friends(tx, &from, &to).map_err(unavailable)? {
-                return Err(StoreError::AlreadyFriends);
-            }
-            if has_request(tx, &from, &to).map_err(unavailable)? {
+            let store_it = policy::friend_request(
+                user_exists(tx, &to).map_err(unavailable)?,
+                are_friends(tx, &from, &to).map_err(unavailable)?,
+                has_request(tx, &from, &to).map_err(unavailable)?,
+            )?;
+            if !store_it {
                 return Ok(None);
             }
             tx.execute(
@@ -656,12 +656,10 @@ impl Store for SqliteStore {
         );
         self.with(move |c| {
             let tx = c;
-            if are_friends(tx, &accepter, &requester).map_err(unavailable)? {
-                return Err(StoreError::AlreadyFriends);
-            }
-            if !has_request(tx, &requester, &accepter).map_err(unavailable)? {
-                return Err(StoreError::NoPendingRequest);
-            }
+            policy::friend_accept(
+                are_friends(tx, &accepter, &requester).map_err(unavailable)?,
+                has_request(tx, &requester, &accepter).map_err(unavailable)?,
+            )?;
             tx.execute(
                 "DELETE FROM friend_requests WHERE (from_user = ?1 AND to_user = ?2) OR (from_user = ?2 AND to_user = ?1)",
                 params![requester, accepter],
@@ -725,10 +723,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<(String, u64)>, StoreError> {
         self.with(move |c| {
             let tx = c;
-            let current = group_epoch(tx, id).map_err(unavailable)?;
-            if current.map(|e| e + 1) != Some(epoch) {
-                return Err(StoreError::StaleEpoch);
-            }
+            policy::rekey(group_epoch(tx, id).map_err(unavailable)?, epoch)?;
             tx.execute(
                 "UPDATE groups SET epoch = ?2 WHERE id = ?1",
                 params![id as i64, epoch as i64],
@@ -772,43 +767,28 @@ impl Store for SqliteStore {
         let from = from.to_string();
         self.with(move |c| {
             let tx = c;
-            // Per-batch caches: a batch usually repeats a few targets.
-            let mut friends: Vec<(String, bool)> = Vec::new();
-            let mut groups: Vec<(u64, Option<(u64, Vec<String>)>)> = Vec::new();
+            let mut admission = policy::TextAdmission::new(&from);
             let mut out = Vec::with_capacity(texts.len());
             for text in &texts {
-                let recipients: Vec<String> = match &text.to {
-                    Target::Direct(to) => {
-                        let known = friends.iter().find(|(n, _)| n == to).map(|(_, f)| *f);
-                        let is_friend = match known {
-                            Some(f) => f,
-                            None => {
-                                let f = are_friends(tx, &from, to).map_err(unavailable)?;
-                                friends.push((to.clone(), f));
-                                f
-                            }
-                        };
-                        if !is_friend {
-                            out.push(Queuing::Refused(super::not_friends(to)));
-                            continue;
-                        }
-                        vec![to.clone()]
+                match admission.needs(&text.to) {
+                    Some(Lookup::Friendship(to)) => {
+                        let f = are_friends(tx, &from, to).map_err(unavailable)?;
+                        admission.knows_friendship(to, f);
                     }
-                    Target::Group { id, epoch } => {
-                        if !groups.iter().any(|(g, _)| g == id) {
-                            let state = match group_epoch(tx, *id).map_err(unavailable)? {
-                                Some(e) => Some((e, group_members(tx, *id).map_err(unavailable)?)),
-                                None => None,
-                            };
-                            groups.push((*id, state));
-                        }
-                        let state = &groups.iter().find(|(g, _)| g == id).expect("cached").1;
-                        if let Some(refusal) = super::group_refusal(state.as_ref(), &from, *epoch) {
-                            out.push(Queuing::Refused(refusal));
-                            continue;
-                        }
-                        let members = &state.as_ref().expect("checked").1;
-                        members.iter().filter(|m| **m != from).cloned().collect()
+                    Some(Lookup::Group(id)) => {
+                        let now = match group_epoch(tx, id).map_err(unavailable)? {
+                            Some(e) => Some((e, group_members(tx, id).map_err(unavailable)?)),
+                            None => None,
+                        };
+                        admission.knows_group(id, now);
+                    }
+                    None => {}
+                }
+                let recipients = match admission.recipients(&text.to) {
+                    Ok(r) => r,
+                    Err(refusal) => {
+                        out.push(Queuing::Refused(refusal));
+                        continue;
                     }
                 };
                 let mut stored = Vec::with_capacity(recipients.len());
@@ -819,11 +799,7 @@ impl Store for SqliteStore {
                         stored.push((to, seq));
                     }
                 }
-                out.push(if stored.is_empty() {
-                    Queuing::Duplicate
-                } else {
-                    Queuing::Stored(stored)
-                });
+                out.push(Queuing::of(stored));
             }
             Ok(out)
         })
@@ -852,7 +828,7 @@ impl Store for SqliteStore {
                 .optional()
                 .map_err(unavailable)?;
             if let Some((blob_id, len, was)) = existing {
-                let moved = was != owner && !was.is_empty();
+                let previous_owner = policy::blob_moves(&was, &owner);
                 if was != owner {
                     tx.execute(
                         "UPDATE blobs SET owner = ?1 WHERE blob_id = ?2",
@@ -864,7 +840,7 @@ impl Store for SqliteStore {
                     blob_id: blob_id as u64,
                     total_len: len as u64,
                     queued: Vec::new(),
-                    previous_owner: moved.then_some(was),
+                    previous_owner,
                 });
             }
             let used: i64 = tx
@@ -874,9 +850,7 @@ impl Store for SqliteStore {
                     |r| r.get(0),
                 )
                 .map_err(unavailable)?;
-            if used as u64 + total_len > quota {
-                return Err(StoreError::QuotaExceeded);
-            }
+            policy::blob_quota(used as u64, total_len, quota)?;
             tx.execute(
                 "INSERT INTO blobs(sender, msg_id, total_len, owner) VALUES (?1, ?2, ?3, ?4)",
                 params![sender, &id.0[..], total_len as i64, owner],
