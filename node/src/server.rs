@@ -162,16 +162,18 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let shared = Arc::new(Shared::new(
         store.clone(),
         bus,
-        blob_dir,
+        (blob_dir, config.durability == Durability::PowerLoss),
         ImageLimits {
             max_bytes: config.max_image_bytes,
             quota: config.image_quota,
         },
-        config.durability == Durability::PowerLoss,
         config.friend_requests_per_minute.max(1),
     ));
 
-    shared.bus.start(Arc::downgrade(&shared)).await?;
+    shared
+        .bus
+        .start(shared.blobs.clone(), shared.sessions.clone())
+        .await?;
 
     let accept = tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
     let link = config.balancer.clone().map(|balancer| {

@@ -1,13 +1,14 @@
 //! The bus of a node that is alone: every session is local, every blob is
 //! in its own directory.
 
-use std::sync::Weak;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use tokio::sync::watch;
 
 use super::{Bus, BusError};
-use crate::shared::{Live, Shared};
+use crate::blobs::Blobs;
+use crate::sessions::{Live, Sessions};
 
 /// A bus with no other nodes on it.
 pub struct LocalBus {
@@ -27,7 +28,7 @@ impl LocalBus {
 
 #[async_trait]
 impl Bus for LocalBus {
-    async fn start(&self, _shared: Weak<Shared>) -> Result<(), BusError> {
+    async fn start(&self, _blobs: Arc<Blobs>, _sessions: Arc<Sessions>) -> Result<(), BusError> {
         Ok(())
     }
 

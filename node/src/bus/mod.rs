@@ -10,7 +10,7 @@ mod local;
 mod nats;
 mod nats_server;
 
-use std::sync::Weak;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use tokio::sync::watch;
@@ -19,7 +19,8 @@ pub use local::LocalBus;
 pub use nats::NatsBus;
 pub use nats_server::NatsServer;
 
-use crate::shared::{Live, Shared};
+use crate::blobs::Blobs;
+use crate::sessions::{Live, Sessions};
 
 /// Why the bus could not do something.
 #[derive(Debug, thiserror::Error)]
@@ -43,8 +44,9 @@ pub enum BusError {
 /// Routes live deliveries and blob bytes between nodes.
 #[async_trait]
 pub(crate) trait Bus: Send + Sync + 'static {
-    /// Starts serving what other nodes send or ask this node for.
-    async fn start(&self, shared: Weak<Shared>) -> Result<(), BusError>;
+    /// Starts serving what other nodes send or ask this node for: their
+    /// deliveries go to `sessions`, their blob requests to `blobs`.
+    async fn start(&self, blobs: Arc<Blobs>, sessions: Arc<Sessions>) -> Result<(), BusError>;
     /// This node's id on the bus (the address it advertises).
     fn node_id(&self) -> &str;
     /// Starts receiving `user`'s deliveries from other nodes; returns once

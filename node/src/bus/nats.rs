@@ -9,7 +9,7 @@
 //! - `fastchat.drop.<node>`: a blob that node may delete.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_nats::{Client, Event};
@@ -20,7 +20,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::{Bus, BusError};
-use crate::shared::{Live, Shared};
+use crate::blobs::Blobs;
+use crate::sessions::{Live, Sessions};
 
 /// Longest a blob request waits at the owner for an upload to progress
 /// before answering "nothing yet" (the asker then asks again).
@@ -102,7 +103,7 @@ struct Route {
 pub struct NatsBus {
     client: Client,
     node_id: String,
-    shared: OnceLock<Weak<Shared>>,
+    sessions: OnceLock<Arc<Sessions>>,
     routes: Mutex<HashMap<String, Route>>,
     outgoing: mpsc::UnboundedSender<(String, Bytes)>,
     reconnects: watch::Sender<u64>,
@@ -143,7 +144,7 @@ impl NatsBus {
         Ok(Self {
             client,
             node_id: node_id.to_string(),
-            shared: OnceLock::new(),
+            sessions: OnceLock::new(),
             routes: Mutex::new(HashMap::new()),
             outgoing,
             reconnects,
@@ -155,7 +156,7 @@ impl NatsBus {
         self.tasks.lock().expect("tasks lock").push(task);
     }
 
-    async fn serve_blobs(&self, shared: Weak<Shared>) -> Result<(), BusError> {
+    async fn serve_blobs(&self, blobs: Arc<Blobs>) -> Result<(), BusError> {
         let request_err = |e: &dyn std::fmt::Display| BusError::Request(e.to_string());
         let mut gets = self
             .client
@@ -168,18 +169,19 @@ impl NatsBus {
             .await
             .map_err(|e| request_err(&e))?;
         let client = self.client.clone();
-        let owner = shared.clone();
+        let readers = blobs.clone();
         self.spawn(tokio::spawn(async move {
             while let Some(msg) = gets.next().await {
-                let (Some(reply), Some(shared)) = (msg.reply, owner.upgrade()) else {
+                let Some(reply) = msg.reply else {
                     continue;
                 };
-                let client = client.clone();
+                let (client, blobs) = (client.clone(), readers.clone());
                 tokio::spawn(async move {
                     let result = match decode_range(&msg.payload) {
-                        Some((id, offset, max)) => {
-                            crate::cmd::image::read_blob(&shared, id, offset, max, BLOB_WAIT).await
-                        }
+                        Some((id, offset, max)) => blobs
+                            .read(id, offset, max, BLOB_WAIT)
+                            .await
+                            .map_err(|e| e.to_string()),
                         None => Err("malformed blob request".to_string()),
                     };
                     let _ = client.publish(reply, encode_reply(result)).await;
@@ -188,16 +190,14 @@ impl NatsBus {
         }));
         self.spawn(tokio::spawn(async move {
             while let Some(msg) = drops.next().await {
-                let (Some(id), Some(shared)) = (
-                    msg.payload
-                        .get(..8)
-                        .and_then(|b| b.try_into().ok())
-                        .map(u64::from_be_bytes),
-                    shared.upgrade(),
-                ) else {
-                    continue;
-                };
-                crate::cmd::image::delete_blob(&shared, id).await;
+                let id = msg
+                    .payload
+                    .get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes);
+                if let Some(id) = id {
+                    blobs.delete(id).await;
+                }
             }
         }));
         self.client.flush().await.map_err(|e| request_err(&e))
@@ -224,15 +224,17 @@ async fn publish_loop(client: Client, mut rx: mpsc::UnboundedReceiver<(String, B
     }
 }
 
-async fn forward(mut sub: async_nats::Subscriber, user: String, me: String, shared: Weak<Shared>) {
+async fn forward(
+    mut sub: async_nats::Subscriber,
+    user: String,
+    me: String,
+    sessions: Arc<Sessions>,
+) {
     while let Some(msg) = sub.next().await {
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
         match decode_live(&msg.payload) {
             // Our own publishes were pushed locally already.
             Some((origin, _)) if origin == me => {}
-            Some((_, live)) => shared.push_local(&user, live),
+            Some((_, live)) => sessions.push(&user, live),
             None => tracing::warn!("malformed delivery on the bus"),
         }
     }
@@ -240,9 +242,9 @@ async fn forward(mut sub: async_nats::Subscriber, user: String, me: String, shar
 
 #[async_trait]
 impl Bus for NatsBus {
-    async fn start(&self, shared: Weak<Shared>) -> Result<(), BusError> {
-        let _ = self.shared.set(shared.clone());
-        self.serve_blobs(shared).await
+    async fn start(&self, blobs: Arc<Blobs>, sessions: Arc<Sessions>) -> Result<(), BusError> {
+        let _ = self.sessions.set(sessions);
+        self.serve_blobs(blobs).await
     }
 
     fn node_id(&self) -> &str {
@@ -267,8 +269,13 @@ impl Bus for NatsBus {
             .flush()
             .await
             .map_err(|e| BusError::Request(e.to_string()))?;
-        let shared = self.shared.get().cloned().unwrap_or_default();
-        let task = tokio::spawn(forward(sub, user.to_string(), self.node_id.clone(), shared));
+        let sessions = self.sessions.get().cloned().unwrap_or_default();
+        let task = tokio::spawn(forward(
+            sub,
+            user.to_string(),
+            self.node_id.clone(),
+            sessions,
+        ));
         let mut routes = self.routes.lock().expect("routes lock");
         match routes.get_mut(user) {
             Some(r) => {

@@ -4,7 +4,6 @@
 //! an offline one gets them later. Either side can resume from an offset.
 //! The blob is deleted once every recipient has said it has the image.
 
-use std::io::SeekFrom;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,8 +17,8 @@ use fastchat_proto::limits::{MAX_CONTROL_FRAME, image_plaintext_len};
 use fastchat_proto::{ErrorCode, MessageId, ProtoError};
 use fastchat_transport::quinn::{RecvStream, SendStream};
 use fastchat_transport::{StreamError, read_frame, write_frame};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
+use crate::blobs::BlobError;
 use crate::shared::{Live, Shared};
 use crate::store::{BlobLocation, StoreError};
 
@@ -33,8 +32,8 @@ const BUS_CHUNK: u32 = 512 * 1024;
 /// recipient resumes later).
 const STALL: Duration = Duration::from_secs(30);
 
-fn io_err(e: std::io::Error) -> StreamError {
-    StreamError::Connection(format!("blob file: {e}"))
+fn blob_err(e: BlobError) -> StreamError {
+    StreamError::Connection(e.to_string())
 }
 
 fn mib(bytes: u64) -> String {
@@ -169,53 +168,38 @@ pub(crate) async fn serve_upload(
         );
     }
 
-    let path = shared.blob_path(start.blob_id);
-    let mut file = tokio::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(false)
-        .open(&path)
+    let mut blob = shared
+        .blobs
+        .write(start.blob_id, start.total_len)
         .await
-        .map_err(io_err)?;
-    let mut have = file
-        .metadata()
-        .await
-        .map_err(io_err)?
-        .len()
-        .min(start.total_len);
-    file.set_len(have).await.map_err(io_err)?;
-    file.seek(SeekFrom::Start(have)).await.map_err(io_err)?;
-    let progress = shared.blob_progress(start.blob_id, have);
-    progress.send_replace(have);
-    write_frame(send, &ImageAccept::Continue { have }, MAX_CONTROL_FRAME).await?;
+        .map_err(blob_err)?;
+    write_frame(
+        send,
+        &ImageAccept::Continue { have: blob.have() },
+        MAX_CONTROL_FRAME,
+    )
+    .await?;
 
     let mut pending: Vec<u8> = Vec::with_capacity(WRITE_CHUNK);
     loop {
         let chunk = recv.read_chunk(WRITE_CHUNK, true).await?;
         let done = chunk.is_none();
         if let Some(c) = chunk {
-            if have + pending.len() as u64 + c.bytes.len() as u64 > start.total_len {
-                return Err(StreamError::Connection(
-                    "the upload is longer than offered".into(),
-                ));
+            if blob.have() + pending.len() as u64 + c.bytes.len() as u64 > start.total_len {
+                return Err(blob_err(BlobError::TooLong));
             }
             pending.extend_from_slice(&c.bytes);
         }
         if pending.len() >= WRITE_CHUNK || (done && !pending.is_empty()) {
-            file.write_all(&pending).await.map_err(io_err)?;
-            file.flush().await.map_err(io_err)?;
-            have += pending.len() as u64;
+            blob.append(&pending).await.map_err(blob_err)?;
             pending.clear();
-            progress.send_replace(have);
         }
         if done {
             break;
         }
     }
-    let outcome = if have == start.total_len {
-        if shared.fsync {
-            file.sync_data().await.map_err(io_err)?;
-        }
+    let outcome = if blob.is_complete() {
+        blob.finish().await.map_err(blob_err)?;
         ImageStored::Stored
     } else {
         ImageStored::Failed(ProtoError::new(
@@ -258,16 +242,11 @@ pub(crate) async fn serve_fetch(
         MAX_CONTROL_FRAME,
     )
     .await?;
-    if is_local(shared, &blob.owner) {
+    if shared.holds_blob(&blob.owner) {
         send_local(shared, blob.blob_id, fetch.offset, blob.total_len, send).await
     } else {
         send_remote(shared, &blob, fetch.offset, send).await
     }
-}
-
-fn is_local(shared: &Shared, owner: &str) -> bool {
-    // Blobs stored before nodes had ids belong to the node that holds the store file.
-    owner.is_empty() || owner == shared.bus.node_id()
 }
 
 /// Streams a blob in this node's directory, following an upload in progress.
@@ -278,34 +257,17 @@ async fn send_local(
     total_len: u64,
     send: &mut SendStream,
 ) -> Result<(), StreamError> {
-    let path = shared.blob_path(blob_id);
-    let mut file = tokio::fs::File::open(&path).await.map_err(io_err)?;
-    let on_disk = file.metadata().await.map_err(io_err)?.len();
-    let mut written = shared.blob_progress(blob_id, on_disk).subscribe();
-    file.seek(SeekFrom::Start(offset)).await.map_err(io_err)?;
+    let mut reader = shared
+        .blobs
+        .follow(blob_id, offset)
+        .await
+        .map_err(blob_err)?;
     let mut pos = offset;
-    let mut chunk = vec![0u8; READ_CHUNK];
     while pos < total_len {
-        let available = *written.borrow_and_update();
-        if available <= pos {
-            // Wait for the uploader; a stalled upload ends this fetch and the
-            // recipient resumes later.
-            match tokio::time::timeout(STALL, written.changed()).await {
-                Ok(Ok(())) => continue,
-                _ => {
-                    return Err(StreamError::Connection(
-                        "the sender's upload stalled".into(),
-                    ));
-                }
-            }
-        }
-        let want = ((available - pos) as usize).min(READ_CHUNK);
-        let n = file.read(&mut chunk[..want]).await.map_err(io_err)?;
-        if n == 0 {
-            return Err(StreamError::Connection("the blob file is short".into()));
-        }
-        send.write_all(&chunk[..n]).await?;
-        pos += n as u64;
+        // A stalled upload ends this fetch; the recipient resumes later.
+        let bytes = reader.next(READ_CHUNK, STALL).await.map_err(blob_err)?;
+        send.write_all(&bytes).await?;
+        pos += bytes.len() as u64;
     }
     Ok(())
 }
@@ -360,50 +322,6 @@ async fn send_remote(
     Ok(())
 }
 
-/// Up to `max` bytes of this node's blob `blob_id` from `offset`, waiting
-/// up to `wait` for an upload in progress to get there (empty if it did not).
-pub(crate) async fn read_blob(
-    shared: &Shared,
-    blob_id: u64,
-    offset: u64,
-    max: u32,
-    wait: Duration,
-) -> Result<Vec<u8>, String> {
-    let path = shared.blob_path(blob_id);
-    let mut file = tokio::fs::File::open(&path)
-        .await
-        .map_err(|_| format!("node {} no longer holds that image", shared.bus.node_id()))?;
-    let on_disk = file.metadata().await.map_err(|e| e.to_string())?.len();
-    let mut written = shared.blob_progress(blob_id, on_disk).subscribe();
-    let mut available = *written.borrow_and_update();
-    if available <= offset {
-        let _ = tokio::time::timeout(wait, written.changed()).await;
-        available = *written.borrow_and_update();
-        if available <= offset {
-            return Ok(Vec::new());
-        }
-    }
-    let want = ((available - offset) as usize).min(max as usize);
-    let mut out = vec![0u8; want];
-    file.seek(SeekFrom::Start(offset))
-        .await
-        .map_err(|e| e.to_string())?;
-    file.read_exact(&mut out)
-        .await
-        .map_err(|e| format!("the blob file is short: {e}"))?;
-    Ok(out)
-}
-
-/// Deletes this node's blob `blob_id` (every recipient has it).
-pub(crate) async fn delete_blob(shared: &Shared, blob_id: u64) {
-    shared.forget_blob(blob_id);
-    if let Err(e) = tokio::fs::remove_file(shared.blob_path(blob_id)).await
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::warn!(blob = blob_id, error = %e, "cannot delete a collected blob");
-    }
-}
-
 pub(crate) async fn received(
     shared: &Shared,
     user: &str,
@@ -411,8 +329,8 @@ pub(crate) async fn received(
     id: MessageId,
 ) -> Result<Response, ProtoError> {
     if let Some(blob) = shared.store.blob_received(user, from, id).await? {
-        if is_local(shared, &blob.owner) {
-            delete_blob(shared, blob.blob_id).await;
+        if shared.holds_blob(&blob.owner) {
+            shared.blobs.delete(blob.blob_id).await;
         } else {
             shared.bus.drop_blob(&blob.owner, blob.blob_id);
         }
