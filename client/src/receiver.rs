@@ -50,8 +50,7 @@ async fn serve(
         deliveries.push(d);
     }
     let seqs: Vec<u64> = deliveries.iter().map(|d| d.seq).collect();
-    let (fresh, downloads) =
-        process(core, deliveries).map_err(|e| StreamError::Connection(e.to_string()))?;
+    let (fresh, downloads) = process(core, deliveries).map_err(StreamError::service)?;
     // Committed, not yet acknowledged: the node will deliver it again.
     crate::fault::crash_at(crate::fault::AFTER_KEYSTORE_COMMIT);
     write_frame(&mut send, &DeliveryAck { seqs }, MAX_CONTROL_FRAME).await?;

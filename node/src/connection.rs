@@ -58,7 +58,7 @@ async fn stream_kind(recv: &mut RecvStream) -> Result<StreamKind, StreamError> {
         Ok(Ok(Some(kind))) => Ok(kind),
         Ok(Ok(None)) => Err(StreamError::Truncated),
         Ok(Err(e)) => Err(e),
-        Err(_) => Err(StreamError::Connection("no stream header in time".into())),
+        Err(_) => Err(StreamError::Timeout("no stream header")),
     }
 }
 
@@ -69,8 +69,8 @@ async fn run(shared: Arc<Shared>, conn: Connection) -> Result<(), StreamError> {
         Err(_) => return Ok(()),
     };
     if stream_kind(&mut recv).await? != StreamKind::Control {
-        return Err(StreamError::Connection(
-            "the first stream must be the control stream".into(),
+        return Err(StreamError::Protocol(
+            "the first stream must be the control stream",
         ));
     }
     let control = Arc::new(Mutex::new(send));
@@ -85,7 +85,7 @@ async fn run(shared: Arc<Shared>, conn: Connection) -> Result<(), StreamError> {
         let frame: RequestFrame = match read_frame(&mut recv, MAX_CONTROL_FRAME, &mut buf).await {
             Ok(Some(f)) => f,
             Ok(None) => return Ok(()),
-            Err(StreamError::Connection(_)) => return Ok(()),
+            Err(StreamError::Read(_)) => return Ok(()),
             Err(e) => return Err(e),
         };
         if let (Request::Sync, Some(d)) = (&frame.request, &delivery) {
@@ -119,7 +119,7 @@ async fn run(shared: Arc<Shared>, conn: Connection) -> Result<(), StreamError> {
             let mut send = control.lock().await;
             let _ = send.finish();
             let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
-            return Err(StreamError::Connection("too many failed logins".into()));
+            return Err(StreamError::Protocol("too many failed logins"));
         }
     }
 }
@@ -174,7 +174,7 @@ async fn serve_stream(
             cmd::image::serve_fetch(&shared, &user, &mut send, &mut recv).await
         }
         StreamKind::Control | StreamKind::Delivery => {
-            Err(StreamError::Connection("unexpected stream kind".into()))
+            Err(StreamError::Protocol("unexpected stream kind"))
         }
     };
     match result {

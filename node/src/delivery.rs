@@ -97,11 +97,7 @@ async fn run(
     let result: Result<(), StreamError> = async {
         // Join the bus before reading the store, so nothing stored on
         // another node in between is missed.
-        shared
-            .bus
-            .join(&user)
-            .await
-            .map_err(|e| StreamError::Connection(e.to_string()))?;
+        shared.bus.join(&user).await.map_err(StreamError::service)?;
         joined.store(true, Ordering::Release);
         let mut reconnects = shared.bus.reconnects();
         let mut recent = Recent::default();
@@ -213,7 +209,7 @@ async fn drain_store(
             .store
             .pending(user, cursor, MAX_BATCH)
             .await
-            .map_err(|e| StreamError::Connection(e.to_string()))?;
+            .map_err(StreamError::service)?;
         let Some(last) = page.last().map(|(seq, _)| *seq) else {
             break;
         };
@@ -239,9 +235,7 @@ async fn drain_store(
 /// and the client applies them in the order they were opened, so a key
 /// always lands before the texts it opens, however many are in flight.
 async fn open(conn: &Connection) -> Result<(SendStream, RecvStream), StreamError> {
-    conn.open_bi()
-        .await
-        .map_err(|e| StreamError::Connection(e.to_string()))
+    Ok(conn.open_bi().await?)
 }
 
 /// Sends one batch on its stream, waits for the client's ack, and deletes
@@ -253,7 +247,6 @@ async fn deliver(
     batch: Vec<Live>,
     acked: &watch::Sender<u64>,
 ) -> Result<(), StreamError> {
-    let conn_err = |e: &dyn std::fmt::Display| StreamError::Connection(e.to_string());
     // Borrowed: a group envelope shared by every member is not copied.
     let frames = batch
         .iter()
@@ -264,14 +257,14 @@ async fn deliver(
         .collect::<Vec<_>>();
     write_frame(&mut send, &StreamKind::Delivery, 64).await?;
     write_frames(&mut send, &frames, MAX_MESSAGE_FRAME).await?;
-    send.finish().map_err(|e| conn_err(&e))?;
+    send.finish()?;
     let mut buf = Vec::new();
     let ack: DeliveryAck = tokio::time::timeout(
         ACK_TIMEOUT,
         read_frame(&mut recv, MAX_CONTROL_FRAME, &mut buf),
     )
     .await
-    .map_err(|_| StreamError::Connection("the client did not acknowledge in time".into()))??
+    .map_err(|_| StreamError::Timeout("the client did not acknowledge a delivery"))??
     .ok_or(StreamError::Truncated)?;
     // Only positions we actually sent on this stream may be deleted; 0
     // marks a live-only envelope (a receipt) that was never stored.
@@ -289,7 +282,7 @@ async fn deliver(
         .store
         .ack(user, &sent)
         .await
-        .map_err(|e| conn_err(&e))?;
+        .map_err(StreamError::service)?;
     if let Some(max) = sent.iter().max() {
         acked.send_if_modified(|v| {
             let grew = *max > *v;

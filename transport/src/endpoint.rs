@@ -39,11 +39,18 @@ pub enum TransportError {
         /// The address asked for.
         addr: SocketAddr,
         /// The cause.
+        #[source]
         cause: std::io::Error,
     },
     /// The TLS configuration was refused (bad certificate or key).
     #[error("the TLS configuration is invalid: {0}")]
-    Tls(String),
+    Tls(#[from] rustls::Error),
+    /// The client-certificate verifier could not be built from the CA.
+    #[error("the TLS configuration is invalid: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    /// TLS offers no cipher suite QUIC can use.
+    #[error("the TLS configuration is invalid: {0}")]
+    NoQuicCipher(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
     /// The address could not be parsed or resolved.
     #[error("'{0}' is not a reachable address (expected HOST:PORT)")]
     BadAddress(String),
@@ -79,9 +86,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 fn roots(ca: &[CertificateDer<'static>]) -> Result<RootCertStore, TransportError> {
     let mut roots = RootCertStore::empty();
     for cert in ca {
-        roots
-            .add(cert.clone())
-            .map_err(|e| TransportError::Tls(e.to_string()))?;
+        roots.add(cert.clone())?;
     }
     Ok(roots)
 }
@@ -139,17 +144,14 @@ fn client_config(
     client_cert: Option<&NodeIdentity>,
 ) -> Result<quinn::ClientConfig, TransportError> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| TransportError::Tls(e.to_string()))?
+        .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots(ca)?);
     let mut tls = match client_cert {
-        Some(id) => builder
-            .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
-            .map_err(|e| TransportError::Tls(e.to_string()))?,
+        Some(id) => builder.with_client_auth_cert(id.chain.clone(), id.key.clone_key())?,
         None => builder.with_no_client_auth(),
     };
     tls.alpn_protocols = vec![fastchat_proto::ALPN.to_vec()];
-    let quic = QuicClientConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
+    let quic = QuicClientConfig::try_from(tls)?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     config.transport_config(transport_config(true));
     Ok(config)
@@ -162,8 +164,7 @@ pub fn server_endpoint(
     client_auth: ClientAuth,
 ) -> Result<Endpoint, TransportError> {
     let builder = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| TransportError::Tls(e.to_string()))?;
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
     let builder = match client_auth {
         ClientAuth::None => builder.with_no_client_auth(),
         ClientAuth::OptionalClusterCert => {
@@ -172,16 +173,13 @@ pub fn server_endpoint(
                 provider(),
             )
             .allow_unauthenticated()
-            .build()
-            .map_err(|e| TransportError::Tls(e.to_string()))?;
+            .build()?;
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut tls = builder
-        .with_single_cert(identity.chain.clone(), identity.key.clone_key())
-        .map_err(|e| TransportError::Tls(e.to_string()))?;
+    let mut tls = builder.with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
     tls.alpn_protocols = vec![fastchat_proto::ALPN.to_vec()];
-    let quic = QuicServerConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
+    let quic = QuicServerConfig::try_from(tls)?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
     server.transport_config(transport_config(false));
     endpoint_on(addr, Some(server))

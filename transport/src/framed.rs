@@ -20,20 +20,33 @@ pub enum StreamError {
     /// The peer started a frame and did not finish it in time.
     #[error("the peer did not finish a frame within {} s", FRAME_TIMEOUT.as_secs())]
     Stalled,
-    /// The stream or connection failed.
+    /// Reading failed: the stream was reset or the connection closed.
     #[error("the connection failed: {0}")]
-    Connection(String),
+    Read(#[from] quinn::ReadError),
+    /// Writing failed: the stream was stopped or the connection closed.
+    #[error("the connection failed: {0}")]
+    Write(#[from] quinn::WriteError),
+    /// A stream could not be opened: the connection is gone.
+    #[error("the connection failed: {0}")]
+    Closed(#[from] quinn::ConnectionError),
+    /// The stream was finished or reset already.
+    #[error("the stream is closed: {0}")]
+    Finished(#[from] quinn::ClosedStream),
+    /// The peer broke the protocol.
+    #[error("the peer broke the protocol: {0}")]
+    Protocol(&'static str),
+    /// The peer did not do its part in time.
+    #[error("the peer did not answer in time: {0}")]
+    Timeout(&'static str),
+    /// What serves the stream (a store, a bus, a file) failed.
+    #[error(transparent)]
+    Service(Box<dyn std::error::Error + Send + Sync>),
 }
 
-impl From<quinn::ReadError> for StreamError {
-    fn from(e: quinn::ReadError) -> Self {
-        Self::Connection(e.to_string())
-    }
-}
-
-impl From<quinn::WriteError> for StreamError {
-    fn from(e: quinn::WriteError) -> Self {
-        Self::Connection(e.to_string())
+impl StreamError {
+    /// A [`StreamError::Service`] keeping `e` as its cause.
+    pub fn service(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Service(Box::new(e))
     }
 }
 

@@ -33,7 +33,7 @@ const BUS_CHUNK: u32 = 512 * 1024;
 const STALL: Duration = Duration::from_secs(30);
 
 fn blob_err(e: BlobError) -> StreamError {
-    StreamError::Connection(e.to_string())
+    StreamError::service(e)
 }
 
 fn mib(bytes: u64) -> String {
@@ -280,7 +280,7 @@ async fn send_remote(
     offset: u64,
     send: &mut SendStream,
 ) -> Result<(), StreamError> {
-    let bus_err = |e: crate::bus::BusError| StreamError::Connection(e.to_string());
+    let bus_err = |e: crate::bus::BusError| StreamError::service(e);
     let fetch = |at: u64| {
         shared
             .bus
@@ -292,9 +292,7 @@ async fn send_remote(
         let bytes = fetch(pos).await.map_err(bus_err)?;
         if bytes.is_empty() {
             if stalled_since.elapsed() > STALL {
-                return Err(StreamError::Connection(
-                    "the sender's upload stalled".into(),
-                ));
+                return Err(blob_err(BlobError::Stalled));
             }
             continue;
         }
