@@ -79,12 +79,14 @@ fn init_chat_logging(home: Option<PathBuf>, verbose: u8) {
     let Some(dir) = home.or_else(|| dirs::data_dir().map(|d| d.join("fastchat"))) else {
         return;
     };
-    let _ = std::fs::create_dir_all(&dir);
-    let Ok(file) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("chat.log"))
-    else {
+    let log = dir.join("chat.log");
+    // The home is the user's alone (0700, files 0600), the log included.
+    if fastchat_client::private::create_dir(&dir).is_err()
+        || fastchat_client::private::create_file(&log).is_err()
+    {
+        return;
+    }
+    let Ok(file) = std::fs::OpenOptions::new().append(true).open(&log) else {
         return;
     };
     let level = if verbose > 0 { "debug" } else { "warn" };

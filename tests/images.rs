@@ -398,3 +398,53 @@ async fn oversized_over_quota_and_non_images_are_refused_before_any_byte() {
         .await
         .unwrap();
 }
+
+#[cfg(unix)]
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// Files on the user's machine are the user's alone: the home and the
+/// downloads 0700, the keystore (and its WAL and SHM) and received files
+/// 0600, even where the home existed before with a looser mode.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_home_the_keystore_and_received_files_are_the_users_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let cluster = Cluster::start().await;
+    let loose = cluster.home("bob");
+    std::fs::create_dir_all(&loose).unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let alice = cluster.register("alice").await;
+    let bob = cluster.register("bob").await;
+    befriend(&alice, &bob).await;
+    let files = tempfile::tempdir().unwrap();
+    let path = write(files.path(), "notes.bin", &pattern(3000, 7));
+    alice
+        .send_attachment(
+            &Recipient::Friend("bob".into()),
+            &path,
+            AttachmentKind::File,
+            &no_progress,
+        )
+        .await
+        .unwrap();
+    let got = received(&bob).await;
+    let saved = PathBuf::from(&got[0].attachment.as_ref().unwrap().path);
+
+    let home = cluster.home("bob");
+    assert_eq!(mode(&home), 0o700, "the home");
+    assert_eq!(mode(&home.join("downloads")), 0o700, "the downloads");
+    assert_eq!(mode(&saved), 0o600, "a received file");
+    for name in ["keystore.db", "keystore.db-wal", "keystore.db-shm"] {
+        let p = home.join(name);
+        if p.exists() {
+            assert_eq!(mode(&p), 0o600, "{name}");
+        }
+    }
+    assert!(
+        home.join("keystore.db-wal").exists(),
+        "the WAL is checked too"
+    );
+}

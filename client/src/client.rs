@@ -117,7 +117,7 @@ impl Client {
         let login_key = SigningIdentity::generate()?;
         register(&control, name, &identity, &login_key).await?;
 
-        std::fs::create_dir_all(home).map_err(ClientError::io(home))?;
+        crate::private::create_dir(home).map_err(ClientError::io(home))?;
         let profile = Profile {
             name: name.to_string(),
             server: server.to_string(),

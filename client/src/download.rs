@@ -70,9 +70,7 @@ async fn run(
     rec: &DownloadRecord,
 ) -> Result<InboxItem, ClientError> {
     let dir = core.home.join(DOWNLOADS_DIR);
-    tokio::fs::create_dir_all(&dir)
-        .await
-        .map_err(ClientError::io(&dir))?;
+    crate::private::create_dir(&dir).map_err(ClientError::io(&dir))?;
     let partial = dir.join(format!(
         ".partial-{}-{}",
         safe_file_name(&rec.from),
@@ -82,7 +80,7 @@ async fn run(
     let chunks = chunk_count(size);
 
     // Keep only whole chunks of an earlier attempt, and re-hash them.
-    let mut file = tokio::fs::OpenOptions::new()
+    let mut file = crate::private::file_options()
         .create(true)
         .read(true)
         .write(true)

@@ -232,6 +232,14 @@ impl Vault {
 }
 
 fn open_conn(path: &Path) -> Result<(Connection, fastchat_sqlite::Checkpointer), ClientError> {
+    // Owner-only before SQLite opens it: SQLite gives the -wal and -shm
+    // files the database file's mode, so they are never readable by others.
+    crate::private::create_file(path).map_err(ClientError::io(path))?;
+    for suffix in ["-wal", "-shm"] {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        crate::private::restrict(Path::new(&side));
+    }
     let mut conn = Connection::open(path)?;
     conn.execute_batch(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;",
@@ -280,7 +288,6 @@ impl Keystore {
             )?;
         }
         tx.commit()?;
-        restrict_permissions(path);
         Ok(Self {
             conn,
             _checkpointer: checkpointer,
@@ -957,16 +964,6 @@ fn transfer_label(table: Transfers, id: &[u8; 16]) -> String {
         Transfers::Downloads => "download",
     };
     format!("{kind}:{}", fastchat_proto::MessageId(*id).to_hex())
-}
-
-fn restrict_permissions(path: &Path) {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
-    }
-    #[cfg(not(unix))]
-    let _ = path;
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ mod failover;
 mod fault;
 mod ids;
 pub mod keystore;
+pub mod private;
 mod receiver;
 mod sender;
 mod transfer;
