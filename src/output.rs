@@ -33,8 +33,13 @@ pub fn json(item: &InboxItem) -> serde_json::Value {
     v
 }
 
-/// The human form of an item.
+/// The human form of an item, safe to print: whatever a peer wrote is
+/// shown, never obeyed by the terminal.
 pub fn human(item: &InboxItem) -> String {
+    fastchat_client::shown(&human_raw(item)).into_owned()
+}
+
+fn human_raw(item: &InboxItem) -> String {
     let when = timestamp(item.sent_at_ms);
     let group = item.group.as_deref().unwrap_or("?");
     let member = item.member.as_deref().unwrap_or("?");

@@ -20,7 +20,8 @@ fn style() -> ProgressStyle {
 pub fn bar(label: &str) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
     bar.set_style(style());
-    bar.set_message(label.to_string());
+    // Titles come from peers: shown, never obeyed.
+    bar.set_message(fastchat_client::shown(label).into_owned());
     bar
 }
 

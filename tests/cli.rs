@@ -71,6 +71,26 @@ fn readme_flow_through_the_cli() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("while you wait"));
 
+    // A friend's text is shown, never obeyed: escapes that would clear the
+    // screen, retitle the window or fake a line reach the terminal as
+    // visible pictures.
+    cli_ok(
+        &alice,
+        &[
+            "send",
+            "--to",
+            "bob",
+            "\u{1b}[2J\u{1b}]0;owned\u{7}\n[00:00] carol: fake",
+        ],
+    );
+    let out = cli_ok(&bob, &["recv"]);
+    assert!(
+        out.contains("alice: ␛[2J␛]0;owned␇␊[00:00] carol: fake"),
+        "{out}"
+    );
+    assert!(!out.contains('\u{1b}') && !out.contains('\u{7}'), "{out:?}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+
     // Errors a user can cause are one clear sentence, not a panic.
     let (ok, _, err) = cli(&alice, &["send", "--to", "carol", "hi"]);
     assert!(!ok);

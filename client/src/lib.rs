@@ -6,6 +6,7 @@
 
 // The SDK's surface.
 mod client;
+mod display;
 mod error;
 mod types;
 
@@ -33,6 +34,7 @@ mod upload;
 
 pub use client::Client;
 pub use connect::cluster_status;
+pub use display::{is_format_control, shown};
 pub use download::DOWNLOADS_DIR;
 pub use error::ClientError;
 pub use fastchat_proto::balancer::NodeReport;

@@ -95,13 +95,18 @@ pub(crate) fn chunk_len(size: u64, i: u64) -> usize {
 /// Ciphertext bytes of one full chunk.
 pub(crate) const SEALED_CHUNK: u64 = (IMAGE_CHUNK + IMAGE_TAG) as u64;
 
-/// A file name made from a sender's title: no directories, no control
-/// characters, no leading dots; never empty.
+/// A file name made from a sender's title: no directories, no control or
+/// bidi characters (`cat\u{202E}gpj.exe` must not pass for a JPEG), no
+/// leading dots; never empty.
 pub fn safe_file_name(title: &str) -> String {
     let base = title.rsplit(['/', '\\']).next().unwrap_or("");
     let cleaned: String = base
         .chars()
-        .filter(|c| !c.is_control() && !matches!(c, ':' | '*' | '?' | '"' | '<' | '>' | '|'))
+        .filter(|c| {
+            !c.is_control()
+                && !crate::display::is_format_control(*c)
+                && !matches!(c, ':' | '*' | '?' | '"' | '<' | '>' | '|')
+        })
         .collect();
     let trimmed = cleaned.trim().trim_start_matches('.');
     let mut name: String = trimmed.chars().take(120).collect();
@@ -134,6 +139,8 @@ mod tests {
         assert_eq!(safe_file_name(""), "received");
         assert_eq!(safe_file_name("/"), "received");
         assert_eq!(safe_file_name("a\u{7}b.png"), "ab.png");
+        assert_eq!(safe_file_name("cat\u{202E}gpj.exe"), "catgpj.exe");
+        assert_eq!(safe_file_name("\u{2066}x\u{200F}.txt\u{FEFF}"), "x.txt");
         let d = Path::new("/d");
         assert_eq!(candidate(d, "cat.jpg", 2), Path::new("/d/cat (2).jpg"));
         assert_eq!(candidate(d, "README", 3), Path::new("/d/README (3)"));

@@ -1,7 +1,7 @@
 //! Drawing the screen model: conversations on the left, the open one on the
 //! right with transfers under it, the input line, the status line.
 
-use fastchat_client::{HistoryEntry, InboxKind};
+use fastchat_client::{HistoryEntry, InboxKind, shown};
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Direction, Layout, Rect};
 
@@ -21,7 +21,7 @@ fn clock(ms: u64) -> String {
 /// One history entry as a line.
 pub fn entry_line(e: &HistoryEntry) -> Line<'static> {
     let who = Span::styled(
-        format!("{}: ", e.from),
+        format!("{}: ", shown(&e.from)),
         Style::default()
             .add_modifier(Modifier::BOLD)
             .fg(if e.outgoing {
@@ -52,7 +52,8 @@ pub fn entry_line(e: &HistoryEntry) -> Line<'static> {
         InboxKind::MemberRemoved => format!("removed {member}"),
         InboxKind::YouWereRemoved => "removed you from the group".into(),
     };
-    let mut spans = vec![time, who, Span::raw(body)];
+    // What a peer wrote is shown, never obeyed by the terminal.
+    let mut spans = vec![time, who, Span::raw(shown(&body).into_owned())];
     if e.outgoing {
         spans.push(Span::styled(
             format!("  {}", e.state),
@@ -113,7 +114,7 @@ pub fn draw(frame: &mut Frame<'_>, app: &App, preview: Option<&Preview>) {
             } else {
                 String::new()
             };
-            ListItem::new(format!("{}{unread}", r.label()))
+            ListItem::new(format!("{}{unread}", shown(&r.label())))
         })
         .collect();
     let mut state = ListState::default();
@@ -131,18 +132,18 @@ pub fn draw(frame: &mut Frame<'_>, app: &App, preview: Option<&Preview>) {
     let title = app
         .rows
         .get(app.selected)
-        .map(|r| r.label())
+        .map(|r| shown(&r.label()).into_owned())
         .unwrap_or_else(|| "no conversation".into());
     let mut lines: Vec<Line> = app.messages.iter().map(entry_line).collect();
     for t in app.transfers.values() {
         lines.push(Line::styled(
-            format!("{} {}", t.label, bar(t.done, t.total, 20)),
+            format!("{} {}", shown(&t.label), bar(t.done, t.total, 20)),
             Style::default().fg(Color::Green),
         ));
     }
     for n in app.notices.iter().rev().take(3).rev() {
         lines.push(Line::styled(
-            format!("* {n}"),
+            format!("* {}", shown(n)),
             Style::default().fg(Color::Magenta),
         ));
     }
@@ -171,7 +172,7 @@ pub fn draw(frame: &mut Frame<'_>, app: &App, preview: Option<&Preview>) {
             .unwrap_or_default();
         let block = Block::default()
             .borders(Borders::ALL)
-            .title(format!("image: {name}"));
+            .title(format!("image: {}", shown(&name)));
         let inner = block.inner(area);
         frame.render_widget(block, area);
         frame.render_widget(ratatui_image::Image::new(&p.protocol), inner);
@@ -206,7 +207,7 @@ pub fn draw(frame: &mut Frame<'_>, app: &App, preview: Option<&Preview>) {
         frame.render_widget(
             Paragraph::new(
                 body.iter()
-                    .map(|l| Line::raw(l.clone()))
+                    .map(|l| Line::raw(shown(l).into_owned()))
                     .collect::<Vec<_>>(),
             )
             .block(
@@ -255,6 +256,14 @@ mod tests {
             state: fastchat_client::MessageState::Sent,
             conversation: Conversation::Friend("bob".into()),
         }
+    }
+
+    #[test]
+    fn a_peers_escapes_are_drawn_as_pictures() {
+        let line = entry_line(&entry("mal\u{1b}[31m", "\u{1b}[2J\u{202E}hi\n", false));
+        let text: String = line.spans.iter().map(|s| s.content.as_ref()).collect();
+        assert!(text.contains("mal␛[31m: ␛[2J\u{FFFD}hi␊"), "{text:?}");
+        assert!(!text.contains('\u{1b}') && !text.contains('\u{202E}'));
     }
 
     #[test]
