@@ -262,6 +262,54 @@ async fn a_cut_upload_resumes_without_resending_what_arrived() {
     );
 }
 
+/// Resuming re-encrypts under the file's key and nonces, which is safe only
+/// for the very bytes sent before: a file changed meanwhile is sent anew,
+/// under a new key, and only its new content arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_changed_before_its_upload_resumed_is_sent_anew() {
+    let cluster = Cluster::start().await;
+    let alice = std::sync::Arc::new(cluster.register("alice").await);
+    let bob = cluster.register("bob").await;
+    befriend(&alice, &bob).await;
+    let files = tempfile::tempdir().unwrap();
+    let before = pattern(16 << 20, 4);
+    let path = write(files.path(), "draft.bin", &before);
+    let cutter = alice.clone();
+    let cut = move |done: u64, total: u64| {
+        if done > total / 3 {
+            cutter.abort();
+        }
+    };
+    let first = alice
+        .send_attachment(
+            &Recipient::Friend("bob".into()),
+            &path,
+            AttachmentKind::File,
+            &cut,
+        )
+        .await;
+    assert!(matches!(first, Err(ClientError::Disconnected)), "{first:?}");
+
+    let after = pattern(16 << 20, 5);
+    std::fs::write(&path, &after).unwrap();
+    let alice = Client::connect(&cluster.home("alice")).await.unwrap();
+    let reports = alice.resume_uploads(&no_progress).await.unwrap();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].resumed_from, 0, "a changed file starts over");
+
+    bob.sync().await.unwrap();
+    bob.wait_downloads(Duration::from_secs(3)).await.unwrap();
+    let files: Vec<Vec<u8>> = bob
+        .unshown()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i.attachment.as_ref())
+        .map(|a| std::fs::read(&a.path).unwrap())
+        .collect();
+    assert_eq!(files.len(), 1, "only the new content arrives");
+    assert!(files[0] == after, "the new content, intact");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_download_resumes_from_where_it_stopped() {
     let cluster = Cluster::start().await;

@@ -4,12 +4,12 @@
 
 use std::path::PathBuf;
 
-use fastchat_crypto::chunked::ChunkCipher;
 use fastchat_crypto::{ConversationKey, signing, transcript};
 use fastchat_proto::decode;
+use fastchat_proto::envelope::Sealed;
 use fastchat_proto::frame::encode_body;
 use fastchat_proto::group::RosterEntry;
-use fastchat_proto::image::{ImageHeader, ImageTarget};
+use fastchat_proto::image::{AttachmentKind, ImageHeader, ImageTarget};
 use fastchat_proto::limits::image_ciphertext_len;
 
 use crate::error::ClientError;
@@ -28,18 +28,26 @@ pub(crate) enum SealFor<'a> {
     Group(&'a GroupState),
 }
 
-/// The saved record of a new upload of the file at `path`: its header
-/// (title, size, hash, kind) sealed for the recipient and, in a group,
-/// signed by us so members know who sent it.
+/// The file an upload sends, as read before it starts.
+pub(crate) struct Attaching {
+    pub path: PathBuf,
+    pub title: String,
+    pub size: u64,
+    pub sha256: [u8; 32],
+    pub kind: AttachmentKind,
+}
+
+/// The saved record of a new upload: a fresh random key for the file's
+/// chunks, carried inside the header (title, size, hash, kind), which alone
+/// is sealed for the recipient under the conversation or group key; in a
+/// group, signed by us so members know who sent it.
 pub(crate) fn plan_upload(
     me: &Me,
     to: SealFor<'_>,
     id: [u8; 16],
     nonce_prefix: [u8; 7],
-    path: PathBuf,
-    header: &ImageHeader,
+    file: Attaching,
 ) -> Result<UploadRecord, ClientError> {
-    let size = header.size;
     let (target, label, key, aad, group) = match to {
         SealFor::Friend { name, key } => (
             ImageTarget::Direct(name.to_string()),
@@ -61,32 +69,46 @@ pub(crate) fn plan_upload(
             Some((g.id, g.epoch)),
         ),
     };
-    let mut rec = UploadRecord {
-        id,
-        path,
-        to: target,
-        label,
-        key: *key.as_bytes(),
-        aad,
-        nonce_prefix,
-        header: Vec::new(),
-        signature: Vec::new(),
-        size,
-        total_len: image_ciphertext_len(size),
+    let file_key = ConversationKey::generate()?;
+    let header = ImageHeader {
+        title: file.title,
+        size: file.size,
+        sha256: file.sha256,
+        kind: file.kind,
+        sent_at_ms: fastchat_proto::now_ms(),
+        file_key: *file_key.as_bytes(),
     };
-    rec.header = rec.cipher().seal_header(&encode_body(header)?)?;
-    if let Some((gid, epoch)) = group {
-        rec.signature = me.signing.sign(&transcript::group_image_signature(
+    let sealed = key.seal(&aad, &encode_body(&header)?)?;
+    let mut sealed_header = sealed.nonce.to_vec();
+    sealed_header.extend_from_slice(&sealed.ciphertext);
+    let total_len = image_ciphertext_len(file.size);
+    let signature = match group {
+        Some((gid, epoch)) => me.signing.sign(&transcript::group_image_signature(
             gid,
             epoch,
             &me.name,
             &id,
             &nonce_prefix,
-            &rec.header,
-            rec.total_len,
-        ));
-    }
-    Ok(rec)
+            &sealed_header,
+            total_len,
+        )),
+        None => Vec::new(),
+    };
+    Ok(UploadRecord {
+        id,
+        path: file.path,
+        to: target,
+        label,
+        key: *file_key.as_bytes(),
+        aad,
+        nonce_prefix,
+        header: sealed_header,
+        signature,
+        size: file.size,
+        total_len,
+        sha256: file.sha256,
+        kind: file.kind,
+    })
 }
 
 /// What we hold to open an announced attachment.
@@ -153,9 +175,13 @@ pub(crate) fn on_announced(me: &Me, with: OpenWith, a: &Announced<'_>) -> Result
         }
         _ => return Err(invalid("an image whose target does not match its keys")),
     };
-    let plain = ChunkCipher::new(&key, a.nonce_prefix, aad.clone())
-        .open_header(a.header)
-        .map_err(|_| invalid(format!("an image header from {from} failed authentication")))?;
+    let unauthentic = || invalid(format!("an image header from {from} failed authentication"));
+    let (nonce, ciphertext) = a.header.split_at_checked(12).ok_or_else(unauthentic)?;
+    let sealed = Sealed {
+        nonce: nonce.try_into().expect("12 bytes"),
+        ciphertext: ciphertext.to_vec(),
+    };
+    let plain = key.open(&aad, &sealed).map_err(|_| unauthentic())?;
     let header: ImageHeader =
         decode(&plain).map_err(|_| invalid(format!("an image header from {from} is malformed")))?;
     if image_ciphertext_len(header.size) != a.total_len {
@@ -167,8 +193,8 @@ pub(crate) fn on_announced(me: &Me, with: OpenWith, a: &Announced<'_>) -> Result
         id: a.id,
         from: from.to_string(),
         group: group_name,
+        key: header.file_key,
         header,
-        key: *key.as_bytes(),
         aad,
         nonce_prefix: a.nonce_prefix,
         total_len: a.total_len,
@@ -190,13 +216,13 @@ mod tests {
         }
     }
 
-    fn header(size: u64) -> ImageHeader {
-        ImageHeader {
+    fn file(size: u64) -> Attaching {
+        Attaching {
+            path: "cat.png".into(),
             title: "cat.png".into(),
             size,
             sha256: [7; 32],
             kind: AttachmentKind::Image,
-            sent_at_ms: 1,
         }
     }
 
@@ -223,8 +249,7 @@ mod tests {
             name: "bob",
             key: &key,
         };
-        let rec =
-            plan_upload(&alice, to, [1; 16], [2; 7], "cat.png".into(), &header(5000)).unwrap();
+        let rec = plan_upload(&alice, to, [1; 16], [2; 7], file(5000)).unwrap();
         let outcome = on_announced(
             &bob,
             OpenWith::Friend(Some(key.clone())),
@@ -238,6 +263,21 @@ mod tests {
             (down.header.title.as_str(), down.header.size),
             ("cat.png", 5000)
         );
+        // The chunks' key is the file's own, carried in the header: the
+        // conversation key seals the header and nothing else.
+        assert_eq!(down.key, rec.key);
+        assert_ne!(&down.key, key.as_bytes());
+        let chunk = rec.cipher().seal(0, true, b"bytes").unwrap();
+        assert_eq!(down.cipher().open(0, true, &chunk).unwrap(), b"bytes");
+        let with_conversation_key =
+            fastchat_crypto::chunked::ChunkCipher::new(&key, rec.nonce_prefix, rec.aad.clone());
+        assert!(with_conversation_key.open(0, true, &chunk).is_err());
+        let to = SealFor::Friend {
+            name: "bob",
+            key: &key,
+        };
+        let again = plan_upload(&alice, to, [1; 16], [2; 7], file(5000)).unwrap();
+        assert_ne!(again.key, rec.key, "every upload has a key of its own");
 
         // Not a friend, the wrong claimed sender, or a length that does not
         // match the header: refused.
@@ -273,15 +313,7 @@ mod tests {
             roster: roster.clone(),
             key: Some(key.clone()),
         };
-        let rec = plan_upload(
-            &alice,
-            SealFor::Group(&group),
-            [1; 16],
-            [2; 7],
-            "cat.png".into(),
-            &header(10),
-        )
-        .unwrap();
+        let rec = plan_upload(&alice, SealFor::Group(&group), [1; 16], [2; 7], file(10)).unwrap();
         let with = || OpenWith::Group {
             group: Some(group.clone()),
             at_epoch: Some((key.clone(), roster.clone())),

@@ -8,14 +8,14 @@ use std::sync::Arc;
 use fastchat_crypto::{Identity, SigningIdentity, random_bytes};
 use fastchat_proto::control::{Request, Response};
 use fastchat_proto::group::GroupChange;
-use fastchat_proto::image::{AttachmentKind, ImageHeader};
+use fastchat_proto::image::{AttachmentKind, ImageTarget};
 use fastchat_proto::{ErrorCode, MessageId};
 use fastchat_transport::client_endpoint;
 use fastchat_transport::quinn::{Connection, Endpoint};
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::KEYSTORE_FILE;
-use crate::attachments::{self, SealFor};
+use crate::attachments::{self, Attaching, SealFor};
 use crate::connect::{login, reach_node, register};
 use crate::control::Control;
 use crate::core::Core;
@@ -510,7 +510,8 @@ impl Client {
                 return Err(ClientError::NotAnImage(path.to_path_buf()));
             }
         }
-        let header = ImageHeader {
+        let file = Attaching {
+            path: path.to_path_buf(),
             title: path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -518,7 +519,6 @@ impl Client {
             size: meta.len(),
             sha256: hash_file(path).await?,
             kind,
-            sent_at_ms: fastchat_proto::now_ms(),
         };
         let id = crate::ids::new_message_id()?.0;
         let mut nonce_prefix = [0u8; 7];
@@ -534,14 +534,7 @@ impl Client {
                 SealFor::Group(&group)
             }
         };
-        let rec = attachments::plan_upload(
-            &self.core.me,
-            seal_for,
-            id,
-            nonce_prefix,
-            path.to_path_buf(),
-            &header,
-        )?;
+        let rec = attachments::plan_upload(&self.core.me, seal_for, id, nonce_prefix, file)?;
         let record = fastchat_proto::frame::encode_body(&rec)?;
         self.keystore().put_transfer(
             Transfers::Uploads,
@@ -609,7 +602,29 @@ impl Client {
         for record in records {
             let rec: UploadRecord = fastchat_proto::decode(&record)
                 .map_err(|_| ClientError::Damaged("a saved upload does not decode".into()))?;
-            out.push(self.upload(&rec, progress).await?);
+            // Going on re-encrypts under the same key and nonces: safe only
+            // for the very bytes sent before. A changed file starts over
+            // under a new key (the node drops the stale part with its quota
+            // in time; the recipient never hears of it).
+            if hash_file(&rec.path).await? == rec.sha256 {
+                out.push(self.upload(&rec, progress).await?);
+                continue;
+            }
+            tracing::info!(file = %rec.path.display(), "the file changed since its upload began; sending it anew");
+            self.keystore().set_transfer_state(
+                Transfers::Uploads,
+                self.name(),
+                &rec.id,
+                TransferState::Failed,
+            )?;
+            let to = match &rec.to {
+                ImageTarget::Direct(name) => Recipient::Friend(name.clone()),
+                ImageTarget::Group { .. } => Recipient::Group(rec.label.clone()),
+            };
+            out.push(
+                self.send_attachment(&to, &rec.path, rec.kind, progress)
+                    .await?,
+            );
         }
         Ok(out)
     }

@@ -6,13 +6,14 @@ use std::path::{Path, PathBuf};
 
 use fastchat_crypto::ConversationKey;
 use fastchat_crypto::chunked::ChunkCipher;
-use fastchat_proto::image::{ImageHeader, ImageTarget};
+use fastchat_proto::image::{AttachmentKind, ImageHeader, ImageTarget};
 use fastchat_proto::limits::{IMAGE_CHUNK, IMAGE_TAG};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ClientError;
 
-/// An upload as saved in the keystore until the node has all of it.
+/// An upload as saved in the keystore until the node has all of it. `key`
+/// is the file's own chunk key.
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub(crate) struct UploadRecord {
     pub id: [u8; 16],
@@ -27,9 +28,15 @@ pub(crate) struct UploadRecord {
     pub signature: Vec<u8>,
     pub size: u64,
     pub total_len: u64,
+    /// The file's SHA-256 when the upload started: a resume re-reads the
+    /// file under the same key and nonces, so it goes on only if the file
+    /// is unchanged (else it starts over under a new key).
+    pub sha256: [u8; 32],
+    pub kind: AttachmentKind,
 }
 
-/// A download as saved in the keystore until the file is in place.
+/// A download as saved in the keystore until the file is in place. `key`
+/// is the file's chunk key, from its header.
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub(crate) struct DownloadRecord {
     pub id: [u8; 16],

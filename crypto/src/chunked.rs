@@ -9,9 +9,6 @@ use aes_gcm::{Aes256Gcm, Key, Nonce};
 
 use crate::{ConversationKey, CryptoError};
 
-/// Index reserved for the header, never used by a chunk.
-const HEADER_INDEX: u32 = u32::MAX;
-
 /// Seals and opens the chunks of one image.
 pub struct ChunkCipher {
     cipher: Aes256Gcm,
@@ -20,8 +17,9 @@ pub struct ChunkCipher {
 }
 
 impl ChunkCipher {
-    /// A cipher for one image: `prefix` must be random per image, `aad`
-    /// binds sender, recipient or group, image id and epoch.
+    /// A cipher for one image: `key` is the image's own (never a
+    /// conversation key), `prefix` random per image, `aad` binds sender,
+    /// recipient or group, image id and epoch.
     pub fn new(key: &ConversationKey, prefix: [u8; 7], aad: Vec<u8>) -> Self {
         Self {
             cipher: Aes256Gcm::new(&Key::<Aes256Gcm>::from(*key.as_bytes())),
@@ -44,9 +42,6 @@ impl ChunkCipher {
 
     /// Seals chunk `index`; `last` marks the final chunk.
     pub fn seal(&self, index: u32, last: bool, plain: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        if index == HEADER_INDEX {
-            return Err(CryptoError::BadKey);
-        }
         self.cipher
             .encrypt(
                 &Nonce::from(self.nonce(index, Self::chunk_flag(last))),
@@ -63,32 +58,6 @@ impl ChunkCipher {
         self.cipher
             .decrypt(
                 &Nonce::from(self.nonce(index, Self::chunk_flag(last))),
-                Payload {
-                    msg: sealed,
-                    aad: &self.aad,
-                },
-            )
-            .map_err(|_| CryptoError::DecryptFailed)
-    }
-
-    /// Seals the header (its nonce can never equal a chunk's).
-    pub fn seal_header(&self, plain: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        self.cipher
-            .encrypt(
-                &Nonce::from(self.nonce(HEADER_INDEX, 2)),
-                Payload {
-                    msg: plain,
-                    aad: &self.aad,
-                },
-            )
-            .map_err(|_| CryptoError::DecryptFailed)
-    }
-
-    /// Opens the header.
-    pub fn open_header(&self, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        self.cipher
-            .decrypt(
-                &Nonce::from(self.nonce(HEADER_INDEX, 2)),
                 Payload {
                     msg: sealed,
                     aad: &self.aad,
@@ -115,8 +84,5 @@ mod tests {
         assert!(c.open(0, true, &s0).is_err());
         let other = ChunkCipher::new(&key, [1; 7], b"other".to_vec());
         assert!(other.open(0, false, &s0).is_err());
-        let h = c.seal_header(b"hdr").unwrap();
-        assert_eq!(c.open_header(&h).unwrap(), b"hdr");
-        assert!(c.open(u32::MAX, false, &h).is_err());
     }
 }

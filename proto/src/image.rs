@@ -29,6 +29,10 @@ pub struct ImageHeader {
     pub kind: AttachmentKind,
     /// When the sender sent it, milliseconds since the Unix epoch.
     pub sent_at_ms: u64,
+    /// The key of this file's chunks: fresh and random per file, so the
+    /// conversation key (which seals only this header) never encrypts bulk
+    /// data, and no two files ever share a key and nonce.
+    pub file_key: [u8; 32],
 }
 
 /// Where an upload goes.
@@ -54,7 +58,8 @@ pub struct ImageOffer {
     pub to: ImageTarget,
     /// Ciphertext bytes that will follow in total.
     pub total_len: u64,
-    /// The [`ImageHeader`], sealed under the same key as the chunks.
+    /// The [`ImageHeader`], sealed under the conversation (or group) key:
+    /// a 12-byte random nonce, then the ciphertext.
     pub header: Vec<u8>,
     /// Per-image nonce prefix of the chunk nonces.
     pub nonce_prefix: [u8; 7],
