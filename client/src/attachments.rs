@@ -81,7 +81,10 @@ pub(crate) fn plan_upload(
     let sealed = key.seal(&aad, &encode_body(&header)?)?;
     let mut sealed_header = sealed.nonce.to_vec();
     sealed_header.extend_from_slice(&sealed.ciphertext);
-    let total_len = image_ciphertext_len(file.size);
+    let total_len = image_ciphertext_len(file.size).ok_or_else(|| ClientError::Unusable {
+        path: file.path.clone(),
+        why: "it is too large".into(),
+    })?;
     let signature = match group {
         Some((gid, epoch)) => me.signing.sign(&transcript::group_image_signature(
             gid,
@@ -184,7 +187,7 @@ pub(crate) fn on_announced(me: &Me, with: OpenWith, a: &Announced<'_>) -> Result
     let plain = key.open(&aad, &sealed).map_err(|_| unauthentic())?;
     let header: ImageHeader =
         decode(&plain).map_err(|_| invalid(format!("an image header from {from} is malformed")))?;
-    if image_ciphertext_len(header.size) != a.total_len {
+    if image_ciphertext_len(header.size) != Some(a.total_len) {
         return Err(invalid(format!(
             "an image from {from} has an inconsistent length"
         )));
@@ -293,6 +296,36 @@ mod tests {
         let mut longer = announced(&rec, "alice");
         longer.total_len += 1;
         let refused = on_announced(&bob, OpenWith::Friend(Some(key)), &longer).unwrap_err();
+        assert!(refused.0.contains("inconsistent length"), "{refused}");
+    }
+
+    #[test]
+    fn a_size_near_two_to_the_64_does_not_wrap_past_the_length_check() {
+        let (alice, bob) = (me("alice"), me("bob"));
+        let key = ConversationKey::generate().unwrap();
+        let to = SealFor::Friend {
+            name: "bob",
+            key: &key,
+        };
+        let mut rec = plan_upload(&alice, to, [1; 16], [2; 7], file(10)).unwrap();
+        // A header claiming 2^64 - 2^16 bytes: unchecked, its ciphertext
+        // length would wrap to a few hundred KiB.
+        let size = u64::MAX - 65535;
+        let chunks = size.div_ceil(fastchat_proto::limits::IMAGE_CHUNK as u64);
+        let wrapped = size.wrapping_add(chunks.wrapping_mul(16));
+        let header = ImageHeader {
+            title: "x".into(),
+            size,
+            sha256: [0; 32],
+            kind: AttachmentKind::File,
+            sent_at_ms: 0,
+            file_key: [1; 32],
+        };
+        let sealed = key.seal(&rec.aad, &encode_body(&header).unwrap()).unwrap();
+        rec.header = [&sealed.nonce[..], &sealed.ciphertext].concat();
+        rec.total_len = wrapped;
+        let refused =
+            on_announced(&bob, OpenWith::Friend(Some(key)), &announced(&rec, "alice")).unwrap_err();
         assert!(refused.0.contains("inconsistent length"), "{refused}");
     }
 

@@ -35,10 +35,11 @@ pub const DEFAULT_MAX_IMAGE: u64 = 100 * 1024 * 1024;
 pub const DEFAULT_IMAGE_QUOTA: u64 = 1024 * 1024 * 1024;
 
 /// Ciphertext length of an image of `plain` bytes: every chunk carries a
-/// tag, and even an empty image has one (empty, final) chunk.
-pub fn image_ciphertext_len(plain: u64) -> u64 {
+/// tag, and even an empty image has one (empty, final) chunk. `None` if it
+/// does not fit in 64 bits (a size a peer made up).
+pub fn image_ciphertext_len(plain: u64) -> Option<u64> {
     let chunks = plain.div_ceil(IMAGE_CHUNK as u64).max(1);
-    plain + chunks * IMAGE_TAG as u64
+    plain.checked_add(chunks.checked_mul(IMAGE_TAG as u64)?)
 }
 
 /// Plaintext length for a ciphertext length, if it is a valid one.
@@ -46,5 +47,5 @@ pub fn image_plaintext_len(cipher: u64) -> Option<u64> {
     let full = (IMAGE_CHUNK + IMAGE_TAG) as u64;
     let chunks = cipher.div_ceil(full).max(1);
     let plain = cipher.checked_sub(chunks * IMAGE_TAG as u64)?;
-    (image_ciphertext_len(plain) == cipher).then_some(plain)
+    (image_ciphertext_len(plain) == Some(cipher)).then_some(plain)
 }
