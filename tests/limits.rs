@@ -127,3 +127,100 @@ async fn ten_thousand_streams_from_one_client_are_capped() {
         t.abort();
     }
 }
+
+fn rss_mib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kib / 1024
+}
+
+/// One client fills 200 text streams and never finishes them, and pipelines
+/// a thousand syncs: the node holds a bounded amount of it (its text budget
+/// per connection, its connection window), answers the syncs with one poll
+/// loop, and another user keeps chatting meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_filling_every_stream_and_piling_up_syncs_is_bounded() {
+    use fastchat_proto::envelope::{Outgoing, OutgoingText, Sealed};
+    use fastchat_proto::limits::MAX_MESSAGE_FRAME;
+    use fastchat_proto::stream::StreamKind;
+    use fastchat_transport::write_frame;
+
+    let cluster = Cluster::start().await;
+    let alice = cluster.register("alice").await;
+    let bob = cluster.register("bob").await;
+    befriend(&alice, &bob).await;
+    cluster.register("mallory").await.close().await;
+    let identity = fastchat_client::keystore::Keystore::open(&cluster.home("mallory"))
+        .unwrap()
+        .identity()
+        .unwrap();
+    let mut raw = RawClient::connect(&cluster.ca(), cluster.node_addr()).await;
+    raw.login("mallory", &identity).await;
+    let before = rss_mib();
+
+    // 200 streams × 60 texts of 60 KB (3.6 MB each, under the per-stream
+    // cap): 720 MB if the node took it all in.
+    let mut tasks = Vec::new();
+    for s in 0..200u32 {
+        let conn = raw.conn.clone();
+        tasks.push(tokio::spawn(async move {
+            let Ok((mut send, _recv)) = conn.open_bi().await else {
+                return;
+            };
+            if write_frame(&mut send, &StreamKind::Text, 64).await.is_err() {
+                return;
+            }
+            for n in 0..60u32 {
+                let mut id = [0u8; 16];
+                id[..4].copy_from_slice(&s.to_be_bytes());
+                id[4..8].copy_from_slice(&n.to_be_bytes());
+                let text = Outgoing::Direct(OutgoingText {
+                    id: fastchat_proto::MessageId(id),
+                    to: "bob".into(),
+                    sealed: Sealed {
+                        nonce: [0; 12],
+                        ciphertext: vec![7; 60_000],
+                    },
+                });
+                if write_frame(&mut send, &text, MAX_MESSAGE_FRAME)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            // Never finished: the node must not wait on it forever either.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }));
+    }
+    // A thousand syncs, pipelined, none read.
+    for id in 0..1000u64 {
+        let frame = fastchat_proto::control::RequestFrame {
+            id: 10_000 + id,
+            request: Request::Sync,
+        };
+        write_frame(
+            &mut raw.send,
+            &frame,
+            fastchat_proto::limits::MAX_CONTROL_FRAME,
+        )
+        .await
+        .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    still_served(&alice, &bob, "under attack").await;
+    let during = rss_mib();
+    assert!(
+        during.saturating_sub(before) < 256,
+        "the node took in {} MiB for one client",
+        during.saturating_sub(before)
+    );
+    for t in tasks {
+        t.abort();
+    }
+}

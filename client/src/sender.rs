@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use fastchat_proto::envelope::{Outgoing, SendAck};
-use fastchat_proto::limits::{MAX_BATCH, MAX_MESSAGE_FRAME};
+use fastchat_proto::limits::{MAX_BATCH, MAX_BATCH_BYTES, MAX_MESSAGE_FRAME};
 use fastchat_proto::stream::StreamKind;
 use fastchat_proto::{MessageId, ProtoError};
 use fastchat_transport::quinn::Connection;
@@ -58,24 +58,43 @@ const IN_FLIGHT: usize = 4;
 
 async fn run(core: Arc<Core>, mut rx: mpsc::UnboundedReceiver<Pending>) {
     let mut flights = FuturesUnordered::new();
+    // A message that did not fit the last batch: it opens the next one.
+    let mut held: Option<Pending> = None;
     loop {
         // The task holds the core, and the core the queue's sender, so the
         // queue never closes by itself: stop when the client does.
         tokio::select! {
             _ = flights.next(), if !flights.is_empty() => {}
-            first = rx.recv(), if flights.len() < IN_FLIGHT => {
+            first = next(&mut rx, &mut held), if flights.len() < IN_FLIGHT => {
                 let Some(first) = first else { break };
+                // A batch closes at MAX_BATCH messages or MAX_BATCH_BYTES,
+                // which the node enforces; what does not fit rides the next.
+                let mut bytes = first.message.wire_size_bound();
                 let mut batch = vec![first];
                 while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(o) => batch.push(o),
-                        Err(_) => break,
+                    let Ok(o) = rx.try_recv() else { break };
+                    let size = o.message.wire_size_bound();
+                    if bytes + size > MAX_BATCH_BYTES {
+                        held = Some(o);
+                        break;
                     }
+                    bytes += size;
+                    batch.push(o);
                 }
                 flights.push(send_batch(core.clone(), batch));
             }
             _ = core.closed() => break,
         }
+    }
+}
+
+async fn next(
+    rx: &mut mpsc::UnboundedReceiver<Pending>,
+    held: &mut Option<Pending>,
+) -> Option<Pending> {
+    match held.take() {
+        Some(p) => Some(p),
+        None => rx.recv().await,
     }
 }
 

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use fastchat_proto::control::{Request, RequestFrame, ResponseFrame};
 use fastchat_proto::error::close;
-use fastchat_proto::limits::MAX_CONTROL_FRAME;
+use fastchat_proto::limits::{MAX_CONNECTION_TEXT_BYTES, MAX_CONTROL_FRAME};
 use fastchat_proto::stream::StreamKind;
 use fastchat_transport::quinn::{Connection, Incoming, RecvStream, SendStream};
 use fastchat_transport::{StreamError, read_frame, write_frame};
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, Semaphore, watch};
 
 use crate::cmd::{self, Session};
 use crate::delivery::Delivery;
@@ -75,11 +75,19 @@ async fn run(shared: Arc<Shared>, conn: Connection) -> Result<(), StreamError> {
     }
     let control = Arc::new(Mutex::new(send));
     let (user_tx, user_rx) = watch::channel::<Option<String>>(None);
-    let streams = tokio::spawn(accept_streams(shared.clone(), conn.clone(), user_rx));
+    let budget = Arc::new(Semaphore::new(MAX_CONNECTION_TEXT_BYTES));
+    let streams = tokio::spawn(accept_streams(
+        shared.clone(),
+        conn.clone(),
+        user_rx,
+        budget,
+    ));
     let _streams_guard = AbortOnDrop(streams);
 
     let mut session = Session::default();
     let mut delivery: Option<Delivery> = None;
+    // Request ids of the syncs waiting on the one running (empty: none runs).
+    let syncs: Arc<std::sync::Mutex<Vec<u64>>> = Arc::default();
     let mut buf = Vec::new();
     loop {
         let frame: RequestFrame = match read_frame(&mut recv, MAX_CONTROL_FRAME, &mut buf).await {
@@ -90,17 +98,45 @@ async fn run(shared: Arc<Shared>, conn: Connection) -> Result<(), StreamError> {
         };
         if let (Request::Sync, Some(d)) = (&frame.request, &delivery) {
             // Sync waits for the client's acks; answer it from its own task
-            // so the control stream keeps serving meanwhile.
-            let (shared, control, user, acked) = (
-                shared.clone(),
-                control.clone(),
-                d.user().to_string(),
-                d.acked(),
-            );
-            tokio::spawn(async move {
-                let result = cmd::sync::wait(&shared, &user, acked).await;
-                reply(&control, frame.id, result).await
-            });
+            // so the control stream keeps serving meanwhile. One runs per
+            // connection at a time: syncs asked while it runs share its
+            // answer, so pipelined syncs cost the store one poll loop.
+            let waiting = {
+                let mut waiting = syncs.lock().expect("syncs lock");
+                if waiting.len() < MAX_WAITING_SYNCS {
+                    waiting.push(frame.id);
+                    Some(waiting.len())
+                } else {
+                    None
+                }
+            };
+            let Some(waiting) = waiting else {
+                let busy = Err(fastchat_proto::ProtoError::new(
+                    fastchat_proto::ErrorCode::TooLarge,
+                    "too many syncs waiting; wait for one to finish",
+                ));
+                reply(&control, frame.id, busy).await?;
+                continue;
+            };
+            let first = waiting == 1;
+            if first {
+                let (shared, control, user, acked, syncs) = (
+                    shared.clone(),
+                    control.clone(),
+                    d.user().to_string(),
+                    d.acked(),
+                    syncs.clone(),
+                );
+                tokio::spawn(async move {
+                    let result = cmd::sync::wait(&shared, &user, acked).await;
+                    let ids = std::mem::take(&mut *syncs.lock().expect("syncs lock"));
+                    for id in ids {
+                        if reply(&control, id, result.clone()).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
             continue;
         }
         let result = cmd::apply(&shared, &mut session, frame.request).await;
@@ -139,11 +175,12 @@ async fn accept_streams(
     shared: Arc<Shared>,
     conn: Connection,
     user: watch::Receiver<Option<String>>,
+    budget: Arc<Semaphore>,
 ) {
     while let Ok((send, recv)) = conn.accept_bi().await {
-        let (shared, user) = (shared.clone(), user.clone());
+        let (shared, user, budget) = (shared.clone(), user.clone(), budget.clone());
         tokio::spawn(async move {
-            serve_stream(shared, user, send, recv).await;
+            serve_stream(shared, user, (send, recv), &budget).await;
         });
     }
 }
@@ -151,8 +188,8 @@ async fn accept_streams(
 async fn serve_stream(
     shared: Arc<Shared>,
     user: watch::Receiver<Option<String>>,
-    mut send: SendStream,
-    mut recv: RecvStream,
+    (mut send, mut recv): (SendStream, RecvStream),
+    budget: &Semaphore,
 ) {
     let refuse = |send: &mut SendStream, recv: &mut RecvStream| {
         let _ = send.reset(close::PROTOCOL.into());
@@ -166,7 +203,7 @@ async fn serve_stream(
         return refuse(&mut send, &mut recv);
     };
     let result = match kind {
-        StreamKind::Text => cmd::send::serve(&shared, &user, &mut send, &mut recv).await,
+        StreamKind::Text => cmd::send::serve(&shared, &user, (&mut send, &mut recv), budget).await,
         StreamKind::ImageUpload => {
             cmd::image::serve_upload(&shared, &user, &mut send, &mut recv).await
         }
@@ -187,6 +224,9 @@ async fn serve_stream(
         }
     }
 }
+
+/// Syncs one connection may have waiting at once.
+const MAX_WAITING_SYNCS: usize = 64;
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 

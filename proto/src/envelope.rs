@@ -47,6 +47,19 @@ impl Outgoing {
             Self::Receipt(r) => r.id,
         }
     }
+
+    /// Its size on the wire, near enough to close a batch before
+    /// [`crate::limits::MAX_BATCH_BYTES`] (an upper bound: ids, names and
+    /// framing take less than the allowance added).
+    pub fn wire_size_bound(&self) -> usize {
+        const ALLOWANCE: usize = 256;
+        ALLOWANCE
+            + match self {
+                Self::Direct(t) => t.sealed.ciphertext.len() + t.to.len(),
+                Self::Group(t) => t.sealed.ciphertext.len() + t.signature.len(),
+                Self::Receipt(r) => r.to.len() + 17 * r.ids.len(),
+            }
+    }
 }
 
 /// A group text as its sender sends it.

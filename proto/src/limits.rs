@@ -16,6 +16,15 @@ pub const MAX_NAME_LEN: usize = 32;
 /// Most messages a sender puts on one text stream.
 pub const MAX_BATCH: usize = 1024;
 
+/// Most bytes of frames on one text stream: a client closes a batch at
+/// [`MAX_BATCH`] messages or this many bytes, whichever comes first, and a
+/// node refuses a stream that carries more.
+pub const MAX_BATCH_BYTES: usize = 4 << 20;
+
+/// Most bytes of text frames a node holds for one connection at once,
+/// across all its text streams (four full batches in flight).
+pub const MAX_CONNECTION_TEXT_BYTES: usize = 4 * MAX_BATCH_BYTES;
+
 /// Largest encoded public key accepted at registration (RSA-4096 SPKI fits).
 pub const MAX_PUBLIC_KEY: usize = 1024;
 

@@ -27,6 +27,10 @@ const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Clients ping this often, so a live node is never silent for long.
 const KEEP_ALIVE: Duration = Duration::from_millis(750);
 
+/// Bytes a peer may have in flight to us on one connection, all streams
+/// together (each stream's own window stays quinn's 1.25 MB).
+const CONNECTION_RECEIVE_WINDOW: u32 = 16 << 20;
+
 /// Streams a peer may have open at once towards a node.
 const MAX_BIDI_STREAMS: u32 = 256;
 
@@ -117,6 +121,9 @@ fn transport_config(client: bool) -> Arc<TransportConfig> {
         idle.as_millis() as u32
     ))));
     t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_BIDI_STREAMS));
+    // quinn's connection-wide window is unbounded by default: a peer could
+    // make us buffer a full stream window on every one of its streams.
+    t.receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW));
     // Nothing in the protocol uses unidirectional streams yet.
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
     if client {

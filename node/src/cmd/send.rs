@@ -4,13 +4,15 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use fastchat_proto::envelope::{Envelope, Outgoing, SendAck};
 use fastchat_proto::frame::encode_body;
-use fastchat_proto::limits::{MAX_BATCH, MAX_MESSAGE_FRAME, MAX_TEXT_BYTES};
+use fastchat_proto::limits::{MAX_BATCH, MAX_BATCH_BYTES, MAX_MESSAGE_FRAME, MAX_TEXT_BYTES};
 use fastchat_proto::{ErrorCode, FrameError, ProtoError};
 use fastchat_transport::quinn::{RecvStream, SendStream};
 use fastchat_transport::{StreamError, read_frame, write_frames};
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::shared::{Live, Shared};
 use crate::store::{Queuing, Target, TextToQueue};
@@ -104,21 +106,47 @@ fn admit(user: &str, message: Outgoing) -> Result<Admitted, ProtoError> {
     }))
 }
 
+/// Longest wait for the next frame of a text batch.
+const FRAME_GAP: Duration = Duration::from_secs(10);
+
 pub(crate) async fn serve(
     shared: &Shared,
     user: &str,
-    send: &mut SendStream,
-    recv: &mut RecvStream,
+    (send, recv): (&mut SendStream, &mut RecvStream),
+    budget: &Semaphore,
 ) -> Result<(), StreamError> {
     let mut messages: Vec<Outgoing> = Vec::new();
     let mut buf = Vec::new();
-    while let Some(message) = read_frame(recv, MAX_MESSAGE_FRAME, &mut buf).await? {
-        if messages.len() == MAX_BATCH {
+    // What this stream holds counts against its connection's budget until
+    // the batch is answered: a client cannot make the node buffer more than
+    // MAX_CONNECTION_TEXT_BYTES across all its streams (plus one frame each).
+    let mut held: Option<SemaphorePermit<'_>> = None;
+    let mut bytes = 0usize;
+    loop {
+        // Frames follow each other promptly; a stream left open and silent
+        // would hold its buffers forever.
+        let frame = tokio::time::timeout(
+            FRAME_GAP,
+            read_frame::<Outgoing>(recv, MAX_MESSAGE_FRAME, &mut buf),
+        )
+        .await
+        .map_err(|_| StreamError::Timeout("the next frame of a text batch"))??;
+        let Some(message) = frame else { break };
+        bytes += buf.len() + 4;
+        if messages.len() == MAX_BATCH || bytes > MAX_BATCH_BYTES {
             return Err(FrameError::TooLarge {
-                len: MAX_BATCH + 1,
-                limit: MAX_BATCH,
+                len: bytes,
+                limit: MAX_BATCH_BYTES,
             }
             .into());
+        }
+        let permit = budget
+            .acquire_many(buf.len() as u32 + 4)
+            .await
+            .map_err(|_| StreamError::Protocol("the connection is closing"))?;
+        match &mut held {
+            Some(h) => h.merge(permit),
+            None => held = Some(permit),
         }
         messages.push(message);
     }
