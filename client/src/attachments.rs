@@ -3,16 +3,17 @@
 //! fetched. The bytes themselves move in `upload.rs` and `download.rs`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use fastchat_crypto::{ConversationKey, signing, transcript};
 use fastchat_proto::decode;
 use fastchat_proto::envelope::Sealed;
 use fastchat_proto::frame::encode_body;
-use fastchat_proto::group::RosterEntry;
 use fastchat_proto::image::{AttachmentKind, ImageHeader, ImageTarget};
 use fastchat_proto::limits::image_ciphertext_len;
 
 use crate::error::ClientError;
+use crate::keystore::EpochKeys;
 use crate::room::{Change, Invalid, Me, Outcome, invalid};
 use crate::transfer::{DownloadRecord, UploadRecord};
 use crate::types::GroupState;
@@ -123,8 +124,8 @@ pub(crate) enum OpenWith {
     Friend(Option<ConversationKey>),
     /// In a group: the group, and the key and roster of the epoch it claims.
     Group {
-        group: Option<GroupState>,
-        at_epoch: Option<(ConversationKey, Vec<RosterEntry>)>,
+        group: Option<String>,
+        at_epoch: Option<Arc<EpochKeys>>,
     },
 }
 
@@ -151,9 +152,10 @@ pub(crate) fn on_announced(me: &Me, with: OpenWith, a: &Announced<'_>) -> Result
             (key, transcript::image_aad(from, &me.name, &a.id, 0), None)
         }
         (OpenWith::Group { group, at_epoch }, Some((gid, epoch))) => {
-            let g = group.ok_or_else(|| invalid("an image for a group we do not know"))?;
-            let (key, roster) = at_epoch
-                .ok_or_else(|| invalid(format!("an image in {} under an epoch we lack", g.name)))?;
+            let name = group.ok_or_else(|| invalid("an image for a group we do not know"))?;
+            let keys = at_epoch
+                .ok_or_else(|| invalid(format!("an image in {name} under an epoch we lack")))?;
+            let (key, roster) = (&keys.0, &keys.1);
             let sender = roster.iter().find(|r| r.name == from).ok_or_else(|| {
                 invalid(format!(
                     "an image from {from}, not a member at epoch {epoch}"
@@ -172,9 +174,9 @@ pub(crate) fn on_announced(me: &Me, with: OpenWith, a: &Announced<'_>) -> Result
                 ),
                 a.signature,
             )
-            .map_err(|_| invalid(format!("an image in {} not signed by {from}", g.name)))?;
+            .map_err(|_| invalid(format!("an image in {name} not signed by {from}")))?;
             let aad = transcript::image_aad(from, &format!("group:{gid}"), &a.id, epoch);
-            (key, aad, Some(g.name))
+            (key.clone(), aad, Some(name))
         }
         _ => return Err(invalid("an image whose target does not match its keys")),
     };
@@ -210,6 +212,7 @@ mod tests {
     use fastchat_proto::image::AttachmentKind;
 
     use super::*;
+    use fastchat_proto::group::RosterEntry;
 
     fn me(name: &str) -> Me {
         Me {
@@ -348,8 +351,8 @@ mod tests {
         };
         let rec = plan_upload(&alice, SealFor::Group(&group), [1; 16], [2; 7], file(10)).unwrap();
         let with = || OpenWith::Group {
-            group: Some(group.clone()),
-            at_epoch: Some((key.clone(), roster.clone())),
+            group: Some(group.name.clone()),
+            at_epoch: Some(Arc::new((key.clone(), roster.clone()))),
         };
         assert!(on_announced(&bob, with(), &announced(&rec, "alice")).is_ok());
         let mut forged = announced(&rec, "alice");
@@ -358,7 +361,7 @@ mod tests {
         let refused = on_announced(&bob, with(), &forged).unwrap_err();
         assert!(refused.0.contains("not signed by alice"), "{refused}");
         let lacking = OpenWith::Group {
-            group: Some(group.clone()),
+            group: Some(group.name.clone()),
             at_epoch: None,
         };
         assert!(on_announced(&bob, lacking, &announced(&rec, "alice")).is_err());

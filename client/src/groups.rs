@@ -396,7 +396,7 @@ mod tests {
                     sealed,
                     signature,
                 } => open_group(
-                    self.group.as_ref(),
+                    self.group.as_ref().map(|g| g.name.as_str()),
                     self.epochs.get(&epoch),
                     &GroupText {
                         id,

@@ -3,6 +3,7 @@
 //! keys, and the local message history.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::error::ClientError;
 use crate::room::Change;
@@ -171,7 +172,15 @@ pub struct Keystore {
     /// Friends' keys with their ciphers ready, so a text costs no lookup.
     /// Dropped for a peer whenever it is written, and whole on rollback.
     friend_keys: std::cell::RefCell<std::collections::HashMap<String, ConversationKey>>,
+    /// Groups' keys (ciphers ready) and rosters by (group, epoch), and
+    /// groups' names: a group text costs no roster decode. An epoch never
+    /// changes once written; both are dropped on rollback.
+    epochs: std::cell::RefCell<std::collections::HashMap<(u64, u64), Arc<EpochKeys>>>,
+    group_names: std::cell::RefCell<std::collections::HashMap<u64, String>>,
 }
+
+/// A group's key and roster at one epoch.
+pub type EpochKeys = (ConversationKey, Vec<RosterEntry>);
 
 /// How the keystore's secrets are stored.
 enum Vault {
@@ -293,6 +302,8 @@ impl Keystore {
             _checkpointer: checkpointer,
             vault,
             friend_keys: Default::default(),
+            epochs: Default::default(),
+            group_names: Default::default(),
         })
     }
 
@@ -320,6 +331,8 @@ impl Keystore {
             _checkpointer: checkpointer,
             vault: Vault::Plain,
             friend_keys: Default::default(),
+            epochs: Default::default(),
+            group_names: Default::default(),
         };
         if ks.setting("identity")?.is_none() {
             return Err(ClientError::NotRegistered(home.to_path_buf()));
@@ -426,6 +439,8 @@ impl Keystore {
     pub fn rollback(&self) {
         let _ = self.conn.execute_batch("ROLLBACK");
         self.friend_keys.borrow_mut().clear();
+        self.epochs.borrow_mut().clear();
+        self.group_names.borrow_mut().clear();
     }
 
     /// Runs `f` in one transaction: committed if it succeeds, rolled back
@@ -805,7 +820,7 @@ impl Keystore {
             return Ok(None);
         };
         let (key, roster) = match self.group_epoch(id, epoch)? {
-            Some((k, r)) if member => (Some(k), r),
+            Some(keys) if member => (Some(keys.0.clone()), keys.1.clone()),
             _ => (None, Vec::new()),
         };
         Ok(Some(GroupState {
@@ -835,12 +850,35 @@ impl Keystore {
         Ok(out)
     }
 
+    /// A group's name, if we know the group.
+    pub fn group_name(&self, id: u64) -> Result<Option<String>, ClientError> {
+        if let Some(name) = self.group_names.borrow().get(&id) {
+            return Ok(Some(name.clone()));
+        }
+        let name: Option<String> = self
+            .conn
+            .prepare_cached("SELECT name FROM groups WHERE id = ?1")?
+            .query_row(params![id as i64], |r| r.get(0))
+            .optional()?;
+        if let Some(n) = &name {
+            self.group_names.borrow_mut().insert(id, n.clone());
+        }
+        Ok(name)
+    }
+
     /// The key and roster of a group at one epoch.
-    pub fn group_epoch(
-        &self,
-        id: u64,
-        epoch: u64,
-    ) -> Result<Option<(ConversationKey, Vec<RosterEntry>)>, ClientError> {
+    pub fn group_epoch(&self, id: u64, epoch: u64) -> Result<Option<Arc<EpochKeys>>, ClientError> {
+        if let Some(keys) = self.epochs.borrow().get(&(id, epoch)) {
+            return Ok(Some(keys.clone()));
+        }
+        let keys = self.load_group_epoch(id, epoch)?.map(Arc::new);
+        if let Some(k) = &keys {
+            self.epochs.borrow_mut().insert((id, epoch), k.clone());
+        }
+        Ok(keys)
+    }
+
+    fn load_group_epoch(&self, id: u64, epoch: u64) -> Result<Option<EpochKeys>, ClientError> {
         let row: Option<(Vec<u8>, Vec<u8>)> = self
             .conn
             .prepare_cached(
@@ -873,6 +911,8 @@ impl Keystore {
         key: &ConversationKey,
         roster: &[RosterEntry],
     ) -> Result<(), ClientError> {
+        self.epochs.borrow_mut().remove(&(id, epoch));
+        self.group_names.borrow_mut().remove(&id);
         let roster = fastchat_proto::frame::encode_body(&roster.to_vec())?;
         self.conn.execute(
             "INSERT OR REPLACE INTO groups(id, name, admin, epoch, member) VALUES (?1, ?2, ?3, ?4, 1)",
@@ -892,6 +932,7 @@ impl Keystore {
 
     /// Records that we were removed from a group at `epoch`.
     pub fn leave_group(&self, id: u64, epoch: u64) -> Result<(), ClientError> {
+        self.group_names.borrow_mut().remove(&id);
         self.conn.execute(
             "UPDATE groups SET member = 0, epoch = ?2 WHERE id = ?1",
             params![id as i64, epoch as i64],

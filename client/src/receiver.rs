@@ -147,8 +147,8 @@ fn take(
             sealed,
             signature,
         } => texts::open_group(
-            ks.group(group_id)?.as_ref(),
-            ks.group_epoch(group_id, epoch)?.as_ref(),
+            ks.group_name(group_id)?.as_deref(),
+            ks.group_epoch(group_id, epoch)?.as_deref(),
             &texts::GroupText {
                 id,
                 group_id,
@@ -230,7 +230,7 @@ fn take(
             let with = match group {
                 None => attachments::OpenWith::Friend(ks.friend_key(&from)?),
                 Some((gid, epoch)) => attachments::OpenWith::Group {
-                    group: ks.group(gid)?,
+                    group: ks.group_name(gid)?,
                     at_epoch: ks.group_epoch(gid, epoch)?,
                 },
             };

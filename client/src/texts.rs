@@ -143,14 +143,14 @@ pub(crate) struct GroupText<'a> {
 /// claims (`at_epoch`, the key and roster we hold for it), and its
 /// signature must verify with that roster's key.
 pub(crate) fn open_group(
-    group: Option<&GroupState>,
+    group_name: Option<&str>,
     at_epoch: Option<&(ConversationKey, Vec<RosterEntry>)>,
     text: &GroupText<'_>,
 ) -> Result<Outcome, Invalid> {
-    let group = group.ok_or_else(|| invalid("a text for a group we do not know"))?;
+    let name = group_name.ok_or_else(|| invalid("a text for a group we do not know"))?;
     let plain = verify_group_text(at_epoch, text)
-        .map_err(|why| invalid(format!("a text in {}: {why}", group.name)))?;
-    text_item(text.id, text.from, Some(group.name.clone()), &plain)
+        .map_err(|why| invalid(format!("a text in {name}: {why}")))?;
+    text_item(text.id, text.from, Some(name.to_string()), &plain)
 }
 
 fn verify_group_text(

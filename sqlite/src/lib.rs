@@ -56,7 +56,7 @@ impl Checkpointer {
                 // Between transactions nothing is appended meanwhile, so
                 // this one catches up and the next write resets the log.
                 if let Err(e) = wal.checkpoint_v2(CheckpointMode::PASSIVE) {
-                    tracing::warn!(error = %e, "a WAL checkpoint failed; the next one retries");
+                    checkpoint_failed(&e);
                 }
             } else if pages >= CHECKPOINT_PAGES {
                 // Full means a wake-up is pending already.
@@ -76,7 +76,7 @@ impl Checkpointer {
                             Ok((log, done)) if done >= log => break,
                             Ok(_) => {}
                             Err(e) => {
-                                tracing::warn!(error = %e, "a WAL checkpoint failed; the next one retries");
+                                checkpoint_failed(&e);
                                 break;
                             }
                         }
@@ -95,6 +95,21 @@ impl Checkpointer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Logs a failed checkpoint. Busy or locked is expected where several
+/// processes share the file (nodes on one machine) and the next one
+/// retries; anything else is worth a warning.
+fn checkpoint_failed(e: &rusqlite::Error) {
+    let busy = matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    );
+    if busy {
+        tracing::debug!(error = %e, "a WAL checkpoint met a lock; the next one retries");
+    } else {
+        tracing::warn!(error = %e, "a WAL checkpoint failed; the next one retries");
     }
 }
 
