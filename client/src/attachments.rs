@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use fastchat_crypto::{ConversationKey, signing, transcript};
+use fastchat_crypto::{ConversationKey, transcript};
 use fastchat_proto::decode;
 use fastchat_proto::envelope::Sealed;
 use fastchat_proto::frame::encode_body;
@@ -13,8 +13,7 @@ use fastchat_proto::image::{AttachmentKind, ImageHeader, ImageTarget};
 use fastchat_proto::limits::image_ciphertext_len;
 
 use crate::error::ClientError;
-use crate::keystore::EpochKeys;
-use crate::room::{Change, Invalid, Me, Outcome, invalid};
+use crate::room::{Change, EpochKeys, Invalid, Me, MemberCheck, Outcome, invalid};
 use crate::transfer::{DownloadRecord, UploadRecord};
 use crate::types::GroupState;
 
@@ -155,26 +154,25 @@ pub(crate) fn on_announced(me: &Me, with: OpenWith, a: &Announced<'_>) -> Result
             let name = group.ok_or_else(|| invalid("an image for a group we do not know"))?;
             let keys = at_epoch
                 .ok_or_else(|| invalid(format!("an image in {name} under an epoch we lack")))?;
-            let (key, roster) = (&keys.0, &keys.1);
-            let sender = roster.iter().find(|r| r.name == from).ok_or_else(|| {
-                invalid(format!(
-                    "an image from {from}, not a member at epoch {epoch}"
-                ))
-            })?;
-            signing::verify(
-                &sender.signing_key,
-                &transcript::group_image_signature(
-                    gid,
-                    epoch,
-                    from,
-                    &a.id,
-                    &a.nonce_prefix,
-                    a.header,
-                    a.total_len,
-                ),
-                a.signature,
-            )
-            .map_err(|_| invalid(format!("an image in {name} not signed by {from}")))?;
+            let signed = transcript::group_image_signature(
+                gid,
+                epoch,
+                from,
+                &a.id,
+                &a.nonce_prefix,
+                a.header,
+                a.total_len,
+            );
+            keys.verify_member(from, &signed, a.signature)
+                .map_err(|e| match e {
+                    MemberCheck::NotMember => invalid(format!(
+                        "an image from {from}, not a member at epoch {epoch}"
+                    )),
+                    MemberCheck::BadSignature => {
+                        invalid(format!("an image in {name} not signed by {from}"))
+                    }
+                })?;
+            let key = &keys.key;
             let aad = transcript::image_aad(from, &format!("group:{gid}"), &a.id, epoch);
             (key.clone(), aad, Some(name))
         }
@@ -352,7 +350,7 @@ mod tests {
         let rec = plan_upload(&alice, SealFor::Group(&group), [1; 16], [2; 7], file(10)).unwrap();
         let with = || OpenWith::Group {
             group: Some(group.name.clone()),
-            at_epoch: Some(Arc::new((key.clone(), roster.clone()))),
+            at_epoch: Some(Arc::new(EpochKeys::new(key.clone(), roster.clone()))),
         };
         assert!(on_announced(&bob, with(), &announced(&rec, "alice")).is_ok());
         let mut forged = announced(&rec, "alice");

@@ -279,6 +279,7 @@ mod tests {
     use fastchat_proto::{MessageId, envelope::Sealed};
 
     use super::*;
+    use crate::room::EpochKeys;
     use crate::texts::{GroupText, open_group};
     use crate::types::InboxItem;
 
@@ -310,7 +311,7 @@ mod tests {
         me: Me,
         alice: Peer,
         group: Option<GroupState>,
-        epochs: HashMap<u64, (ConversationKey, Vec<RosterEntry>)>,
+        epochs: HashMap<u64, EpochKeys>,
     }
 
     impl Bob {
@@ -344,7 +345,8 @@ mod tests {
                     key,
                     roster,
                 }) => {
-                    self.epochs.insert(epoch, (key.clone(), roster.clone()));
+                    self.epochs
+                        .insert(epoch, EpochKeys::new(key.clone(), roster.clone()));
                     self.group = Some(GroupState {
                         id,
                         name,

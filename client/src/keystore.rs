@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::ClientError;
-use crate::room::Change;
+use crate::room::{Change, EpochKeys};
 use crate::transfer::DownloadRecord;
 pub use crate::types::{
     Attachment, Conversation, GroupState, HistoryEntry, InboxItem, InboxKind, MessageState, Peer,
@@ -178,9 +178,6 @@ pub struct Keystore {
     epochs: std::cell::RefCell<std::collections::HashMap<(u64, u64), Arc<EpochKeys>>>,
     group_names: std::cell::RefCell<std::collections::HashMap<u64, String>>,
 }
-
-/// A group's key and roster at one epoch.
-pub type EpochKeys = (ConversationKey, Vec<RosterEntry>);
 
 /// How the keystore's secrets are stored.
 enum Vault {
@@ -820,7 +817,7 @@ impl Keystore {
             return Ok(None);
         };
         let (key, roster) = match self.group_epoch(id, epoch)? {
-            Some(keys) if member => (Some(keys.0.clone()), keys.1.clone()),
+            Some(keys) if member => (Some(keys.key.clone()), keys.roster.clone()),
             _ => (None, Vec::new()),
         };
         Ok(Some(GroupState {
@@ -867,7 +864,11 @@ impl Keystore {
     }
 
     /// The key and roster of a group at one epoch.
-    pub fn group_epoch(&self, id: u64, epoch: u64) -> Result<Option<Arc<EpochKeys>>, ClientError> {
+    pub(crate) fn group_epoch(
+        &self,
+        id: u64,
+        epoch: u64,
+    ) -> Result<Option<Arc<EpochKeys>>, ClientError> {
         if let Some(keys) = self.epochs.borrow().get(&(id, epoch)) {
             return Ok(Some(keys.clone()));
         }
@@ -898,7 +899,10 @@ impl Keystore {
             .map_err(|_| ClientError::Damaged("a stored group key is corrupt".into()))?;
         let roster: Vec<RosterEntry> = fastchat_proto::decode(&roster)
             .map_err(|_| ClientError::Damaged("a stored roster is corrupt".into()))?;
-        Ok(Some((ConversationKey::from_bytes(key), roster)))
+        Ok(Some(EpochKeys::new(
+            ConversationKey::from_bytes(key),
+            roster,
+        )))
     }
 
     /// Records a group's new epoch with its key and roster (we are a member).

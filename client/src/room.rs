@@ -4,6 +4,7 @@
 //! ([`Change`]) and what the screen should show ([`Outcome::item`]); the
 //! sender, the receiver and the [`crate::Client`] do the I/O around it.
 
+use fastchat_crypto::signing::VerifyKey;
 use fastchat_crypto::{ConversationKey, Identity, SigningIdentity};
 use fastchat_proto::group::RosterEntry;
 
@@ -24,6 +25,55 @@ impl Me {
     /// Our RSA public key, SPKI DER.
     pub fn public_der(&self) -> &[u8] {
         self.identity.public().der()
+    }
+}
+
+/// A group's key and roster at one epoch, with each member's signing key
+/// decoded once (a group text costs a verification, not a decode too).
+pub(crate) struct EpochKeys {
+    pub key: ConversationKey,
+    pub roster: Vec<RosterEntry>,
+    verifiers: Vec<Option<VerifyKey>>,
+}
+
+/// Why a member's signature was not accepted.
+pub(crate) enum MemberCheck {
+    /// The name is not in the roster of that epoch.
+    NotMember,
+    /// The signature does not verify with that member's key.
+    BadSignature,
+}
+
+impl EpochKeys {
+    /// The keys of an epoch.
+    pub fn new(key: ConversationKey, roster: Vec<RosterEntry>) -> Self {
+        let verifiers = roster
+            .iter()
+            .map(|r| VerifyKey::from_bytes(&r.signing_key).ok())
+            .collect();
+        Self {
+            key,
+            roster,
+            verifiers,
+        }
+    }
+
+    /// Checks that `name` was a member at this epoch and signed `message`.
+    pub fn verify_member(
+        &self,
+        name: &str,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<(), MemberCheck> {
+        let i = self
+            .roster
+            .iter()
+            .position(|r| r.name == name)
+            .ok_or(MemberCheck::NotMember)?;
+        match &self.verifiers[i] {
+            Some(v) if v.verify(message, signature).is_ok() => Ok(()),
+            _ => Err(MemberCheck::BadSignature),
+        }
     }
 }
 

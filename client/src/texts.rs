@@ -1,17 +1,16 @@
 //! Texts, both sides: sealing a text to a friend or a group, opening one
 //! that arrived, and the "delivered" receipts that answer it.
 
-use fastchat_crypto::{ConversationKey, signing, transcript};
+use fastchat_crypto::{ConversationKey, transcript};
 use fastchat_proto::envelope::{
     Outgoing, OutgoingGroupText, OutgoingText, Receipt, Sealed, TextContent,
 };
 use fastchat_proto::frame::encode_body;
-use fastchat_proto::group::RosterEntry;
 use fastchat_proto::limits::MAX_TEXT_BYTES;
 use fastchat_proto::{MessageId, decode};
 
 use crate::error::ClientError;
-use crate::room::{Change, Invalid, Me, Outcome, invalid};
+use crate::room::{Change, EpochKeys, Invalid, Me, MemberCheck, Outcome, invalid};
 use crate::types::{GroupState, InboxItem, InboxKind};
 
 /// A text ready to seal: its id, send time and encoded content.
@@ -140,11 +139,11 @@ pub(crate) struct GroupText<'a> {
 }
 
 /// Opens a group text: the sender must be in the roster of the epoch it
-/// claims (`at_epoch`, the key and roster we hold for it), and its
-/// signature must verify with that roster's key.
+/// claims (`at_epoch`, the keys we hold for it), and its signature must
+/// verify with that roster's key.
 pub(crate) fn open_group(
     group_name: Option<&str>,
-    at_epoch: Option<&(ConversationKey, Vec<RosterEntry>)>,
+    at_epoch: Option<&EpochKeys>,
     text: &GroupText<'_>,
 ) -> Result<Outcome, Invalid> {
     let name = group_name.ok_or_else(|| invalid("a text for a group we do not know"))?;
@@ -153,33 +152,27 @@ pub(crate) fn open_group(
     text_item(text.id, text.from, Some(name.to_string()), &plain)
 }
 
-fn verify_group_text(
-    at_epoch: Option<&(ConversationKey, Vec<RosterEntry>)>,
-    t: &GroupText<'_>,
-) -> Result<Vec<u8>, String> {
-    let (key, roster) = at_epoch.ok_or_else(|| format!("we hold no key for epoch {}", t.epoch))?;
-    let sender = roster
-        .iter()
-        .find(|r| r.name == t.from)
-        .ok_or_else(|| format!("{} was not a member at epoch {}", t.from, t.epoch))?;
-    signing::verify(
-        &sender.signing_key,
-        &transcript::group_text_signature(
-            t.group_id,
-            t.epoch,
-            t.from,
-            &t.id.0,
-            &t.sealed.nonce,
-            &t.sealed.ciphertext,
-        ),
-        t.signature,
-    )
-    .map_err(|_| format!("the signature is not {}'s", t.from))?;
-    key.open(
-        &transcript::group_text_aad(t.group_id, t.epoch, t.from, &t.id.0),
-        t.sealed,
-    )
-    .map_err(|_| "it failed authentication".to_string())
+fn verify_group_text(at_epoch: Option<&EpochKeys>, t: &GroupText<'_>) -> Result<Vec<u8>, String> {
+    let keys = at_epoch.ok_or_else(|| format!("we hold no key for epoch {}", t.epoch))?;
+    let signed = transcript::group_text_signature(
+        t.group_id,
+        t.epoch,
+        t.from,
+        &t.id.0,
+        &t.sealed.nonce,
+        &t.sealed.ciphertext,
+    );
+    keys.verify_member(t.from, &signed, t.signature)
+        .map_err(|e| match e {
+            MemberCheck::NotMember => format!("{} was not a member at epoch {}", t.from, t.epoch),
+            MemberCheck::BadSignature => format!("the signature is not {}'s", t.from),
+        })?;
+    keys.key
+        .open(
+            &transcript::group_text_aad(t.group_id, t.epoch, t.from, &t.id.0),
+            t.sealed,
+        )
+        .map_err(|_| "it failed authentication".to_string())
 }
 
 fn text_item(

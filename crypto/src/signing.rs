@@ -43,12 +43,32 @@ impl SigningIdentity {
 
 /// Verifies an Ed25519 signature (strict: no malleable encodings).
 pub fn verify(public: &[u8; 32], message: &[u8], signature: &[u8]) -> Result<(), CryptoError> {
-    let key = VerifyingKey::from_bytes(public).map_err(|_| CryptoError::BadKey)?;
-    let sig: [u8; 64] = signature
-        .try_into()
-        .map_err(|_| CryptoError::BadSignature)?;
-    key.verify_strict(message, &ed25519_dalek::Signature::from_bytes(&sig))
-        .map_err(|_| CryptoError::BadSignature)
+    VerifyKey::from_bytes(public)?.verify(message, signature)
+}
+
+/// An Ed25519 public key decoded once, for keys that verify many
+/// signatures (a group member's): decoding is a field square root, a good
+/// part of a verification.
+#[derive(Clone, Debug)]
+pub struct VerifyKey(VerifyingKey);
+
+impl VerifyKey {
+    /// Decodes a 32-byte public key.
+    pub fn from_bytes(public: &[u8; 32]) -> Result<Self, CryptoError> {
+        VerifyingKey::from_bytes(public)
+            .map(Self)
+            .map_err(|_| CryptoError::BadKey)
+    }
+
+    /// Verifies `signature` over `message` (strict: no malleable encodings).
+    pub fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), CryptoError> {
+        let sig: [u8; 64] = signature
+            .try_into()
+            .map_err(|_| CryptoError::BadSignature)?;
+        self.0
+            .verify_strict(message, &ed25519_dalek::Signature::from_bytes(&sig))
+            .map_err(|_| CryptoError::BadSignature)
+    }
 }
 
 #[cfg(test)]
