@@ -141,7 +141,7 @@ fn rss_mib() -> u64 {
 
 /// One client fills 200 text streams and never finishes them, and pipelines
 /// a thousand syncs: the node holds a bounded amount of it (its text budget
-/// per connection, its connection window), answers the syncs with one poll
+/// per connection, its connection window), answers the syncs from one poll
 /// loop, and another user keeps chatting meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_filling_every_stream_and_piling_up_syncs_is_bounded() {
@@ -223,4 +223,30 @@ async fn a_client_filling_every_stream_and_piling_up_syncs_is_bounded() {
     for t in tasks {
         t.abort();
     }
+}
+
+/// Many syncs at once from one client (a hundred `friend add`s at once do
+/// that) are all answered, each after what was queued when it was asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_concurrent_syncs_on_one_connection_are_all_answered() {
+    let cluster = Cluster::start().await;
+    let alice = Arc::new(cluster.register("alice").await);
+    let bob = cluster.register("bob").await;
+    befriend(&alice, &bob).await;
+    let mut tasks = Vec::new();
+    for n in 0..300 {
+        let alice = alice.clone();
+        tasks.push(tokio::spawn(async move { alice.sync().await }));
+        if n == 150 {
+            bob.send_text("alice", "in the middle").await.unwrap();
+        }
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    // The last syncs were asked after bob's text was stored: it is in.
+    assert!(
+        common::unshown_texts(&alice).contains(&"in the middle".to_string()),
+        "a sync answered before what it waited for"
+    );
 }

@@ -86,8 +86,7 @@ async fn run(shared: Arc<Shared>, conn: Connection) -> Result<(), StreamError> {
 
     let mut session = Session::default();
     let mut delivery: Option<Delivery> = None;
-    // Request ids of the syncs waiting on the one running (empty: none runs).
-    let syncs: Arc<std::sync::Mutex<Vec<u64>>> = Arc::default();
+    let syncs: Arc<std::sync::Mutex<Syncs>> = Arc::default();
     let mut buf = Vec::new();
     loop {
         let frame: RequestFrame = match read_frame(&mut recv, MAX_CONTROL_FRAME, &mut buf).await {
@@ -98,44 +97,39 @@ async fn run(shared: Arc<Shared>, conn: Connection) -> Result<(), StreamError> {
         };
         if let (Request::Sync, Some(d)) = (&frame.request, &delivery) {
             // Sync waits for the client's acks; answer it from its own task
-            // so the control stream keeps serving meanwhile. One runs per
-            // connection at a time: syncs asked while it runs share its
-            // answer, so pipelined syncs cost the store one poll loop.
-            let waiting = {
-                let mut waiting = syncs.lock().expect("syncs lock");
-                if waiting.len() < MAX_WAITING_SYNCS {
-                    waiting.push(frame.id);
-                    Some(waiting.len())
-                } else {
+            // so the control stream keeps serving meanwhile. One task runs
+            // per connection: it answers every sync waiting when it starts
+            // a round (reading the queue's end after they all arrived, so
+            // each gets what it asked for), then the ones that came
+            // meanwhile, so pipelined syncs cost the store one poll loop.
+            let start = {
+                let mut syncs = syncs.lock().expect("syncs lock");
+                if syncs.waiting.len() >= MAX_WAITING_SYNCS {
                     None
+                } else {
+                    syncs.waiting.push(frame.id);
+                    Some(!std::mem::replace(&mut syncs.running, true))
                 }
             };
-            let Some(waiting) = waiting else {
-                let busy = Err(fastchat_proto::ProtoError::new(
-                    fastchat_proto::ErrorCode::TooLarge,
-                    "too many syncs waiting; wait for one to finish",
-                ));
-                reply(&control, frame.id, busy).await?;
-                continue;
-            };
-            let first = waiting == 1;
-            if first {
-                let (shared, control, user, acked, syncs) = (
-                    shared.clone(),
-                    control.clone(),
-                    d.user().to_string(),
-                    d.acked(),
-                    syncs.clone(),
-                );
-                tokio::spawn(async move {
-                    let result = cmd::sync::wait(&shared, &user, acked).await;
-                    let ids = std::mem::take(&mut *syncs.lock().expect("syncs lock"));
-                    for id in ids {
-                        if reply(&control, id, result.clone()).await.is_err() {
-                            break;
-                        }
-                    }
-                });
+            match start {
+                None => {
+                    let busy = Err(fastchat_proto::ProtoError::new(
+                        fastchat_proto::ErrorCode::TooLarge,
+                        "too many syncs waiting; wait for one to finish",
+                    ));
+                    reply(&control, frame.id, busy).await?;
+                }
+                Some(true) => {
+                    let (shared, control, user, acked, syncs) = (
+                        shared.clone(),
+                        control.clone(),
+                        d.user().to_string(),
+                        d.acked(),
+                        syncs.clone(),
+                    );
+                    tokio::spawn(answer_syncs(shared, control, user, acked, syncs));
+                }
+                Some(false) => {}
             }
             continue;
         }
@@ -225,8 +219,44 @@ async fn serve_stream(
     }
 }
 
-/// Syncs one connection may have waiting at once.
-const MAX_WAITING_SYNCS: usize = 64;
+/// Syncs one connection may have waiting at once (a few bytes each).
+const MAX_WAITING_SYNCS: usize = 4096;
+
+/// The syncs of one connection.
+#[derive(Default)]
+struct Syncs {
+    /// Request ids not answered yet.
+    waiting: Vec<u64>,
+    /// Whether a task is answering them.
+    running: bool,
+}
+
+/// Answers the connection's syncs in rounds until none is left.
+async fn answer_syncs(
+    shared: Arc<Shared>,
+    control: Arc<Mutex<SendStream>>,
+    user: String,
+    acked: watch::Receiver<u64>,
+    syncs: Arc<std::sync::Mutex<Syncs>>,
+) {
+    loop {
+        let ids = {
+            let mut s = syncs.lock().expect("syncs lock");
+            if s.waiting.is_empty() {
+                s.running = false;
+                return;
+            }
+            std::mem::take(&mut s.waiting)
+        };
+        let result = cmd::sync::wait(&shared, &user, acked.clone()).await;
+        for id in ids {
+            if reply(&control, id, result.clone()).await.is_err() {
+                syncs.lock().expect("syncs lock").running = false;
+                return;
+            }
+        }
+    }
+}
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
