@@ -54,7 +54,9 @@ async fn repeated_failed_logins_close_the_connection() {
     let mut raw = RawClient::connect(&cluster.ca(), cluster.node_addr()).await;
     for attempt in 1..=3 {
         let nonce = raw.hello("alice").await;
-        let forged = mallory.sign(&transcript::login("alice", &nonce)).unwrap();
+        let forged = mallory
+            .sign(&transcript::login("alice", &nonce, &raw.binding()))
+            .unwrap();
         let err = raw
             .request(Request::Login { signature: forged })
             .await

@@ -66,7 +66,7 @@ async fn logins_are_checked_against_the_bound_login_key_and_only_the_identity_re
         }
         other => panic!("no challenge: {other:?}"),
     };
-    let forged = other.sign(&transcript::login("carol", &nonce));
+    let forged = other.sign(&transcript::login("carol", &nonce, &a.binding()));
     let err = a
         .request(Request::Login { signature: forged })
         .await
@@ -76,7 +76,7 @@ async fn logins_are_checked_against_the_bound_login_key_and_only_the_identity_re
     // The bound key logs in.
     let mut b = RawClient::connect(&cluster.ca(), cluster.node_addr()).await;
     let nonce = b.hello("carol").await;
-    let signature = login.sign(&transcript::login("carol", &nonce));
+    let signature = login.sign(&transcript::login("carol", &nonce, &b.binding()));
     b.request(Request::Login { signature }).await.unwrap();
 
     // Rebinding needs the RSA identity's signature, not the login key's.
@@ -100,14 +100,14 @@ async fn logins_are_checked_against_the_bound_login_key_and_only_the_identity_re
     // Now the old login key no longer works, the new one does.
     let mut c = RawClient::connect(&cluster.ca(), cluster.node_addr()).await;
     let nonce = c.hello("carol").await;
-    let stale = login.sign(&transcript::login("carol", &nonce));
+    let stale = login.sign(&transcript::login("carol", &nonce, &c.binding()));
     let err = c
         .request(Request::Login { signature: stale })
         .await
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::AuthFailed);
     let nonce = c.hello("carol").await;
-    let signature = other.sign(&transcript::login("carol", &nonce));
+    let signature = other.sign(&transcript::login("carol", &nonce, &c.binding()));
     c.request(Request::Login { signature }).await.unwrap();
 }
 
@@ -151,7 +151,9 @@ async fn logins_with_the_wrong_key_or_a_replayed_signature_are_refused() {
     // Mallory claims to be alice and signs the challenge with her own key.
     let mut raw = RawClient::connect(&cluster.ca(), cluster.node_addr()).await;
     let nonce = raw.hello("alice").await;
-    let forged = mallory.sign(&transcript::login("alice", &nonce)).unwrap();
+    let forged = mallory
+        .sign(&transcript::login("alice", &nonce, &raw.binding()))
+        .unwrap();
     let err = raw
         .request(Request::Login { signature: forged })
         .await
@@ -179,7 +181,9 @@ async fn logins_with_the_wrong_key_or_a_replayed_signature_are_refused() {
     let _ = first.request(Request::Sync).await;
     let mut eavesdropped = RawClient::connect(&cluster.ca(), cluster.node_addr()).await;
     let old = eavesdropped.hello("mallory").await;
-    let recorded = mallory.sign(&transcript::login("mallory", &old)).unwrap();
+    let recorded = mallory
+        .sign(&transcript::login("mallory", &old, &eavesdropped.binding()))
+        .unwrap();
     let mut replay = RawClient::connect(&cluster.ca(), cluster.node_addr()).await;
     replay.hello("mallory").await;
     let err = replay
@@ -376,4 +380,40 @@ async fn a_replayed_message_id_is_shown_once() {
     bob.sync().await.unwrap();
     let texts = common::unshown_texts(&bob);
     assert_eq!(texts, vec!["only once".to_string()]);
+}
+
+/// A login is bound to the connection it was made on (the TLS exporter
+/// secret is in the signed transcript): whoever holds a node's key, and so
+/// can pose as a node to a user, cannot relay the user's login to a real
+/// node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_relayed_from_another_connection_is_refused() {
+    let cluster = Cluster::start().await;
+    cluster.register("alice").await.close().await;
+    let identity = fastchat_client::keystore::Keystore::open(&cluster.home("alice"))
+        .unwrap()
+        .identity()
+        .unwrap();
+    // The user's connection (to the relay) and the relay's to the real node.
+    let users_side = RawClient::connect(&cluster.ca(), cluster.node_addr()).await;
+    let mut relay = RawClient::connect(&cluster.ca(), cluster.node_addr()).await;
+    let nonce = relay.hello("alice").await;
+    let relayed = identity
+        .sign(&transcript::login("alice", &nonce, &users_side.binding()))
+        .unwrap();
+    let err = relay
+        .request(Request::Login { signature: relayed })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::AuthFailed);
+    // The same key signing for the relay's own connection is let in: the
+    // binding is what refused the relayed one.
+    let nonce = relay.hello("alice").await;
+    let own = identity
+        .sign(&transcript::login("alice", &nonce, &relay.binding()))
+        .unwrap();
+    relay
+        .request(Request::Login { signature: own })
+        .await
+        .unwrap();
 }

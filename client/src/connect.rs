@@ -118,7 +118,7 @@ pub(crate) async fn login(
         _ => return Err(ClientError::UnexpectedReply),
     };
     let ours = login.public();
-    let transcript = transcript::login(name, &nonce);
+    let transcript = transcript::login(name, &nonce, control.binding());
     let signature = if bound == Some(ours) {
         login.sign(&transcript)
     } else {

@@ -21,11 +21,19 @@ pub(crate) struct Control {
     send: tokio::sync::Mutex<SendStream>,
     waiting: std::sync::Arc<Mutex<HashMap<u64, Waiter>>>,
     next_id: AtomicU64,
+    /// The connection's login binding (its TLS exporter secret).
+    binding: [u8; 32],
 }
 
 impl Control {
+    /// The login binding of the connection this stream belongs to.
+    pub fn binding(&self) -> &[u8; 32] {
+        &self.binding
+    }
+
     /// Opens the control stream on `conn` and starts its reader task.
     pub async fn open(conn: &Connection) -> Result<Self, ClientError> {
+        let binding = fastchat_transport::session_binding(conn).ok_or(ClientError::Disconnected)?;
         let (mut send, recv) = conn
             .open_bi()
             .await
@@ -38,6 +46,7 @@ impl Control {
         Ok(Self {
             send: tokio::sync::Mutex::new(send),
             waiting,
+            binding,
             next_id: AtomicU64::new(1),
         })
     }

@@ -23,9 +23,10 @@ pub fn login_key(name: &str, login_key: &[u8; 32]) -> Vec<u8> {
     build("login-key", &[name.as_bytes(), login_key])
 }
 
-/// Login: binds the user name to the node's fresh challenge.
-pub fn login(name: &str, challenge: &[u8; 32]) -> Vec<u8> {
-    build("login", &[name.as_bytes(), challenge])
+/// Login: binds the user name to the node's fresh challenge and to the
+/// connection it is made on (`session`, its TLS exporter secret).
+pub fn login(name: &str, challenge: &[u8; 32], session: &[u8; 32]) -> Vec<u8> {
+    build("login", &[name.as_bytes(), challenge, session])
 }
 
 /// A friend request, binding both names and both keys as the requester saw
@@ -167,7 +168,10 @@ mod tests {
             register("ab", b"c", &[1; 32]),
             register("a", b"bc", &[1; 32])
         );
-        assert_ne!(login_key("a", &[0; 32]), login("a", &[0; 32]));
-        assert_ne!(login("a", &[0; 32]), register("a", &[0; 32], &[0; 32]));
+        assert_ne!(login_key("a", &[0; 32]), login("a", &[0; 32], &[0; 32]));
+        assert_ne!(
+            login("a", &[0; 32], &[0; 32]),
+            register("a", &[0; 32], &[0; 32])
+        );
     }
 }

@@ -84,7 +84,10 @@ async fn run(shared: Arc<Shared>, conn: Connection) -> Result<(), StreamError> {
     ));
     let _streams_guard = AbortOnDrop(streams);
 
-    let mut session = Session::default();
+    let Some(binding) = fastchat_transport::session_binding(&conn) else {
+        return Err(StreamError::Protocol("no TLS exporter on this connection"));
+    };
+    let mut session = Session::new(binding);
     let mut delivery: Option<Delivery> = None;
     let syncs: Arc<std::sync::Mutex<Syncs>> = Arc::default();
     let mut buf = Vec::new();

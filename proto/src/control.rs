@@ -50,7 +50,8 @@ pub enum Request {
         name: String,
     },
     /// Finishes a login with a signature over
-    /// `fastchat_crypto::transcript::login(name, challenge)`: by the login
+    /// `fastchat_crypto::transcript::login(name, challenge, binding)`, where
+    /// `binding` is the connection's TLS exporter secret: by the login
     /// key the node holds for the user (64 bytes, Ed25519), or else by the
     /// RSA identity key.
     Login {

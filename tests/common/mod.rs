@@ -259,6 +259,11 @@ impl RawClient {
         }
     }
 
+    /// This connection's login binding (its TLS exporter secret).
+    pub fn binding(&self) -> [u8; 32] {
+        fastchat_transport::session_binding(&self.conn).unwrap()
+    }
+
     /// Asks for a login challenge as `name`.
     pub async fn hello(&mut self, name: &str) -> [u8; 32] {
         match self
@@ -278,7 +283,11 @@ impl RawClient {
     pub async fn login(&mut self, name: &str, identity: &fastchat_crypto::Identity) {
         let nonce = self.hello(name).await;
         let signature = identity
-            .sign(&fastchat_crypto::transcript::login(name, &nonce))
+            .sign(&fastchat_crypto::transcript::login(
+                name,
+                &nonce,
+                &self.binding(),
+            ))
             .unwrap();
         self.request(Request::Login { signature }).await.unwrap();
     }

@@ -3,10 +3,12 @@
 //! loopback, reading/writing length-prefixed frames on quinn streams, and
 //! noticing a silent peer.
 
+mod binding;
 mod endpoint;
 mod framed;
 mod liveness;
 
+pub use binding::session_binding;
 pub use endpoint::{ClientAuth, TransportError, client_endpoint, connect, server_endpoint};
 pub use framed::{FRAME_TIMEOUT, StreamError, read_frame, write_frame, write_frames};
 pub use liveness::{PEER_SILENCE, closed_or_silent};

@@ -55,8 +55,8 @@ pub(super) async fn hello(
 
 /// Whether `signature` over the login transcript is the user's: by their
 /// login key (Ed25519) or, failing a bound one, their RSA identity.
-fn signed_by_user(challenge: &Challenge, signature: &[u8]) -> bool {
-    let message = transcript::login(&challenge.name, &challenge.nonce);
+fn signed_by_user(challenge: &Challenge, binding: &[u8; 32], signature: &[u8]) -> bool {
+    let message = transcript::login(&challenge.name, &challenge.nonce, binding);
     if signature.len() == ED25519_SIGNATURE {
         return challenge
             .keys
@@ -77,7 +77,7 @@ pub(super) async fn login(
         .challenge
         .take()
         .ok_or_else(|| bad_request("send Hello before Login"))?;
-    if !signed_by_user(&challenge, signature) {
+    if !signed_by_user(&challenge, &session.binding, signature) {
         tracing::info!(user = %challenge.name, "login refused: bad signature");
         session.failed_logins += 1;
         return Err(auth_failed());

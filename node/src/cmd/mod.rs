@@ -17,7 +17,6 @@ use fastchat_proto::{ErrorCode, ProtoError};
 use crate::shared::Shared;
 
 /// What the node knows about the connection's user.
-#[derive(Default)]
 pub(crate) struct Session {
     /// Set once login succeeded.
     pub user: Option<String>,
@@ -25,9 +24,22 @@ pub(crate) struct Session {
     pub challenge: Option<login::Challenge>,
     /// Logins refused on this connection so far.
     pub failed_logins: u32,
+    /// The connection's login binding (its TLS exporter secret): a login
+    /// signed for another connection is refused.
+    pub binding: [u8; 32],
 }
 
 impl Session {
+    /// A session on a connection whose login binding is `binding`.
+    pub fn new(binding: [u8; 32]) -> Self {
+        Self {
+            user: None,
+            challenge: None,
+            failed_logins: 0,
+            binding,
+        }
+    }
+
     fn user(&self) -> Result<&str, ProtoError> {
         self.user
             .as_deref()
