@@ -113,9 +113,14 @@ pub struct NodeArgs {
     #[arg(long)]
     store: Option<String>,
     /// The NATS server linking this node to the cluster's other nodes
-    /// (nats://HOST:4222); leave out for a node that is alone.
+    /// (tls://HOST:4222, run with the cluster's certificates: see the
+    /// README); leave out for a node that is alone.
     #[arg(long)]
     bus: Option<String>,
+    /// Reach the bus without TLS or a client certificate. Only for a NATS
+    /// server on a network nobody else can reach.
+    #[arg(long)]
+    bus_plaintext: bool,
     #[command(flatten)]
     node: NodeOptions,
 }
@@ -148,13 +153,20 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     if args.nodes == 0 {
         bail!("--nodes must be at least 1");
     }
-    // Several nodes route to each other over NATS and share one store.
+    let certs_dir = args.dir.join("certs");
+    let mut sans = Vec::new();
+    if !args.listen.ip().is_unspecified() && !args.listen.ip().is_loopback() {
+        sans.push(args.listen.ip().to_string());
+    }
+    let paths = fastchat_certs::ensure(&certs_dir, &sans)?;
+    // Several nodes route to each other over NATS (TLS, cluster
+    // certificates required) and share one store.
     let mut nats = None;
     let bus = match (&args.bus, args.nodes) {
         (Some(url), _) => Some(url.clone()),
         (None, 1) => None,
         (None, _) => {
-            let server = fastchat_node::NatsServer::start(&args.dir.join("nats"), 0)?;
+            let server = fastchat_node::NatsServer::start(&args.dir.join("nats"), 0, &certs_dir)?;
             let url = server.url();
             nats = Some(server);
             Some(url)
@@ -169,12 +181,6 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             Some(args.dir.join("cluster.db").display().to_string())
         }
     };
-    let certs_dir = args.dir.join("certs");
-    let mut sans = Vec::new();
-    if !args.listen.ip().is_unspecified() && !args.listen.ip().is_loopback() {
-        sans.push(args.listen.ip().to_string());
-    }
-    let paths = fastchat_certs::ensure(&certs_dir, &sans)?;
 
     let mut balancer_config = BalancerConfig::new(args.listen, certs_dir.clone());
     balancer_config.strategy = args.strategy;
@@ -259,6 +265,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     config.balancer = args.balancer;
     config.store = args.store;
     config.bus = args.bus;
+    config.bus_plaintext = args.bus_plaintext;
     args.node.apply(&mut config);
     let handle = fastchat_node::start(config).await?;
     println!(

@@ -44,7 +44,8 @@ impl Multi {
             BalancerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().join("certs"));
         config.strategy = strategy;
         let balancer = fastchat_balancer::start(config).await.unwrap();
-        let nats = NatsServer::start(&dir.path().join("nats"), 0).unwrap();
+        let nats =
+            NatsServer::start(&dir.path().join("nats"), 0, &dir.path().join("certs")).unwrap();
         let (store, pg) = if postgres {
             let pg = PgServer::shared();
             let name = format!("cluster_{}", std::process::id());
@@ -451,7 +452,14 @@ async fn a_nats_restart_delays_nothing_for_long_and_loses_nothing() {
             .await
             .unwrap();
     }
-    multi.nats = Some(NatsServer::start(&multi.dir.path().join("nats"), port).unwrap());
+    multi.nats = Some(
+        NatsServer::start(
+            &multi.dir.path().join("nats"),
+            port,
+            &multi.dir.path().join("certs"),
+        )
+        .unwrap(),
+    );
     let mut got = HashMap::new();
     tokio::time::timeout(Duration::from_secs(30), async {
         while got.len() < 20 {

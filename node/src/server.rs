@@ -41,9 +41,13 @@ pub struct NodeConfig {
     /// SQLite file path (several nodes on one host may share it), or a
     /// `postgres://` URL.
     pub store: Option<String>,
-    /// The NATS server linking this node to the others (`nats://host:port`);
+    /// The NATS server linking this node to the others (`tls://host:port`);
     /// `None` for a node that is alone.
     pub bus: Option<String>,
+    /// Reach the bus without TLS (only for a NATS server on a network
+    /// nobody else can reach): by default the node speaks TLS to it and
+    /// presents its certificate from `certs_dir`.
+    pub bus_plaintext: bool,
 }
 
 impl NodeConfig {
@@ -61,6 +65,7 @@ impl NodeConfig {
             friend_requests_per_minute: crate::limits::DEFAULT_FRIEND_REQUESTS_PER_MINUTE,
             store: None,
             bus: None,
+            bus_plaintext: false,
         }
     }
 }
@@ -157,7 +162,10 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     })?;
     let bus: Arc<dyn Bus> = match &config.bus {
         None => Arc::new(LocalBus::new(&advertised)),
-        Some(url) => Arc::new(NatsBus::connect(url, &advertised).await?),
+        Some(url) => {
+            let tls = (!config.bus_plaintext).then_some(config.certs_dir.as_path());
+            Arc::new(NatsBus::connect(url, &advertised, tls).await?)
+        }
     };
     let shared = Arc::new(Shared::new(
         store.clone(),

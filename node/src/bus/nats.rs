@@ -9,6 +9,7 @@
 //! - `fastchat.drop.<node>`: a blob that node may delete.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -111,11 +112,23 @@ pub struct NatsBus {
 }
 
 impl NatsBus {
-    /// Connects to the NATS server at `url` as node `node_id`.
-    pub async fn connect(url: &str, node_id: &str) -> Result<Self, BusError> {
+    /// Connects to the NATS server at `url` as node `node_id`; with `tls`
+    /// (a certificate directory) over TLS, trusting only the cluster CA
+    /// and presenting the node's certificate.
+    pub async fn connect(url: &str, node_id: &str, tls: Option<&Path>) -> Result<Self, BusError> {
         let reconnects = watch::channel(0u64).0;
         let bumped = reconnects.clone();
-        let client = async_nats::ConnectOptions::new()
+        let mut options = async_nats::ConnectOptions::new();
+        if let Some(certs) = tls {
+            options = options
+                .require_tls(true)
+                .add_root_certificates(certs.join(fastchat_certs::CA_CERT))
+                .add_client_certificate(
+                    certs.join(fastchat_certs::NODE_CERT),
+                    certs.join(fastchat_certs::NODE_KEY),
+                );
+        }
+        let client = options
             .name(format!("fastchat-node {node_id}"))
             .request_timeout(Some(REQUEST_TIMEOUT))
             .connection_timeout(Duration::from_secs(5))

@@ -1,6 +1,8 @@
 //! A private nats-server for `fastchat up --nodes N` and for tests: a child
 //! process on a free loopback port, stopped when dropped (or when this
-//! process dies, on Linux).
+//! process dies, on Linux). It speaks TLS only, with the cluster's node
+//! certificate, and admits only clients that present a certificate from
+//! the cluster CA: an anonymous client cannot read, fetch or publish.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
@@ -17,8 +19,10 @@ pub struct NatsServer {
 
 impl NatsServer {
     /// Starts `nats-server` on 127.0.0.1 (a free port when `port` is 0),
-    /// logging to `log_dir/nats.log`, and waits until it accepts clients.
-    pub fn start(log_dir: &Path, port: u16) -> Result<Self, BusError> {
+    /// with TLS from the certificate directory `certs` (`ca.pem`,
+    /// `node.pem`, `node.key`) and client certificates required, logging to
+    /// `log_dir/nats.log`, and waits until it accepts clients.
+    pub fn start(log_dir: &Path, port: u16, certs: &Path) -> Result<Self, BusError> {
         std::fs::create_dir_all(log_dir).map_err(|e| failed(e.to_string()))?;
         // A port found free here can be taken before nats-server binds it
         // (tests start many servers at once); then another one is tried.
@@ -29,7 +33,7 @@ impl NatsServer {
                 0 => free_port().map_err(|e| failed(e.to_string()))?,
                 p => p,
             };
-            match Self::start_on(log_dir, port) {
+            match Self::start_on(log_dir, port, certs) {
                 Ok(server) => return Ok(server),
                 Err(Attempt::Fatal(e)) => return Err(e),
                 Err(Attempt::Exited(e)) => last = Some(e),
@@ -38,7 +42,7 @@ impl NatsServer {
         Err(last.expect("at least one try"))
     }
 
-    fn start_on(log_dir: &Path, port: u16) -> Result<Self, Attempt> {
+    fn start_on(log_dir: &Path, port: u16, certs: &Path) -> Result<Self, Attempt> {
         // The name tells our server apart from anything else that answers
         // on the port (another test's server, or a TCP self-connect).
         let name = format!("fastchat-{}-{port}-{:08x}", std::process::id(), rand_u32());
@@ -54,6 +58,13 @@ impl NatsServer {
                 "-l",
             ])
             .arg(log_dir.join("nats.log"))
+            .arg("--tlsverify")
+            .arg("--tlscert")
+            .arg(certs.join(fastchat_certs::NODE_CERT))
+            .arg("--tlskey")
+            .arg(certs.join(fastchat_certs::NODE_KEY))
+            .arg("--tlscacert")
+            .arg(certs.join(fastchat_certs::CA_CERT))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -100,9 +111,9 @@ impl NatsServer {
         }
     }
 
-    /// The URL nodes connect to.
+    /// The URL nodes connect to (TLS only).
     pub fn url(&self) -> String {
-        format!("nats://{}", self.addr)
+        format!("tls://{}", self.addr)
     }
 
     /// The server's process id (for tests that stop and restart it).
@@ -170,15 +181,40 @@ mod tests {
     #[test]
     fn a_taken_port_is_reported_and_only_our_server_counts_as_started() {
         let dir = tempfile::tempdir().unwrap();
-        let first = NatsServer::start(&dir.path().join("a"), 0).unwrap();
+        let certs = dir.path().join("certs");
+        fastchat_certs::generate(&certs, &[], false).unwrap();
+        let first = NatsServer::start(&dir.path().join("a"), 0, &certs).unwrap();
         // Something else answering on the port is not mistaken for a new server.
-        let err = NatsServer::start(&dir.path().join("b"), first.port())
+        let err = NatsServer::start(&dir.path().join("b"), first.port(), &certs)
             .err()
             .expect("a second server on a taken port");
         assert!(err.to_string().contains("exited at start"), "{err}");
         // Port 0 finds a free port, also while others are being started.
-        let second = NatsServer::start(&dir.path().join("c"), 0).unwrap();
+        let second = NatsServer::start(&dir.path().join("c"), 0, &certs).unwrap();
         assert_ne!(first.port(), second.port());
         assert!(!answers_as(&first.addr, "someone-else"));
+    }
+
+    /// The bus is closed to anyone without a cluster certificate: a plain
+    /// client is told TLS is required, and never gets to subscribe.
+    #[test]
+    fn a_client_without_tls_cannot_subscribe() {
+        use std::io::{BufRead, BufReader, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        fastchat_certs::generate(&certs, &[], false).unwrap();
+        let server = NatsServer::start(&dir.path().join("n"), 0, &certs).unwrap();
+        let mut stream = TcpStream::connect(server.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut info = String::new();
+        reader.read_line(&mut info).unwrap();
+        assert!(info.contains("\"tls_required\":true"), "{info}");
+        let _ = stream.write_all(b"CONNECT {\"verbose\":true}\r\nSUB > 1\r\nPING\r\n");
+        let mut rest = String::new();
+        while reader.read_line(&mut rest).is_ok_and(|n| n > 0) {}
+        assert!(!rest.contains("PONG") && !rest.contains("+OK"), "{rest}");
     }
 }
