@@ -50,6 +50,13 @@ pub struct NodeOptions {
     /// Friend requests one user may send a minute.
     #[arg(long, default_value_t = fastchat_node::limits::DEFAULT_FRIEND_REQUESTS_PER_MINUTE)]
     friend_requests_per_minute: u32,
+    /// Most texts that may wait for one user; past it, senders are told to
+    /// try again later.
+    #[arg(long, default_value_t = fastchat_node::store::DEFAULT_QUEUE_TEXTS)]
+    queue_max_texts: u64,
+    /// Most MiB of texts that may wait for one user.
+    #[arg(long, default_value_t = fastchat_node::store::DEFAULT_QUEUE_BYTES >> 20)]
+    queue_max_mib: u64,
 }
 
 impl NodeOptions {
@@ -62,6 +69,10 @@ impl NodeOptions {
         config.max_image_bytes = self.max_image_mib * 1024 * 1024;
         config.image_quota = self.image_quota_mib * 1024 * 1024;
         config.friend_requests_per_minute = self.friend_requests_per_minute;
+        config.queue_limits = fastchat_node::store::QueueLimits {
+            max_texts: self.queue_max_texts,
+            max_bytes: self.queue_max_mib.saturating_mul(1 << 20),
+        };
     }
 }
 

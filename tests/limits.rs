@@ -252,3 +252,47 @@ async fn hundreds_of_concurrent_syncs_on_one_connection_are_all_answered() {
         "a sync answered before what it waited for"
     );
 }
+
+/// What may wait for one user is bounded (`--queue-max-texts`,
+/// `--queue-max-mib`): past it a sender hears why in one sentence, and once
+/// the recipient reads, texts flow again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_refuses_texts_with_one_sentence_until_read() {
+    let mut cluster = Cluster::start_without_node().await;
+    let mut config = cluster.node_config("127.0.0.1:0".parse().unwrap());
+    config.queue_limits = fastchat_node::store::QueueLimits {
+        max_texts: 6,
+        max_bytes: 1 << 20,
+    };
+    cluster.start_node_with(config).await;
+    let alice = cluster.register("alice").await;
+    let bob = cluster.register("bob").await;
+    befriend(&alice, &bob).await;
+    bob.close().await;
+    let mut sent = 0;
+    let refusal = loop {
+        match alice.send_text("bob", &format!("text {sent}")).await {
+            Ok(_) => sent += 1,
+            Err(e) => break e,
+        }
+        assert!(sent <= 6, "the queue took more than its limit");
+    };
+    let ClientError::Refused(e) = &refusal else {
+        panic!("{refusal:?}")
+    };
+    assert_eq!(e.code, ErrorCode::QuotaExceeded);
+    assert!(
+        refusal
+            .to_string()
+            .contains("bob has too many messages waiting"),
+        "{refusal}"
+    );
+    assert!(sent >= 4, "only {sent} fit");
+
+    let bob = fastchat_client::Client::connect(&cluster.home("bob"))
+        .await
+        .unwrap();
+    bob.sync().await.unwrap();
+    assert_eq!(common::unshown_texts(&bob).len(), sent);
+    alice.send_text("bob", "room again").await.unwrap();
+}

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::bus::{Bus, LocalBus, NatsBus};
 use crate::shared::{ImageLimits, Shared};
-use crate::store::{Durability, SqliteStore, Store, StoreError};
+use crate::store::{Durability, QueueLimits, SqliteStore, Store, StoreError};
 
 /// Everything a node needs to start.
 #[derive(Clone, Debug)]
@@ -37,6 +37,8 @@ pub struct NodeConfig {
     pub image_quota: u64,
     /// Friend requests one user may send a minute.
     pub friend_requests_per_minute: u32,
+    /// How much may wait for one user (texts, bytes).
+    pub queue_limits: QueueLimits,
     /// The durable store: `None` for `node.db` in the data directory, a
     /// SQLite file path (several nodes on one host may share it), or a
     /// `postgres://` URL.
@@ -63,6 +65,7 @@ impl NodeConfig {
             max_image_bytes: fastchat_proto::limits::DEFAULT_MAX_IMAGE,
             image_quota: fastchat_proto::limits::DEFAULT_IMAGE_QUOTA,
             friend_requests_per_minute: crate::limits::DEFAULT_FRIEND_REQUESTS_PER_MINUTE,
+            queue_limits: QueueLimits::default(),
             store: None,
             bus: None,
             bus_plaintext: false,
@@ -171,10 +174,13 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         store.clone(),
         bus,
         (blob_dir, config.durability == Durability::PowerLoss),
-        ImageLimits {
-            max_bytes: config.max_image_bytes,
-            quota: config.image_quota,
-        },
+        (
+            ImageLimits {
+                max_bytes: config.max_image_bytes,
+                quota: config.image_quota,
+            },
+            config.queue_limits,
+        ),
         config.friend_requests_per_minute.max(1),
     ));
 

@@ -11,7 +11,7 @@ use crate::blobs::Blobs;
 use crate::bus::Bus;
 pub(crate) use crate::sessions::Live;
 use crate::sessions::Sessions;
-use crate::store::Store;
+use crate::store::{QueueLimits, Store};
 
 /// Counters the node reports to the balancer.
 #[derive(Default)]
@@ -40,6 +40,8 @@ pub(crate) struct Shared {
     pub blobs: Arc<Blobs>,
     pub stats: Stats,
     pub images: ImageLimits,
+    /// How much may wait for one user.
+    pub queue_limits: QueueLimits,
     /// Friend requests per user.
     pub friend_requests: crate::limits::RateLimit,
     pub friend_requests_per_minute: u32,
@@ -50,7 +52,7 @@ impl Shared {
         store: Arc<dyn Store>,
         bus: Arc<dyn Bus>,
         (blob_dir, fsync): (PathBuf, bool),
-        images: ImageLimits,
+        (images, queue_limits): (ImageLimits, QueueLimits),
         friend_requests_per_minute: u32,
     ) -> Self {
         Self {
@@ -60,6 +62,7 @@ impl Shared {
             blobs: Arc::new(Blobs::new(blob_dir, fsync)),
             stats: Stats::default(),
             images,
+            queue_limits,
             friend_requests: crate::limits::RateLimit::new(
                 friend_requests_per_minute,
                 std::time::Duration::from_secs(60),

@@ -179,7 +179,11 @@ pub(crate) async fn serve(
         return write_frames(send, &acks, MAX_MESSAGE_FRAME).await;
     }
     let envelopes: Vec<Arc<Vec<u8>>> = queue.iter().map(|t| t.envelope.clone()).collect();
-    match shared.store.enqueue_texts(user, queue).await {
+    match shared
+        .store
+        .enqueue_texts(user, queue, shared.queue_limits)
+        .await
+    {
         Ok(outcomes) => {
             let mut stored = 0;
             for ((slot, outcome), envelope) in slots.into_iter().zip(outcomes).zip(envelopes) {

@@ -6,7 +6,10 @@ use std::sync::Arc;
 use fastchat_proto::control::Relation;
 use fastchat_proto::{ErrorCode, MessageId};
 
-use super::{BlobLocation, Membership, Queuing, Store, StoreError, Target, TextToQueue, UserKeys};
+use super::{
+    BlobLocation, Membership, QueueLimits, Queuing, Store, StoreError, Target, TextToQueue,
+    UserKeys,
+};
 
 /// A text with id `[n; 16]`.
 pub fn text(to: Target, n: u8, body: &[u8]) -> TextToQueue {
@@ -88,11 +91,18 @@ pub async fn friendship_lifecycle_and_queue(s: &dyn Store) {
         text(Target::Direct("bob".into()), 1, b"t1"),
         text(Target::Direct("bob".into()), 1, b"t1"),
     ];
-    let r = s.enqueue_texts("alice", texts).await.unwrap();
+    let r = s
+        .enqueue_texts("alice", texts, QueueLimits::default())
+        .await
+        .unwrap();
     assert!(matches!(r[0], Queuing::Stored(_)));
     assert_eq!(r[1], Queuing::Duplicate);
     let refused = s
-        .enqueue_texts("bob", vec![text(Target::Direct("carol".into()), 2, b"")])
+        .enqueue_texts(
+            "bob",
+            vec![text(Target::Direct("carol".into()), 2, b"")],
+            QueueLimits::default(),
+        )
         .await
         .unwrap();
     assert!(matches!(&refused[0], Queuing::Refused(e) if e.code == ErrorCode::NotFriends));
@@ -221,6 +231,7 @@ pub async fn groups_fan_out_and_refuse(s: &dyn Store) {
                 text(to(1), 2, &[2]),
                 text(to(2), 1, &[1]),
             ],
+            QueueLimits::default(),
         )
         .await
         .unwrap();
@@ -244,6 +255,7 @@ pub async fn groups_fan_out_and_refuse(s: &dyn Store) {
                 4,
                 &[4],
             )],
+            QueueLimits::default(),
         )
         .await
         .unwrap();
@@ -252,8 +264,68 @@ pub async fn groups_fan_out_and_refuse(s: &dyn Store) {
         .await
         .unwrap();
     let r = s
-        .enqueue_texts("carol", vec![text(to(3), 3, &[3])])
+        .enqueue_texts("carol", vec![text(to(3), 3, &[3])], QueueLimits::default())
         .await
         .unwrap();
     assert!(matches!(&r[0], Queuing::Refused(e) if e.code == ErrorCode::NotMember));
+}
+
+/// A recipient's queue has room for so many texts and bytes: past either,
+/// texts to them are refused with one sentence; acks make room again.
+pub async fn queues_are_bounded_per_recipient(s: &dyn Store) {
+    s.create_user("alice", b"ka", None).await.unwrap();
+    s.create_user("bob", b"kb", None).await.unwrap();
+    s.request_friend("alice", "bob", b"r").await.unwrap();
+    s.accept_friend("bob", "alice", b"a").await.unwrap();
+    // Bob's queue already holds the request: one text, one byte.
+    let limits = QueueLimits {
+        max_texts: 4,
+        max_bytes: 1 + 4 * 10,
+    };
+    let to_bob = |n: u8| text(Target::Direct("bob".into()), n, &[n; 10]);
+    let r = s
+        .enqueue_texts("alice", (1..=4).map(to_bob).collect(), limits)
+        .await
+        .unwrap();
+    assert!(
+        r[..3].iter().all(|q| matches!(q, Queuing::Stored(_))),
+        "{r:?}"
+    );
+    let Queuing::Refused(full) = &r[3] else {
+        panic!("the fourth text fit: {r:?}")
+    };
+    assert_eq!(full.code, ErrorCode::QuotaExceeded);
+    assert!(
+        full.message.contains("bob has too many messages waiting"),
+        "{full}"
+    );
+    // By bytes too: one big text does not fit where a small one would.
+    let roomy = QueueLimits {
+        max_texts: 100,
+        max_bytes: 1 + 3 * 10 + 5,
+    };
+    let big = text(Target::Direct("bob".into()), 9, &[9; 6]);
+    let r = s.enqueue_texts("alice", vec![big], roomy).await.unwrap();
+    assert!(matches!(&r[0], Queuing::Refused(e) if e.code == ErrorCode::QuotaExceeded));
+    // Bob reads two: two more fit, and a resend of one stored is no new text.
+    let seqs: Vec<u64> = s
+        .pending("bob", 0, 2)
+        .await
+        .unwrap()
+        .iter()
+        .map(|(seq, _)| *seq)
+        .collect();
+    s.ack("bob", &seqs).await.unwrap();
+    let r = s
+        .enqueue_texts("alice", vec![to_bob(5), to_bob(6), to_bob(1)], limits)
+        .await
+        .unwrap();
+    assert!(
+        matches!(r[0], Queuing::Stored(_)) && matches!(r[1], Queuing::Stored(_)),
+        "{r:?}"
+    );
+    assert!(
+        matches!(r[2], Queuing::Refused(_) | Queuing::Duplicate),
+        "{r:?}"
+    );
 }

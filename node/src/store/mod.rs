@@ -95,6 +95,31 @@ impl Queuing {
     }
 }
 
+/// How much one user's queue may hold: texts waiting for them (count and
+/// bytes). A text that would pass either is refused, so a flood cannot fill
+/// the node's disk through one recipient.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Most texts waiting.
+    pub max_texts: u64,
+    /// Most bytes of texts waiting.
+    pub max_bytes: u64,
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        Self {
+            max_texts: DEFAULT_QUEUE_TEXTS,
+            max_bytes: DEFAULT_QUEUE_BYTES,
+        }
+    }
+}
+
+/// Default most texts waiting for one user.
+pub const DEFAULT_QUEUE_TEXTS: u64 = 1_000_000;
+/// Default most bytes of texts waiting for one user.
+pub const DEFAULT_QUEUE_BYTES: u64 = 512 << 20;
+
 /// What happened to one queued text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Queuing {
@@ -215,11 +240,13 @@ pub trait Store: Send + Sync + 'static {
         envelopes: Vec<(String, Vec<u8>)>,
     ) -> Result<Vec<(String, u64)>, StoreError>;
     /// Queues texts from `from` in one transaction; refuses those to
-    /// non-friends, to groups `from` is not in, and under stale epochs.
+    /// non-friends, to groups `from` is not in, under stale epochs, and
+    /// those a recipient's queue has no room for under `limits`.
     async fn enqueue_texts(
         &self,
         from: &str,
         texts: Vec<TextToQueue>,
+        limits: QueueLimits,
     ) -> Result<Vec<Queuing>, StoreError>;
     /// Records an upload from `sender` and queues `envelope` for each
     /// recipient, atomically; an upload with the same id resumes instead.

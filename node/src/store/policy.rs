@@ -5,7 +5,7 @@
 
 use fastchat_proto::{ErrorCode, ProtoError};
 
-use super::{StoreError, Target};
+use super::{QueueLimits, StoreError, Target};
 
 /// Whether a friend request from `from` to `to` is stored. `Ok(false)`: it
 /// is already pending (a resend), nothing to store.
@@ -51,6 +51,29 @@ pub(crate) fn blob_quota(used: u64, total_len: u64, quota: u64) -> Result<(), St
     match used.checked_add(total_len) {
         Some(sum) if sum <= quota => Ok(()),
         _ => Err(StoreError::QuotaExceeded),
+    }
+}
+
+/// Whether a recipient whose queue holds `waiting` (texts, bytes) has room
+/// for `texts` more texts of `bytes` in all under `limits`.
+pub(crate) fn queue_room(
+    to: &str,
+    waiting: (u64, u64),
+    (texts, bytes): (u64, u64),
+    limits: QueueLimits,
+) -> Result<(), ProtoError> {
+    let count = waiting.0.checked_add(texts);
+    let size = waiting.1.checked_add(bytes);
+    match (count, size) {
+        (Some(c), Some(b)) if c <= limits.max_texts && b <= limits.max_bytes => Ok(()),
+        _ => Err(ProtoError::new(
+            ErrorCode::QuotaExceeded,
+            format!(
+                "{to} has too many messages waiting on this node ({} texts, {} MiB); try again once they have read some",
+                waiting.0,
+                waiting.1 >> 20
+            ),
+        )),
     }
 }
 
@@ -212,6 +235,20 @@ mod tests {
         assert_eq!(blob_moves("n1", "n1"), None);
         assert_eq!(blob_moves("", "n1"), None);
         assert_eq!(blob_moves("n2", "n1"), Some("n2".into()));
+    }
+
+    #[test]
+    fn a_full_queue_refuses_by_count_and_by_bytes() {
+        let limits = QueueLimits {
+            max_texts: 10,
+            max_bytes: 1000,
+        };
+        assert!(queue_room("bob", (9, 900), (1, 100), limits).is_ok());
+        let by_count = queue_room("bob", (10, 0), (1, 1), limits).unwrap_err();
+        assert_eq!(by_count.code, ErrorCode::QuotaExceeded);
+        assert!(by_count.message.contains("bob has too many"), "{by_count}");
+        assert!(queue_room("bob", (0, 900), (1, 101), limits).is_err());
+        assert!(queue_room("bob", (0, u64::MAX), (1, 1), limits).is_err());
     }
 
     #[test]

@@ -31,8 +31,8 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 
 use super::{
-    BlobLocation, BlobStart, GroupRecord, Membership, Queued, Queuing, Store, StoreError,
-    TextToQueue, UserKeys,
+    BlobLocation, BlobStart, GroupRecord, Membership, QueueLimits, Queued, Queuing, Store,
+    StoreError, TextToQueue, UserKeys,
     policy::{self, Lookup},
 };
 
@@ -96,6 +96,29 @@ CREATE TABLE IF NOT EXISTS group_members(
     member TEXT NOT NULL,
     PRIMARY KEY(group_id, member)
 );
+CREATE TABLE IF NOT EXISTS queue_usage(
+    recipient TEXT PRIMARY KEY,
+    texts BIGINT NOT NULL,
+    bytes BIGINT NOT NULL
+);
+CREATE OR REPLACE FUNCTION fastchat_queue_usage() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO queue_usage(recipient, texts, bytes) VALUES (NEW.recipient, 1, length(NEW.envelope))
+        ON CONFLICT (recipient) DO UPDATE
+            SET texts = queue_usage.texts + 1, bytes = queue_usage.bytes + length(NEW.envelope);
+        RETURN NEW;
+    END IF;
+    UPDATE queue_usage SET texts = GREATEST(texts - 1, 0), bytes = GREATEST(bytes - length(OLD.envelope), 0)
+        WHERE recipient = OLD.recipient;
+    RETURN OLD;
+END $$;
+CREATE OR REPLACE TRIGGER queue_usage_kept AFTER INSERT OR DELETE ON queue
+    FOR EACH ROW EXECUTE FUNCTION fastchat_queue_usage();
+-- A database from before the counts: count what its queue holds once.
+INSERT INTO queue_usage(recipient, texts, bytes)
+    SELECT recipient, COUNT(*), SUM(length(envelope)) FROM queue GROUP BY recipient
+    ON CONFLICT (recipient) DO NOTHING;
 ";
 
 // Hot-path statements, prepared once per connection (deadpool's cache).
@@ -114,6 +137,7 @@ const ENQUEUE_MANY: &str = "INSERT INTO queue(recipient, msg_id, envelope)
 const PENDING: &str =
     "SELECT seq, envelope FROM queue WHERE recipient = $1 AND seq > $2 ORDER BY seq LIMIT $3";
 const ACK: &str = "DELETE FROM queue WHERE recipient = $1 AND seq = ANY($2)";
+const USAGE: &str = "SELECT texts, bytes FROM queue_usage WHERE recipient = $1";
 
 /// The PostgreSQL-backed [`Store`], safe to share between nodes.
 #[derive(Clone)]
@@ -621,9 +645,13 @@ impl Store for PostgresStore {
         &self,
         from: &str,
         texts: Vec<TextToQueue>,
+        limits: QueueLimits,
     ) -> Result<Vec<Queuing>, StoreError> {
         transaction!(self, |tx| {
             let mut admission = policy::TextAdmission::new(from);
+            // Per recipient in this batch: (texts, bytes) waiting before it,
+            // and what it adds (the trigger keeps the table itself).
+            let mut room: Vec<(String, (u64, u64), (u64, u64))> = Vec::new();
             let mut out = Vec::with_capacity(texts.len());
             for text in &texts {
                 match admission.needs(&text.to) {
@@ -661,7 +689,40 @@ impl Store for PostgresStore {
                     }
                 };
                 let envelope = text.envelope.as_slice();
+                let size = envelope.len() as u64;
+                let mut full = None;
+                for to in &recipients {
+                    let i = match room.iter().position(|(r, _, _)| r == to) {
+                        Some(i) => i,
+                        None => {
+                            let stmt = tx.prepare_cached(USAGE).await?;
+                            let waiting = tx
+                                .query_opt(&stmt, &[to])
+                                .await?
+                                .map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64))
+                                .unwrap_or((0, 0));
+                            room.push((to.clone(), waiting, (0, 0)));
+                            room.len() - 1
+                        }
+                    };
+                    let (_, waiting, added) = &room[i];
+                    let now = (waiting.0 + added.0, waiting.1 + added.1);
+                    if let Err(refusal) = policy::queue_room(to, now, (1, size), limits) {
+                        full = Some(refusal);
+                        break;
+                    }
+                }
+                if let Some(refusal) = full {
+                    out.push(Queuing::Refused(refusal));
+                    continue;
+                }
                 let stored = enqueue_many(&tx, &recipients, &text.id.0, envelope).await?;
+                for (to, _) in &stored {
+                    if let Some((_, _, added)) = room.iter_mut().find(|(r, _, _)| r == to) {
+                        added.0 += 1;
+                        added.1 += size;
+                    }
+                }
                 out.push(Queuing::of(stored));
             }
             Ok(out)
@@ -876,7 +937,7 @@ mod tests {
     use std::collections::HashSet;
     use std::sync::Arc;
 
-    use crate::store::Target;
+    use crate::store::{QueueLimits, Target};
     use fastchat_testkit::postgres::PgServer;
 
     use super::super::conformance::{self, text};
@@ -921,6 +982,12 @@ mod tests {
         conformance::groups_fan_out_and_refuse(&s).await;
     }
 
+    #[tokio::test(flavor = "multi_thread")]
+    async fn queues_are_bounded_per_recipient() {
+        let (_pg, _, s) = store("queue_limits").await;
+        conformance::queues_are_bounded_per_recipient(&s).await;
+    }
+
     /// Two stores on one database, as two nodes: concurrent sends (with
     /// overlapping resends), re-key races, and an upload quota race.
     #[tokio::test(flavor = "multi_thread")]
@@ -946,7 +1013,9 @@ mod tests {
                         id: MessageId(id),
                         envelope: Arc::new(n.to_be_bytes().to_vec()),
                     };
-                    s.enqueue_texts("alice", vec![t]).await.unwrap()
+                    s.enqueue_texts("alice", vec![t], QueueLimits::default())
+                        .await
+                        .unwrap()
                 }));
             }
         }
@@ -1057,8 +1126,14 @@ mod tests {
             };
             let (sa, sb) = (a.clone(), b.clone());
             let (ba, bb) = (batch(x, y), batch(y, x));
-            let ta = tokio::spawn(async move { sa.enqueue_texts("alice", ba).await });
-            let tb = tokio::spawn(async move { sb.enqueue_texts("alice", bb).await });
+            let ta =
+                tokio::spawn(
+                    async move { sa.enqueue_texts("alice", ba, QueueLimits::default()).await },
+                );
+            let tb =
+                tokio::spawn(
+                    async move { sb.enqueue_texts("alice", bb, QueueLimits::default()).await },
+                );
             let (ra, rb) = (ta.await.unwrap().unwrap(), tb.await.unwrap().unwrap());
             let stored = ra
                 .iter()

@@ -13,8 +13,8 @@ use fastchat_sqlite::Checkpointer;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    BlobLocation, BlobStart, GroupRecord, Membership, Queued, Queuing, Store, StoreError,
-    TextToQueue, UserKeys,
+    BlobLocation, BlobStart, GroupRecord, Membership, QueueLimits, Queued, Queuing, Store,
+    StoreError, TextToQueue, UserKeys,
     policy::{self, Lookup},
 };
 
@@ -244,7 +244,50 @@ fn migrate_queue(conn: &mut Connection) -> rusqlite::Result<()> {
         "INSERT OR IGNORE INTO queue_seq(id, next) VALUES (0, 1)",
         [],
     )?;
+    // What each user's queue holds, kept with every insert and delete; a
+    // database from before it counts its queue once.
+    let counted: bool = tx.query_row(
+        "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'queue_usage'",
+        [],
+        |r| r.get(0),
+    )?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS queue_usage(
+             recipient TEXT PRIMARY KEY,
+             texts INTEGER NOT NULL,
+             bytes INTEGER NOT NULL
+         ) WITHOUT ROWID;",
+    )?;
+    if !counted {
+        tx.execute_batch(
+            "INSERT INTO queue_usage(recipient, texts, bytes)
+                 SELECT recipient, COUNT(*), SUM(LENGTH(envelope)) FROM queue GROUP BY recipient;",
+        )?;
+    }
     tx.commit()
+}
+
+/// Adds `texts` and `bytes` (negative to remove) to what `to`'s queue holds.
+fn add_usage(tx: &Connection, to: &str, texts: i64, bytes: i64) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO queue_usage(recipient, texts, bytes) VALUES (?1, MAX(?2, 0), MAX(?3, 0))
+         ON CONFLICT(recipient) DO UPDATE SET
+             texts = MAX(texts + excluded.texts + MIN(?2, 0), 0),
+             bytes = MAX(bytes + excluded.bytes + MIN(?3, 0), 0)",
+    )?
+    .execute(params![to, texts, bytes])?;
+    Ok(())
+}
+
+/// What `to`'s queue holds: (texts, bytes).
+fn usage(tx: &Connection, to: &str) -> rusqlite::Result<(u64, u64)> {
+    Ok(tx
+        .prepare_cached("SELECT texts, bytes FROM queue_usage WHERE recipient = ?1")?
+        .query_row(params![to], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+        })
+        .optional()?
+        .unwrap_or((0, 0)))
 }
 
 thread_local! {
@@ -289,6 +332,21 @@ impl NextSeq {
 }
 
 fn enqueue(tx: &Connection, to: &str, id: &[u8], envelope: &[u8]) -> rusqlite::Result<Option<u64>> {
+    let seq = insert_queued(tx, to, id, envelope)?;
+    if seq.is_some() {
+        add_usage(tx, to, 1, envelope.len() as i64)?;
+    }
+    Ok(seq)
+}
+
+/// Inserts one queue row; the caller keeps `queue_usage` (texts add theirs
+/// up per batch).
+fn insert_queued(
+    tx: &Connection,
+    to: &str,
+    id: &[u8],
+    envelope: &[u8],
+) -> rusqlite::Result<Option<u64>> {
     let seq = NextSeq::take(tx)?;
     let changed = tx
         .prepare_cached(
@@ -763,11 +821,15 @@ impl Store for SqliteStore {
         &self,
         from: &str,
         texts: Vec<TextToQueue>,
+        limits: QueueLimits,
     ) -> Result<Vec<Queuing>, StoreError> {
         let from = from.to_string();
         self.with(move |c| {
             let tx = c;
             let mut admission = policy::TextAdmission::new(&from);
+            // Per recipient in this batch: (texts, bytes) waiting before it,
+            // and what it adds; written back once at the end.
+            let mut room: Vec<(String, (u64, u64), (u64, u64))> = Vec::new();
             let mut out = Vec::with_capacity(texts.len());
             for text in &texts {
                 match admission.needs(&text.to) {
@@ -791,15 +853,46 @@ impl Store for SqliteStore {
                         continue;
                     }
                 };
+                let size = text.envelope.len() as u64;
+                let mut full = None;
+                for to in &recipients {
+                    let i = match room.iter().position(|(r, _, _)| r == to) {
+                        Some(i) => i,
+                        None => {
+                            let waiting = usage(tx, to).map_err(unavailable)?;
+                            room.push((to.clone(), waiting, (0, 0)));
+                            room.len() - 1
+                        }
+                    };
+                    let (_, waiting, added) = &room[i];
+                    let now = (waiting.0 + added.0, waiting.1 + added.1);
+                    if let Err(refusal) = policy::queue_room(to, now, (1, size), limits) {
+                        full = Some(refusal);
+                        break;
+                    }
+                }
+                if let Some(refusal) = full {
+                    out.push(Queuing::Refused(refusal));
+                    continue;
+                }
                 let mut stored = Vec::with_capacity(recipients.len());
                 for to in recipients {
-                    if let Some(seq) = enqueue(tx, &to, &text.id.0, text.envelope.as_slice())
+                    if let Some(seq) = insert_queued(tx, &to, &text.id.0, text.envelope.as_slice())
                         .map_err(unavailable)?
                     {
+                        if let Some((_, _, added)) = room.iter_mut().find(|(r, _, _)| *r == to) {
+                            added.0 += 1;
+                            added.1 += size;
+                        }
                         stored.push((to, seq));
                     }
                 }
                 out.push(Queuing::of(stored));
+            }
+            for (to, _, (texts, bytes)) in room {
+                if texts > 0 {
+                    add_usage(tx, &to, texts as i64, bytes as i64).map_err(unavailable)?;
+                }
             }
             Ok(out)
         })
@@ -970,14 +1063,26 @@ impl Store for SqliteStore {
         let (user, seqs) = (user.to_string(), seqs.to_vec());
         self.with(move |c| {
             let tx = c;
+            let (mut texts, mut bytes) = (0i64, 0i64);
             {
                 let mut stmt = tx
-                    .prepare_cached("DELETE FROM queue WHERE recipient = ?1 AND seq = ?2")
+                    .prepare_cached(
+                        "DELETE FROM queue WHERE recipient = ?1 AND seq = ?2 RETURNING LENGTH(envelope)",
+                    )
                     .map_err(unavailable)?;
                 for seq in seqs {
-                    stmt.execute(params![user, seq as i64])
+                    let gone: Option<i64> = stmt
+                        .query_row(params![user, seq as i64], |r| r.get(0))
+                        .optional()
                         .map_err(unavailable)?;
+                    if let Some(len) = gone {
+                        texts += 1;
+                        bytes += len;
+                    }
                 }
+            }
+            if texts > 0 {
+                add_usage(tx, &user, -texts, -bytes).map_err(unavailable)?;
             }
             Ok(())
         })
@@ -1117,5 +1222,11 @@ mod tests {
     async fn groups_fan_out_and_refuse() {
         let (_d, s) = store();
         conformance::groups_fan_out_and_refuse(&s).await;
+    }
+
+    #[tokio::test]
+    async fn queues_are_bounded_per_recipient() {
+        let (_d, s) = store();
+        conformance::queues_are_bounded_per_recipient(&s).await;
     }
 }
