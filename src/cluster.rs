@@ -1,5 +1,6 @@
 //! Server-side commands: `up`, `certs`, `balancer`, `node`.
 
+use fastchat_certs::Role;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
@@ -78,12 +79,16 @@ impl NodeOptions {
 
 #[derive(Args)]
 pub struct CertsArgs {
-    /// Directory for ca.pem, ca.key, node.pem, node.key.
+    /// Directory for the CA (ca.pem for clients, ca/ with its key) and one
+    /// directory per role: balancer/, bus/, node-1/, ...
     #[arg(long)]
     out: PathBuf,
-    /// Extra DNS names or IP addresses for the node certificate.
+    /// Extra DNS names or IP addresses for the servers' certificates.
     #[arg(long = "san")]
     sans: Vec<String>,
+    /// How many node certificates to make.
+    #[arg(long, default_value_t = 1)]
+    nodes: u16,
     /// Replace existing keys.
     #[arg(long)]
     force: bool,
@@ -94,7 +99,7 @@ pub struct BalancerArgs {
     /// UDP address to listen on.
     #[arg(long)]
     listen: SocketAddr,
-    /// Certificate directory (from `fastchat certs`).
+    /// The balancer's certificate directory (`balancer/` from `fastchat certs`).
     #[arg(long)]
     certs: PathBuf,
     /// How to choose a node: round-robin, least-conn or p2c.
@@ -110,7 +115,7 @@ pub struct NodeArgs {
     /// Directory for the node's database.
     #[arg(long)]
     data: PathBuf,
-    /// Certificate directory (from `fastchat certs`).
+    /// This node's certificate directory (`node-K/` from `fastchat certs`).
     #[arg(long)]
     certs: PathBuf,
     /// The balancer to report to.
@@ -169,7 +174,8 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     if !args.listen.ip().is_unspecified() && !args.listen.ip().is_loopback() {
         sans.push(args.listen.ip().to_string());
     }
-    let paths = fastchat_certs::ensure(&certs_dir, &sans)?;
+    let ca = fastchat_certs::ensure(&certs_dir, &sans, args.nodes)?;
+    let role = |r| fastchat_certs::role_dir(&certs_dir, r);
     // Several nodes route to each other over NATS (TLS, cluster
     // certificates required) and share one store.
     let mut nats = None;
@@ -177,7 +183,8 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         (Some(url), _) => Some(url.clone()),
         (None, 1) => None,
         (None, _) => {
-            let server = fastchat_node::NatsServer::start(&args.dir.join("nats"), 0, &certs_dir)?;
+            let server =
+                fastchat_node::NatsServer::start(&args.dir.join("nats"), 0, &role(Role::Bus))?;
             let url = server.url();
             nats = Some(server);
             Some(url)
@@ -193,7 +200,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         }
     };
 
-    let mut balancer_config = BalancerConfig::new(args.listen, certs_dir.clone());
+    let mut balancer_config = BalancerConfig::new(args.listen, role(Role::Balancer));
     balancer_config.strategy = args.strategy;
     let balancer = fastchat_balancer::start(balancer_config)
         .await
@@ -212,7 +219,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
                 if args.listen.port() == 0 { 0 } else { port },
             ),
             args.dir.join(format!("node-{k}")),
-            certs_dir.clone(),
+            role(Role::Node(k)),
         );
         config.balancer = Some(balancer_addr.to_string());
         config.bus = bus.clone();
@@ -238,7 +245,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     println!(
         "fastchat is up: balancer on {balancer_addr}, {} node(s){bus_note}; register with --server {balancer_addr} --ca {} (Ctrl-C stops)",
         nodes.len(),
-        paths.ca_cert.display()
+        ca.display()
     );
     stop_signal().await;
     tracing::info!("shutting down");
@@ -251,11 +258,13 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
 }
 
 pub fn certs(args: CertsArgs) -> anyhow::Result<()> {
-    let paths = fastchat_certs::generate(&args.out, &args.sans, args.force)?;
+    let ca = fastchat_certs::generate(&args.out, &args.sans, args.force, args.nodes)?;
     println!(
-        "wrote the cluster CA to {} (give it to clients) and the node certificate to {}",
-        paths.ca_cert.display(),
-        paths.node_cert.display()
+        "wrote the cluster CA to {} (give it to clients), its key to {} (keep it off the servers), and one directory per role in {}: balancer, bus, node-1..node-{} (copy each only to the machine that runs it)",
+        ca.display(),
+        args.out.join(fastchat_certs::CA_DIR).display(),
+        args.out.display(),
+        args.nodes.max(1)
     );
     Ok(())
 }

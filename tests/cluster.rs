@@ -6,6 +6,7 @@
 
 mod common;
 
+use fastchat_certs::{Role, role_dir};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -39,13 +40,19 @@ impl Multi {
 
     async fn start_with(postgres: bool, strategy: Strategy) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        fastchat_certs::generate(&dir.path().join("certs"), &[], false).unwrap();
-        let mut config =
-            BalancerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().join("certs"));
+        fastchat_certs::generate(&dir.path().join("certs"), &[], false, 3).unwrap();
+        let mut config = BalancerConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            role_dir(&dir.path().join("certs"), Role::Balancer),
+        );
         config.strategy = strategy;
         let balancer = fastchat_balancer::start(config).await.unwrap();
-        let nats =
-            NatsServer::start(&dir.path().join("nats"), 0, &dir.path().join("certs")).unwrap();
+        let nats = NatsServer::start(
+            &dir.path().join("nats"),
+            0,
+            &role_dir(&dir.path().join("certs"), Role::Bus),
+        )
+        .unwrap();
         let (store, pg) = if postgres {
             let pg = PgServer::shared();
             let name = format!("cluster_{}", std::process::id());
@@ -87,7 +94,7 @@ impl Multi {
         let mut config = NodeConfig::new(
             "127.0.0.1:0".parse().unwrap(),
             self.node_dir(k),
-            self.certs(),
+            role_dir(&self.certs(), Role::Node(k as u16)),
         );
         config.balancer = Some(self.server());
         config.bus = Some(self.bus());
@@ -101,7 +108,7 @@ impl Multi {
             .args(["node", "--listen", &format!("127.0.0.1:{port}"), "--data"])
             .arg(self.node_dir(k))
             .arg("--certs")
-            .arg(self.certs())
+            .arg(role_dir(&self.certs(), Role::Node(k as u16)))
             .args(["--balancer", &self.server(), "--bus", &self.bus()])
             .args(["--store", &self.store])
             .stdout(Stdio::null())
@@ -456,7 +463,7 @@ async fn a_nats_restart_delays_nothing_for_long_and_loses_nothing() {
         NatsServer::start(
             &multi.dir.path().join("nats"),
             port,
-            &multi.dir.path().join("certs"),
+            &role_dir(&multi.certs(), Role::Bus),
         )
         .unwrap(),
     );

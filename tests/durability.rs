@@ -24,7 +24,10 @@ fn spawn_node(dir: &std::path::Path, port: u16, balancer: &str) -> ChildGuard {
         .arg("--data")
         .arg(dir.join("node"))
         .arg("--certs")
-        .arg(dir.join("certs"))
+        .arg(fastchat_certs::role_dir(
+            &dir.join("certs"),
+            fastchat_certs::Role::Node(1),
+        ))
         .args(["--balancer", balancer])
         // The most verbose logs the node can write must still hold no plaintext.
         .env("FASTCHAT_LOG", "trace")
@@ -123,10 +126,10 @@ async fn balancer_and_node(
     ChildGuard,
 ) {
     let certs = dir.join("certs");
-    fastchat_certs::generate(&certs, &[], false).unwrap();
+    fastchat_certs::generate(&certs, &[], false, 1).unwrap();
     let balancer = fastchat_balancer::start(BalancerConfig::new(
         "127.0.0.1:0".parse().unwrap(),
-        certs.clone(),
+        fastchat_certs::role_dir(&certs, fastchat_certs::Role::Balancer),
     ))
     .await
     .unwrap();

@@ -115,7 +115,7 @@ async fn logins_are_checked_against_the_bound_login_key_and_only_the_identity_re
 async fn a_client_with_another_ca_is_refused() {
     let cluster = Cluster::start().await;
     let other = tempfile::tempdir().unwrap();
-    fastchat_certs::generate(other.path(), &[], false).unwrap();
+    fastchat_certs::generate(other.path(), &[], false, 1).unwrap();
     let result = Client::register(
         &cluster.home("eve"),
         "eve",
@@ -314,11 +314,11 @@ async fn only_cluster_nodes_may_report_to_the_balancer() {
 async fn a_node_with_a_certificate_from_another_ca_is_not_admitted() {
     let cluster = Cluster::start().await;
     let rogue = tempfile::tempdir().unwrap();
-    fastchat_certs::generate(&rogue.path().join("certs"), &[], false).unwrap();
+    fastchat_certs::generate(&rogue.path().join("certs"), &[], false, 1).unwrap();
     let mut config = fastchat_node::NodeConfig::new(
         "127.0.0.1:0".parse().unwrap(),
         rogue.path().join("data"),
-        rogue.path().join("certs"),
+        fastchat_certs::role_dir(&rogue.path().join("certs"), fastchat_certs::Role::Node(1)),
     );
     config.balancer = Some(cluster.server());
     let node = fastchat_node::start(config).await.unwrap();

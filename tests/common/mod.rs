@@ -50,10 +50,11 @@ impl Cluster {
     /// Certificates and a balancer, with no node yet.
     pub async fn start_without_node() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        fastchat_certs::generate(&dir.path().join("certs"), &[], false).unwrap();
+        let certs = dir.path().join("certs");
+        fastchat_certs::generate(&certs, &[], false, 1).unwrap();
         let balancer = fastchat_balancer::start(BalancerConfig::new(
             "127.0.0.1:0".parse().unwrap(),
-            dir.path().join("certs"),
+            fastchat_certs::role_dir(&certs, fastchat_certs::Role::Balancer),
         ))
         .await
         .unwrap();
@@ -85,8 +86,12 @@ impl Cluster {
         config
     }
 
+    /// The node's certificate directory (its role's).
     pub fn certs_dir(&self) -> PathBuf {
-        self.dir.path().join("certs")
+        fastchat_certs::role_dir(
+            &self.dir.path().join("certs"),
+            fastchat_certs::Role::Node(1),
+        )
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -94,7 +99,7 @@ impl Cluster {
     }
 
     pub fn ca(&self) -> PathBuf {
-        self.certs_dir().join("ca.pem")
+        self.dir.path().join("certs").join("ca.pem")
     }
 
     /// The balancer's address, as clients are given it.

@@ -67,8 +67,12 @@ impl Relay {
 
 /// A server endpoint on loopback that accepts and holds connections.
 fn server(certs: &std::path::Path) -> (fastchat_transport::quinn::Endpoint, NodeIdentity) {
-    fastchat_certs::generate(certs, &[], false).unwrap();
-    let identity = NodeIdentity::load(certs).unwrap();
+    fastchat_certs::generate(certs, &[], false, 1).unwrap();
+    let identity = NodeIdentity::load(&fastchat_certs::role_dir(
+        certs,
+        fastchat_certs::Role::Node(1),
+    ))
+    .unwrap();
     let endpoint =
         server_endpoint("127.0.0.1:0".parse().unwrap(), &identity, ClientAuth::None).unwrap();
     let accepting = endpoint.clone();

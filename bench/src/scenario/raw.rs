@@ -47,10 +47,20 @@ pub async fn run(env: &Env, options: &Options) -> anyhow::Result<ScenarioResult>
     let msg_size = 200usize;
     let bulk = options.size.unwrap_or(50 << 20);
     let certs = env.scratch().join("raw-certs");
-    if !certs.join("ca.pem").exists() {
-        fastchat_certs::generate(&certs, &[], true)?;
-    }
-    let identity = fastchat_certs::NodeIdentity::load(&certs)?;
+    let identity = fastchat_certs::NodeIdentity::load(&fastchat_certs::role_dir(
+        &certs,
+        fastchat_certs::Role::Node(1),
+    ));
+    let identity = match identity {
+        Ok(id) => id,
+        Err(_) => {
+            fastchat_certs::generate(&certs, &[], true, 1)?;
+            fastchat_certs::NodeIdentity::load(&fastchat_certs::role_dir(
+                &certs,
+                fastchat_certs::Role::Node(1),
+            ))?
+        }
+    };
     let server = server_endpoint("127.0.0.1:0".parse()?, &identity, ClientAuth::None)?;
     let addr = server.local_addr()?.to_string();
     let server_task = tokio::spawn(serve(server.clone()));

@@ -181,8 +181,9 @@ mod tests {
     #[test]
     fn a_taken_port_is_reported_and_only_our_server_counts_as_started() {
         let dir = tempfile::tempdir().unwrap();
-        let certs = dir.path().join("certs");
-        fastchat_certs::generate(&certs, &[], false).unwrap();
+        let root = dir.path().join("certs");
+        fastchat_certs::generate(&root, &[], false, 1).unwrap();
+        let certs = fastchat_certs::role_dir(&root, fastchat_certs::Role::Bus);
         let first = NatsServer::start(&dir.path().join("a"), 0, &certs).unwrap();
         // Something else answering on the port is not mistaken for a new server.
         let err = NatsServer::start(&dir.path().join("b"), first.port(), &certs)
@@ -201,8 +202,9 @@ mod tests {
     fn a_client_without_tls_cannot_subscribe() {
         use std::io::{BufRead, BufReader, Write};
         let dir = tempfile::tempdir().unwrap();
-        let certs = dir.path().join("certs");
-        fastchat_certs::generate(&certs, &[], false).unwrap();
+        let root = dir.path().join("certs");
+        fastchat_certs::generate(&root, &[], false, 1).unwrap();
+        let certs = fastchat_certs::role_dir(&root, fastchat_certs::Role::Bus);
         let server = NatsServer::start(&dir.path().join("n"), 0, &certs).unwrap();
         let mut stream = TcpStream::connect(server.addr).unwrap();
         stream
