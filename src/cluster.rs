@@ -128,6 +128,15 @@ pub struct NodeArgs {
     /// host may share one) or postgres://USER@HOST:PORT/DB.
     #[arg(long)]
     store: Option<String>,
+    /// The CA of the PostgreSQL server's certificate: the node then reaches
+    /// PostgreSQL over TLS and checks its name. Needed for a PostgreSQL on
+    /// another machine (or --store-plaintext).
+    #[arg(long)]
+    store_ca: Option<PathBuf>,
+    /// Reach a PostgreSQL on another machine without TLS. Only on a network
+    /// nobody else can reach.
+    #[arg(long)]
+    store_plaintext: bool,
     /// The NATS server linking this node to the cluster's other nodes
     /// (tls://HOST:4222, run with the cluster's certificates: see the
     /// README); leave out for a node that is alone.
@@ -284,6 +293,8 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     config.advertise = args.advertise;
     config.balancer = args.balancer;
     config.store = args.store;
+    config.store_ca = args.store_ca;
+    config.store_plaintext = args.store_plaintext;
     config.bus = args.bus;
     config.bus_plaintext = args.bus_plaintext;
     args.node.apply(&mut config);

@@ -43,6 +43,12 @@ pub struct NodeConfig {
     /// SQLite file path (several nodes on one host may share it), or a
     /// `postgres://` URL.
     pub store: Option<String>,
+    /// The CA that signed the PostgreSQL server's certificate: with it the
+    /// node speaks TLS to PostgreSQL and checks the server's name.
+    pub store_ca: Option<PathBuf>,
+    /// Reach a PostgreSQL on another machine without TLS (a private
+    /// network only); without it and without `store_ca`, only this machine.
+    pub store_plaintext: bool,
     /// The NATS server linking this node to the others (`tls://host:port`);
     /// `None` for a node that is alone.
     pub bus: Option<String>,
@@ -67,6 +73,8 @@ impl NodeConfig {
             friend_requests_per_minute: crate::limits::DEFAULT_FRIEND_REQUESTS_PER_MINUTE,
             queue_limits: QueueLimits::default(),
             store: None,
+            store_ca: None,
+            store_plaintext: false,
             bus: None,
             bus_plaintext: false,
         }
@@ -216,7 +224,13 @@ async fn open_store(config: &NodeConfig) -> Result<Arc<dyn Store>, NodeError> {
     };
     match config.store.as_deref() {
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-            let store = crate::store::PostgresStore::connect(url)
+            let tls = match &config.store_ca {
+                Some(ca) => crate::store::PostgresTls::Verify(fastchat_certs::load_certs(ca)?),
+                None => crate::store::PostgresTls::Plain {
+                    anywhere: config.store_plaintext,
+                },
+            };
+            let store = crate::store::PostgresStore::connect(url, &tls)
                 .await
                 .map_err(failed)?;
             Ok(Arc::new(store))

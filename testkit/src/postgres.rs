@@ -28,12 +28,24 @@ pub struct PgServer {
     data: PathBuf,
     child: Option<Child>,
     dir: Option<tempfile::TempDir>,
+    /// The certificate and key it accepts TLS with, if any.
+    ssl: Option<(PathBuf, PathBuf)>,
 }
 
 impl PgServer {
     /// Starts a new server with a `fastchat` database. Panics with a clear
     /// message when PostgreSQL is missing or does not come up within 30 s.
     pub fn start() -> PgServer {
+        Self::start_inner(None)
+    }
+
+    /// Like [`Self::start`], also accepting TLS with this certificate and key
+    /// (PEM), for clients that ask for it.
+    pub fn start_with_tls(cert: &Path, key: &Path) -> PgServer {
+        Self::start_inner(Some((cert, key)))
+    }
+
+    fn start_inner(tls: Option<(&Path, &Path)>) -> PgServer {
         let bin = bindir().unwrap_or_else(|| panic!("{INSTALL}"));
         let as_postgres = running_as_root();
         let dir = tempfile::Builder::new()
@@ -41,6 +53,19 @@ impl PgServer {
             .tempdir()
             .expect("create a temp dir for PostgreSQL");
         let data = dir.path().join("data");
+        let ssl = tls.map(|(cert, key)| {
+            // PostgreSQL reads them as itself and wants the key private.
+            let (c, k) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+            std::fs::copy(cert, &c).expect("copy the server certificate");
+            std::fs::copy(key, &k).expect("copy the server key");
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600))
+                    .expect("make the key private");
+            }
+            (c, k)
+        });
         if as_postgres {
             let ok = Command::new("chown")
                 .args(["-R", "postgres:"])
@@ -62,6 +87,7 @@ impl PgServer {
             data,
             child: None,
             dir: Some(dir),
+            ssl,
         };
         server.initdb();
         let mut last_log = String::new();
@@ -163,8 +189,8 @@ impl PgServer {
         self.port = free_tcp_port();
         let log_path = self.dir().join(format!("postgres-{}.log", self.port));
         let log = File::create(&log_path).expect("create the PostgreSQL log file");
-        let mut child = self
-            .server_cmd("postgres")
+        let mut command = self.server_cmd("postgres");
+        command
             .arg("-D")
             .arg(&self.data)
             .arg("-p")
@@ -188,7 +214,15 @@ impl PgServer {
                 // found in 100 ms instead of a second.
                 "-c",
                 "deadlock_timeout=100ms",
-            ])
+            ]);
+        if let Some((cert, key)) = &self.ssl {
+            command
+                .args(["-c", "ssl=on", "-c"])
+                .arg(format!("ssl_cert_file={}", cert.display()))
+                .arg("-c")
+                .arg(format!("ssl_key_file={}", key.display()));
+        }
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone the log file handle"))
             .stderr(log)

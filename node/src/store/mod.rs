@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use fastchat_proto::control::Relation;
 use fastchat_proto::{ErrorCode, MessageId, ProtoError};
 
-pub use postgres::PostgresStore;
+pub use postgres::{PostgresStore, PostgresTls};
 pub use sqlite::{Durability, SqliteStore};
 
 /// One queued envelope: its queue position and its encoded bytes.

@@ -19,6 +19,7 @@
 //! supported yet, so `sslmode=require` is refused; keep the database on a
 //! trusted network.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -26,6 +27,7 @@ use deadpool_postgres::Transaction;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use fastchat_proto::MessageId;
 use fastchat_proto::control::Relation;
+use rustls::pki_types::CertificateDer;
 use tokio_postgres::NoTls;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
@@ -353,35 +355,91 @@ fn blob_location(r: &tokio_postgres::Row) -> BlobLocation {
     }
 }
 
+/// How a node reaches PostgreSQL.
+#[derive(Clone, Debug)]
+pub enum PostgresTls {
+    /// TLS (1.2 or 1.3), trusting only these CA certificates and checking
+    /// that the server's certificate names the host in the URL.
+    Verify(Vec<CertificateDer<'static>>),
+    /// Plain TCP: to this machine only, unless `anywhere` (an explicit
+    /// choice, for a private network).
+    Plain {
+        /// Whether other machines may be reached without TLS.
+        anywhere: bool,
+    },
+}
+
+/// Whether every host of `config` is this machine (loopback or a socket).
+fn only_this_machine(config: &tokio_postgres::Config) -> bool {
+    config.get_hosts().iter().all(|h| match h {
+        tokio_postgres::config::Host::Tcp(name) => {
+            name == "localhost"
+                || name
+                    .trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        #[cfg(unix)]
+        tokio_postgres::config::Host::Unix(_) => true,
+    })
+}
+
 impl PostgresStore {
     /// Connects to the database at `url` (`postgres://user:pass@host:port/db`
     /// or a key=value string) and creates the tables if needed. Several nodes
     /// may start at once: schema creation is serialized by an advisory lock.
-    ///
-    /// TLS to PostgreSQL is not supported yet: connections are unencrypted
-    /// and `sslmode=require` is refused.
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+    /// With [`PostgresTls::Verify`] every connection is TLS to a server whose
+    /// certificate the given CA signed; plain TCP goes only to this machine
+    /// unless allowed anywhere.
+    pub async fn connect(url: &str, tls: &PostgresTls) -> Result<Self, StoreError> {
         let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
             StoreError::Unavailable(format!("the PostgreSQL URL is not valid: {e}"))
         })?;
-        if config.get_ssl_mode() == SslMode::Require {
-            return Err(StoreError::Unavailable(
-                "TLS to PostgreSQL is not supported yet; drop sslmode=require from the URL".into(),
-            ));
-        }
+        let connector = match tls {
+            PostgresTls::Verify(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in ca {
+                    roots.add(cert.clone()).map_err(|e| {
+                        StoreError::Unavailable(format!("the PostgreSQL CA is not usable: {e}"))
+                    })?;
+                }
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                let client = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| StoreError::Unavailable(format!("TLS to PostgreSQL: {e}")))?
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                config.ssl_mode(SslMode::Require);
+                Some(tokio_postgres_rustls::MakeRustlsConnect::new(client))
+            }
+            PostgresTls::Plain { anywhere } => {
+                if config.get_ssl_mode() == SslMode::Require {
+                    return Err(StoreError::Unavailable(
+                        "the URL asks for TLS (sslmode=require): give --store-ca FILE, the CA of the PostgreSQL server's certificate".into(),
+                    ));
+                }
+                if !anywhere && !only_this_machine(&config) {
+                    return Err(StoreError::Unavailable(
+                        "PostgreSQL on another machine is reached over TLS only: give --store-ca FILE (the CA of its certificate), or --store-plaintext on a network nobody else can reach".into(),
+                    ));
+                }
+                config.ssl_mode(SslMode::Disable);
+                None
+            }
+        };
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
         }
         if config.get_application_name().is_none() {
             config.application_name("fastchat-node");
         }
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match connector {
+            Some(tls) => Manager::from_config(config, tls, manager_config),
+            None => Manager::from_config(config, NoTls, manager_config),
+        };
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(Runtime::Tokio1)
@@ -941,6 +999,9 @@ mod tests {
     use fastchat_testkit::postgres::PgServer;
 
     use super::super::conformance::{self, text};
+
+    /// Plain TCP, to this machine only: the test servers.
+    const LOCAL: PostgresTls = PostgresTls::Plain { anywhere: false };
     use super::*;
 
     /// A fresh database on the server the tests share; keep the handle
@@ -954,7 +1015,7 @@ mod tests {
         })
         .await
         .unwrap();
-        let store = PostgresStore::connect(&url).await.unwrap();
+        let store = PostgresStore::connect(&url, &LOCAL).await.unwrap();
         (server, url, store)
     }
 
@@ -993,7 +1054,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn two_nodes_race() {
         let (_pg, url, a) = store("race").await;
-        let b = PostgresStore::connect(&url).await.unwrap();
+        let b = PostgresStore::connect(&url, &LOCAL).await.unwrap();
         a.create_user("alice", b"ka", None).await.unwrap();
         b.create_user("bob", b"kb", None).await.unwrap();
         a.request_friend("alice", "bob", b"req").await.unwrap();
@@ -1112,7 +1173,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn opposite_order_resends_survive_deadlocks() {
         let (_pg, url, a) = store("deadlock").await;
-        let b = PostgresStore::connect(&url).await.unwrap();
+        let b = PostgresStore::connect(&url, &LOCAL).await.unwrap();
         a.create_user("bob", b"kb", None).await.unwrap();
         a.request_friend("alice", "bob", b"req").await.unwrap();
         b.accept_friend("bob", "alice", b"acc").await.unwrap();
@@ -1154,7 +1215,7 @@ mod tests {
     async fn unreachable_and_tls_are_one_sentence_errors() {
         let port = fastchat_testkit::free_tcp_port();
         let url = format!("postgres://fastchat@127.0.0.1:{port}/fastchat?connect_timeout=2");
-        match PostgresStore::connect(&url).await {
+        match PostgresStore::connect(&url, &LOCAL).await {
             Err(StoreError::Unavailable(why)) => {
                 assert!(
                     why.starts_with("the PostgreSQL store is unreachable"),
@@ -1163,9 +1224,59 @@ mod tests {
             }
             other => panic!("{:?}", other.err()),
         }
-        match PostgresStore::connect("postgres://u@127.0.0.1/db?sslmode=require").await {
-            Err(StoreError::Unavailable(why)) => assert!(why.contains("TLS"), "{why}"),
+        // TLS asked for in the URL needs a CA to check the server with.
+        match PostgresStore::connect("postgres://u@127.0.0.1/db?sslmode=require", &LOCAL).await {
+            Err(StoreError::Unavailable(why)) => assert!(why.contains("--store-ca"), "{why}"),
             other => panic!("{:?}", other.err()),
         }
+        // Another machine is reached over TLS only, unless asked otherwise.
+        match PostgresStore::connect("postgres://u@10.255.0.1/db", &LOCAL).await {
+            Err(StoreError::Unavailable(why)) => {
+                assert!(why.contains("over TLS only"), "{why}")
+            }
+            other => panic!("{:?}", other.err()),
+        }
+    }
+
+    /// With the CA of the server's certificate, every connection is TLS
+    /// (the server says so); with another CA, nothing connects.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn tls_to_postgresql_is_verified_against_the_given_ca() {
+        let certs = tempfile::tempdir().unwrap();
+        fastchat_certs::generate(certs.path(), &[], false, 1).unwrap();
+        let server_dir = fastchat_certs::role_dir(certs.path(), fastchat_certs::Role::Bus);
+        let pg = PgServer::start_with_tls(
+            &server_dir.join(fastchat_certs::NODE_CERT),
+            &server_dir.join(fastchat_certs::NODE_KEY),
+        );
+        let url = pg.create_database("tls");
+        let ca = fastchat_certs::load_certs(&certs.path().join(fastchat_certs::CA_CERT)).unwrap();
+        let store = PostgresStore::connect(&url, &PostgresTls::Verify(ca))
+            .await
+            .unwrap();
+        store.create_user("alice", b"k", None).await.unwrap();
+        let plain = pg.psql(
+            "tls",
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name = 'fastchat-node' AND NOT s.ssl",
+        );
+        let secured = pg.psql(
+            "tls",
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name = 'fastchat-node' AND s.ssl",
+        );
+        assert_eq!(plain.trim(), "0");
+        assert_ne!(secured.trim(), "0");
+
+        let other = tempfile::tempdir().unwrap();
+        fastchat_certs::generate(other.path(), &[], false, 1).unwrap();
+        let wrong =
+            fastchat_certs::load_certs(&other.path().join(fastchat_certs::CA_CERT)).unwrap();
+        let url = format!("{url}?connect_timeout=5");
+        assert!(
+            PostgresStore::connect(&url, &PostgresTls::Verify(wrong))
+                .await
+                .is_err()
+        );
     }
 }
