@@ -14,9 +14,14 @@ pub struct UpArgs {
     /// Where certificates and node data live (reused when re-run).
     #[arg(long, default_value = "fastchat-cluster")]
     dir: PathBuf,
-    /// The balancer's address; nodes listen on the ports after it.
+    /// The (first) balancer's address; further balancers and then the nodes
+    /// listen on the ports after it.
     #[arg(long, default_value = "127.0.0.1:7700")]
     listen: SocketAddr,
+    /// How many balancers to start: every node reports to each, and clients
+    /// are given them all, so losing one stops nobody.
+    #[arg(long, default_value_t = 1)]
+    balancers: u16,
     /// How many nodes to start (more than one starts a private nats-server
     /// unless --bus names one, and shares one SQLite file unless --store
     /// names another store).
@@ -118,9 +123,10 @@ pub struct NodeArgs {
     /// This node's certificate directory (`node-K/` from `fastchat certs`).
     #[arg(long)]
     certs: PathBuf,
-    /// The balancer to report to.
-    #[arg(long)]
-    balancer: Option<String>,
+    /// The balancers to report to (repeat, or separate with commas): every
+    /// one, so clients may ask any.
+    #[arg(long = "balancer", value_delimiter = ',')]
+    balancers: Vec<String>,
     /// Address clients should use for this node (default: the listen address).
     #[arg(long)]
     advertise: Option<String>,
@@ -209,19 +215,38 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         }
     };
 
-    let mut balancer_config = BalancerConfig::new(args.listen, role(Role::Balancer));
-    balancer_config.strategy = args.strategy;
-    let balancer = fastchat_balancer::start(balancer_config)
-        .await
-        .context("cannot start the balancer")?;
-    let balancer_addr = reachable(balancer.local_addr());
+    let port_after = |n: u16| {
+        args.listen
+            .port()
+            .checked_add(n)
+            .context("the listen port leaves no room for the ports after it")
+    };
+    let mut balancers = Vec::new();
+    for b in 0..args.balancers.max(1) {
+        let port = if args.listen.port() == 0 {
+            0
+        } else {
+            port_after(b)?
+        };
+        let mut config = BalancerConfig::new(
+            SocketAddr::new(args.listen.ip(), port),
+            role(Role::Balancer),
+        );
+        config.strategy = args.strategy;
+        balancers.push(
+            fastchat_balancer::start(config)
+                .await
+                .context("cannot start the balancer")?,
+        );
+    }
+    let balancer_addrs: Vec<String> = balancers
+        .iter()
+        .map(|b| reachable(b.local_addr()).to_string())
+        .collect();
+    let balancer_addr = balancer_addrs.join(",");
     let mut nodes = Vec::new();
     for k in 1..=args.nodes {
-        let port = args
-            .listen
-            .port()
-            .checked_add(k)
-            .context("the listen port leaves no room for node ports after it")?;
+        let port = port_after(args.balancers.max(1) - 1 + k)?;
         let mut config = NodeConfig::new(
             SocketAddr::new(
                 args.listen.ip(),
@@ -230,7 +255,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             args.dir.join(format!("node-{k}")),
             role(Role::Node(k)),
         );
-        config.balancer = Some(balancer_addr.to_string());
+        config.balancers = balancer_addrs.clone();
         config.bus = bus.clone();
         config.store = store.clone();
         args.node.apply(&mut config);
@@ -239,12 +264,15 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot start node {k}"))?;
         nodes.push(node);
     }
-    // Ready means a client can register now: every node has reported.
-    if !balancer
-        .wait_for_nodes(nodes.len(), std::time::Duration::from_secs(10))
-        .await
-    {
-        tracing::warn!("not every node has reported to the balancer yet");
+    // Ready means a client can register now: every node has reported to
+    // every balancer.
+    for balancer in &balancers {
+        if !balancer
+            .wait_for_nodes(nodes.len(), std::time::Duration::from_secs(10))
+            .await
+        {
+            tracing::warn!("not every node has reported to every balancer yet");
+        }
     }
     let bus_note = match (&nats, &bus) {
         (Some(server), _) => format!(" over nats-server {}", server.url()),
@@ -252,7 +280,12 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         (None, None) => String::new(),
     };
     println!(
-        "fastchat is up: balancer on {balancer_addr}, {} node(s){bus_note}; register with --server {balancer_addr} --ca {} (Ctrl-C stops)",
+        "fastchat is up: {} on {balancer_addr}, {} node(s){bus_note}; register with --server {balancer_addr} --ca {} (Ctrl-C stops)",
+        if balancers.len() > 1 {
+            "balancers"
+        } else {
+            "balancer"
+        },
         nodes.len(),
         ca.display()
     );
@@ -261,7 +294,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     for node in nodes {
         node.shutdown().await;
     }
-    balancer.shutdown().await;
+    for balancer in balancers {
+        balancer.shutdown().await;
+    }
     drop(nats);
     Ok(())
 }
@@ -291,7 +326,7 @@ pub async fn balancer(args: BalancerArgs) -> anyhow::Result<()> {
 pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     let mut config = NodeConfig::new(args.listen, args.data, args.certs);
     config.advertise = args.advertise;
-    config.balancer = args.balancer;
+    config.balancers = args.balancers;
     config.store = args.store;
     config.store_ca = args.store_ca;
     config.store_plaintext = args.store_plaintext;

@@ -96,7 +96,7 @@ impl Multi {
             self.node_dir(k),
             role_dir(&self.certs(), Role::Node(k as u16)),
         );
-        config.balancer = Some(self.server());
+        config.balancers = vec![self.server()];
         config.bus = Some(self.bus());
         config.store = Some(self.store.clone());
         fastchat_node::start(config).await.unwrap()
@@ -490,14 +490,19 @@ async fn a_nats_restart_delays_nothing_for_long_and_loses_nothing() {
 #[test]
 fn up_with_three_nodes_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();
-    let (_up, server, ca) = start_up_with(dir.path(), &["--nodes", "3"]);
+    let (_up, server, ca) = start_up_with(dir.path(), &["--nodes", "3", "--balancers", "2"]);
     let home = |u: &str| dir.path().join(u);
-    let status: serde_json::Value = serde_json::from_str(&cli_ok(
-        &home("alice"),
-        &["status", "--server", &server, "--ca", &ca, "--json"],
-    ))
-    .unwrap();
-    assert_eq!(status["nodes"].as_array().unwrap().len(), 3, "{status}");
+    // Two balancers, each knowing all three nodes; clients are given both.
+    let balancers: Vec<&str> = server.split(',').collect();
+    assert_eq!(balancers.len(), 2, "{server}");
+    for b in balancers {
+        let status: serde_json::Value = serde_json::from_str(&cli_ok(
+            &home("alice"),
+            &["status", "--server", b, "--ca", &ca, "--json"],
+        ))
+        .unwrap();
+        assert_eq!(status["nodes"].as_array().unwrap().len(), 3, "{status}");
+    }
     for u in ["alice", "bob"] {
         cli_ok(
             &home(u),
@@ -605,4 +610,89 @@ async fn the_balancer_answers_two_thousand_concurrent_requests() {
     assert_eq!(to_a, 1000, "round-robin splits evenly");
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// Two balancers, two nodes reporting to both, every piece its own process.
+/// One balancer is SIGKILLed: a new user still registers (given both), and
+/// a client whose node is then SIGKILLed fails over through the other
+/// balancer and loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_balancers_losing_one_stops_no_login_and_no_failover() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    fastchat_certs::generate(&certs, &[], false, 2).unwrap();
+    let ca = certs.join("ca.pem");
+    let nats =
+        NatsServer::start(&dir.path().join("nats"), 0, &role_dir(&certs, Role::Bus)).unwrap();
+    let ports = [free_port(), free_port()];
+    let mut balancers: Vec<ChildGuard> = ports
+        .iter()
+        .map(|p| {
+            ChildGuard(
+                Command::new(bin())
+                    .args(["balancer", "--listen", &format!("127.0.0.1:{p}"), "--certs"])
+                    .arg(role_dir(&certs, Role::Balancer))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let servers = addrs.join(",");
+    let store = dir.path().join("cluster.db").display().to_string();
+    let node_ports = [free_port(), free_port()];
+    let mut nodes: Vec<Option<ChildGuard>> = (1..=2u16)
+        .zip(node_ports)
+        .map(|(k, port)| {
+            Some(ChildGuard(
+                Command::new(bin())
+                    .args(["node", "--listen", &format!("127.0.0.1:{port}"), "--data"])
+                    .arg(dir.path().join(format!("node-{k}")))
+                    .arg("--certs")
+                    .arg(role_dir(&certs, Role::Node(k)))
+                    .args(["--balancer", &servers, "--bus", &nats.url()])
+                    .args(["--store", &store])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            ))
+        })
+        .collect();
+    for addr in &addrs {
+        wait_for_balancer(&ca, addr, "2 nodes on each balancer", |live| {
+            live.len() == 2
+        })
+        .await;
+    }
+    let home = |u: &str| dir.path().join("homes").join(u);
+    let alice = Client::register(&home("alice"), "alice", &servers, &ca)
+        .await
+        .unwrap();
+    let bob = Client::register(&home("bob"), "bob", &servers, &ca)
+        .await
+        .unwrap();
+    befriend(&alice, &bob).await;
+
+    // The first balancer dies; a new user gets in through the second.
+    let _ = balancers[0].0.kill();
+    let _ = balancers[0].0.wait();
+    let carol = Client::register(&home("carol"), "carol", &servers, &ca)
+        .await
+        .expect("registration with one balancer of two gone");
+    carol.close().await;
+
+    // Alice's node dies too: she fails over through the balancer left.
+    let mut events = bob.subscribe();
+    let alice_node = alice.node_addr().port();
+    let k = node_ports
+        .iter()
+        .position(|p| *p == alice_node)
+        .expect("alice is on one of the two nodes");
+    drop(nodes[k].take());
+    alice.send_text("bob", "after both losses").await.unwrap();
+    next_text(&mut events, Some("after both losses")).await;
+    assert_ne!(alice.node_addr().port(), alice_node, "alice moved");
 }

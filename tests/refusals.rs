@@ -320,7 +320,7 @@ async fn a_node_with_a_certificate_from_another_ca_is_not_admitted() {
         rogue.path().join("data"),
         fastchat_certs::role_dir(&rogue.path().join("certs"), fastchat_certs::Role::Node(1)),
     );
-    config.balancer = Some(cluster.server());
+    config.balancers = vec![cluster.server()];
     let node = fastchat_node::start(config).await.unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let live = common::balancer_status(&cluster.ca(), &cluster.server()).await;

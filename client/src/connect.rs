@@ -41,14 +41,72 @@ pub(crate) async fn pick_node(endpoint: &Endpoint, server: &str) -> Result<Strin
     result
 }
 
-/// Connects to a node chosen by the balancer and opens the control stream.
+/// How long a balancer has to answer before the next one is asked too.
+const BALANCER_STAGGER: std::time::Duration = std::time::Duration::from_millis(400);
+
+/// The balancer addresses in `server` (comma-separated), each one's own.
+pub(crate) fn balancers(server: &str) -> Vec<&str> {
+    server
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Asks the balancers in `server` (comma-separated) which node to use: one
+/// (picked at random, so clients spread), then, while it has not answered
+/// within [`BALANCER_STAGGER`] or as soon as it failed, the next as well.
+/// The first answer wins, so a dead balancer costs a client a fraction of
+/// a second, not a timeout.
+pub(crate) async fn pick_node_from_any(
+    endpoint: &Endpoint,
+    server: &str,
+) -> Result<String, ClientError> {
+    use futures::stream::{FuturesUnordered, StreamExt};
+    let list = balancers(server);
+    if list.is_empty() {
+        return Err(TransportError::BadAddress(server.to_string()).into());
+    }
+    let mut first = [0u8; 2];
+    let _ = fastchat_crypto::random_bytes(&mut first);
+    let start = u16::from_le_bytes(first) as usize % list.len();
+    let order: Vec<&str> = list[start..]
+        .iter()
+        .chain(&list[..start])
+        .copied()
+        .collect();
+    let mut next = 0;
+    let mut asking = FuturesUnordered::new();
+    let mut last = None;
+    loop {
+        if let Some(b) = order.get(next) {
+            asking.push(pick_node(endpoint, b));
+            next += 1;
+        }
+        let more = next < order.len();
+        tokio::select! {
+            Some(answer) = asking.next() => match answer {
+                Ok(node) => return Ok(node),
+                Err(e) => last = Some(e),
+            },
+            _ = tokio::time::sleep(BALANCER_STAGGER), if more => {}
+            else => break,
+        }
+        if asking.is_empty() && next >= order.len() {
+            break;
+        }
+    }
+    Err(last.unwrap_or(ClientError::Disconnected))
+}
+
+/// Connects to a node chosen by a balancer and opens the control stream.
 pub(crate) async fn reach_node(
     endpoint: &Endpoint,
     server: &str,
 ) -> Result<(Connection, Control), ClientError> {
     let mut last = None;
     for attempt in 0..NODE_ATTEMPTS {
-        let node = pick_node(endpoint, server).await?;
+        let node = pick_node_from_any(endpoint, server).await?;
         match connect(endpoint, &node).await {
             Ok(conn) => {
                 let control = Control::open(&conn).await?;
@@ -150,7 +208,23 @@ pub async fn cluster_status(
     ca: &[fastchat_transport::quinn::rustls::pki_types::CertificateDer<'static>],
 ) -> Result<(String, Vec<fastchat_proto::balancer::NodeReport>), ClientError> {
     let endpoint = fastchat_transport::client_endpoint(ca, None)?;
-    let conn = connect(&endpoint, server).await?;
+    // The first balancer that answers speaks for the cluster.
+    let mut conn = None;
+    let mut last = None;
+    for b in balancers(server) {
+        match connect(&endpoint, b).await {
+            Ok(c) => {
+                conn = Some(c);
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let conn = match (conn, last) {
+        (Some(c), _) => c,
+        (None, Some(e)) => return Err(e.into()),
+        (None, None) => return Err(TransportError::BadAddress(server.to_string()).into()),
+    };
     let (mut send, mut recv) = conn
         .open_bi()
         .await

@@ -27,8 +27,9 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Directory holding `ca.pem`, `node.pem`, `node.key`.
     pub certs_dir: PathBuf,
-    /// The balancer to report to, if any.
-    pub balancer: Option<String>,
+    /// The balancers to report to (every one of them, so clients may ask
+    /// any); empty for a node nobody is sent to.
+    pub balancers: Vec<String>,
     /// Commit durability.
     pub durability: Durability,
     /// Largest image accepted, in bytes.
@@ -66,7 +67,7 @@ impl NodeConfig {
             advertise: None,
             data_dir,
             certs_dir,
-            balancer: None,
+            balancers: Vec::new(),
             durability: Durability::default(),
             max_image_bytes: fastchat_proto::limits::DEFAULT_MAX_IMAGE,
             image_quota: fastchat_proto::limits::DEFAULT_IMAGE_QUOTA,
@@ -115,7 +116,7 @@ pub enum NodeError {
 pub struct NodeHandle {
     endpoint: Endpoint,
     accept: JoinHandle<()>,
-    link: Option<JoinHandle<()>>,
+    links: Vec<JoinHandle<()>>,
     advertised: String,
     store: Arc<dyn Store>,
 }
@@ -133,7 +134,7 @@ impl NodeHandle {
 
     /// Closes every connection, then the store, and stops.
     pub async fn shutdown(self) {
-        if let Some(link) = &self.link {
+        for link in &self.links {
             link.abort();
         }
         self.endpoint.close(0u32.into(), b"node shutting down");
@@ -198,19 +199,23 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         .await?;
 
     let accept = tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
-    let link = config.balancer.clone().map(|balancer| {
-        tokio::spawn(crate::balancer_link::run(
-            balancer,
-            identity.clone_identity(),
-            advertised.clone(),
-            shared.clone(),
-        ))
-    });
+    let links = config
+        .balancers
+        .iter()
+        .map(|balancer| {
+            tokio::spawn(crate::balancer_link::run(
+                balancer.clone(),
+                identity.clone_identity(),
+                advertised.clone(),
+                shared.clone(),
+            ))
+        })
+        .collect();
     tracing::info!(addr = %local, advertised = %advertised, "node listening");
     Ok(NodeHandle {
         endpoint,
         accept,
-        link,
+        links,
         advertised,
         store,
     })

@@ -82,7 +82,7 @@ impl Cluster {
 
     pub fn node_config(&self, listen: SocketAddr) -> NodeConfig {
         let mut config = NodeConfig::new(listen, self.data_dir(), self.certs_dir());
-        config.balancer = Some(self.server());
+        config.balancers = vec![self.server()];
         config
     }
 
