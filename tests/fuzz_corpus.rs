@@ -8,10 +8,11 @@ use std::path::Path;
 fn the_committed_fuzz_corpus_decodes_without_panics() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
     type Decoder = fn(&[u8]);
-    let targets: [(&str, Decoder); 3] = [
+    let targets: [(&str, Decoder); 4] = [
         ("control", fastchat_proto::fuzzing::control),
         ("envelope", fastchat_proto::fuzzing::envelope),
         ("image", fastchat_proto::fuzzing::image),
+        ("bus", fastchat_proto::fuzzing::bus),
     ];
     let mut replayed = 0;
     for (name, decode) in targets {

@@ -3,6 +3,7 @@
 //! key material live here, so every other crate can share it.
 
 pub mod balancer;
+pub mod bus;
 pub mod control;
 pub mod envelope;
 pub mod error;

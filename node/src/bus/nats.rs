@@ -16,6 +16,7 @@ use std::time::Duration;
 use async_nats::{Client, Event};
 use async_trait::async_trait;
 use bytes::Bytes;
+use fastchat_proto::bus as wire;
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -40,59 +41,6 @@ fn blob_subject(node: &str) -> String {
 
 fn drop_subject(node: &str) -> String {
     format!("fastchat.drop.{}", hex::encode(node))
-}
-
-/// A live delivery on the wire: origin node, queue position, envelope.
-fn encode_live(origin: &str, live: &Live) -> Bytes {
-    let mut out = Vec::with_capacity(9 + origin.len() + live.envelope.len());
-    out.push(origin.len() as u8);
-    out.extend_from_slice(origin.as_bytes());
-    out.extend_from_slice(&live.seq.to_be_bytes());
-    out.extend_from_slice(&live.envelope);
-    out.into()
-}
-
-fn decode_live(bytes: &[u8]) -> Option<(&str, Live)> {
-    let (&n, rest) = bytes.split_first()?;
-    let origin = std::str::from_utf8(rest.get(..n as usize)?).ok()?;
-    let rest = &rest[n as usize..];
-    let seq = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
-    Some((
-        origin,
-        Live {
-            seq,
-            envelope: std::sync::Arc::new(rest[8..].to_vec()),
-        },
-    ))
-}
-
-/// A blob range request: blob id, offset, most bytes wanted.
-fn encode_range(blob_id: u64, offset: u64, max: u32) -> Bytes {
-    let mut out = Vec::with_capacity(20);
-    out.extend_from_slice(&blob_id.to_be_bytes());
-    out.extend_from_slice(&offset.to_be_bytes());
-    out.extend_from_slice(&max.to_be_bytes());
-    out.into()
-}
-
-fn decode_range(bytes: &[u8]) -> Option<(u64, u64, u32)> {
-    Some((
-        u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?),
-        u64::from_be_bytes(bytes.get(8..16)?.try_into().ok()?),
-        u32::from_be_bytes(bytes.get(16..20)?.try_into().ok()?),
-    ))
-}
-
-/// The reply to a range request: 0 and the bytes, or 1 and an error sentence.
-fn encode_reply(result: Result<Vec<u8>, String>) -> Bytes {
-    let (tag, body) = match result {
-        Ok(b) => (0u8, b),
-        Err(e) => (1u8, e.into_bytes()),
-    };
-    let mut out = Vec::with_capacity(1 + body.len());
-    out.push(tag);
-    out.extend_from_slice(&body);
-    out.into()
 }
 
 struct Route {
@@ -190,25 +138,21 @@ impl NatsBus {
                 };
                 let (client, blobs) = (client.clone(), readers.clone());
                 tokio::spawn(async move {
-                    let result = match decode_range(&msg.payload) {
+                    let result = match wire::decode_range(&msg.payload) {
                         Some((id, offset, max)) => blobs
                             .read(id, offset, max, BLOB_WAIT)
                             .await
                             .map_err(|e| e.to_string()),
                         None => Err("malformed blob request".to_string()),
                     };
-                    let _ = client.publish(reply, encode_reply(result)).await;
+                    let reply_bytes = wire::encode_reply(result.as_deref().map_err(|e| e.as_str()));
+                    let _ = client.publish(reply, reply_bytes.into()).await;
                 });
             }
         }));
         self.spawn(tokio::spawn(async move {
             while let Some(msg) = drops.next().await {
-                let id = msg
-                    .payload
-                    .get(..8)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_be_bytes);
-                if let Some(id) = id {
+                if let Some(id) = wire::decode_drop(&msg.payload) {
                     blobs.delete(id).await;
                 }
             }
@@ -244,10 +188,16 @@ async fn forward(
     sessions: Arc<Sessions>,
 ) {
     while let Some(msg) = sub.next().await {
-        match decode_live(&msg.payload) {
+        match wire::decode_live(&msg.payload) {
             // Our own publishes were pushed locally already.
-            Some((origin, _)) if origin == me => {}
-            Some((_, live)) => sessions.push(&user, live),
+            Some((origin, _, _)) if origin == me => {}
+            Some((_, seq, envelope)) => sessions.push(
+                &user,
+                Live {
+                    seq,
+                    envelope: Arc::new(envelope.to_vec()),
+                },
+            ),
             None => tracing::warn!("malformed delivery on the bus"),
         }
     }
@@ -315,9 +265,10 @@ impl Bus for NatsBus {
     }
 
     fn publish(&self, user: &str, live: &Live) {
-        let _ = self
-            .outgoing
-            .send((user_subject(user), encode_live(&self.node_id, live)));
+        let _ = self.outgoing.send((
+            user_subject(user),
+            wire::encode_live(&self.node_id, live.seq, &live.envelope).into(),
+        ));
     }
 
     async fn fetch_blob(
@@ -329,15 +280,20 @@ impl Bus for NatsBus {
     ) -> Result<Vec<u8>, BusError> {
         let reply = self
             .client
-            .request(blob_subject(owner), encode_range(blob_id, offset, max))
+            .request(
+                blob_subject(owner),
+                wire::encode_range(blob_id, offset, max).into(),
+            )
             .await
             .map_err(|e| {
                 BusError::Request(format!("node {owner} did not answer for the image: {e}"))
             })?;
-        match reply.payload.split_first() {
-            Some((0, bytes)) => Ok(bytes.to_vec()),
-            Some((_, why)) => Err(BusError::Remote(String::from_utf8_lossy(why).into_owned())),
-            None => Err(BusError::Request("empty reply".into())),
+        match wire::decode_reply(&reply.payload) {
+            Some(Ok(bytes)) => Ok(bytes.to_vec()),
+            Some(Err(why)) => Err(BusError::Remote(why)),
+            None => Err(BusError::Request(format!(
+                "node {owner} sent a malformed reply"
+            ))),
         }
     }
 
@@ -358,23 +314,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn wire_formats_round_trip_and_reject_short_input() {
-        let live = Live {
-            seq: 42,
-            envelope: std::sync::Arc::new(b"sealed".to_vec()),
-        };
-        let bytes = encode_live("127.0.0.1:7701", &live);
-        let (origin, back) = decode_live(&bytes).expect("decodes");
-        assert_eq!(origin, "127.0.0.1:7701");
-        assert_eq!(back.seq, 42);
-        assert_eq!(&back.envelope[..], b"sealed");
-        assert!(decode_live(&bytes[..5]).is_none());
-        assert!(decode_live(&[]).is_none());
-        assert_eq!(
-            decode_range(&encode_range(7, 1 << 40, 65536)),
-            Some((7, 1 << 40, 65536))
-        );
-        assert!(decode_range(&[0; 19]).is_none());
+    fn subjects_name_users_and_nodes_in_hex() {
         assert_eq!(user_subject("a.b"), "fastchat.user.612e62");
+        assert_eq!(blob_subject("n:1"), "fastchat.blob.6e3a31");
     }
 }
