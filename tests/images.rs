@@ -221,16 +221,15 @@ async fn offline_recipient_gets_it_later_and_the_node_never_holds_plaintext() {
     assert!(blob_files(&cluster).is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cut_upload_resumes_without_resending_what_arrived() {
+/// Alice (befriended with bob) starts sending `bytes` as a file and loses
+/// her connection a third of the way; returns the cluster, bob, and the
+/// file's path (in `files`).
+async fn cut_upload(files: &Path, bytes: &[u8]) -> (Cluster, Client, PathBuf) {
     let cluster = Cluster::start().await;
     let alice = std::sync::Arc::new(cluster.register("alice").await);
     let bob = cluster.register("bob").await;
     befriend(&alice, &bob).await;
-    let files = tempfile::tempdir().unwrap();
-    let bytes = pattern(16 << 20, 3);
-    let path = write(files.path(), "big.bin", &bytes);
-
+    let path = write(files, "big.bin", bytes);
     let cutter = alice.clone();
     let cut = move |done: u64, total: u64| {
         if done > total / 3 {
@@ -246,6 +245,14 @@ async fn a_cut_upload_resumes_without_resending_what_arrived() {
         )
         .await;
     assert!(matches!(first, Err(ClientError::Disconnected)), "{first:?}");
+    (cluster, bob, path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_upload_resumes_without_resending_what_arrived() {
+    let files = tempfile::tempdir().unwrap();
+    let bytes = pattern(16 << 20, 3);
+    let (cluster, bob, _) = cut_upload(files.path(), &bytes).await;
 
     let alice = Client::connect(&cluster.home("alice")).await.unwrap();
     let reports = alice.resume_uploads(&no_progress).await.unwrap();
@@ -267,28 +274,8 @@ async fn a_cut_upload_resumes_without_resending_what_arrived() {
 /// under a new key, and only its new content arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_changed_before_its_upload_resumed_is_sent_anew() {
-    let cluster = Cluster::start().await;
-    let alice = std::sync::Arc::new(cluster.register("alice").await);
-    let bob = cluster.register("bob").await;
-    befriend(&alice, &bob).await;
     let files = tempfile::tempdir().unwrap();
-    let before = pattern(16 << 20, 4);
-    let path = write(files.path(), "draft.bin", &before);
-    let cutter = alice.clone();
-    let cut = move |done: u64, total: u64| {
-        if done > total / 3 {
-            cutter.abort();
-        }
-    };
-    let first = alice
-        .send_attachment(
-            &Recipient::Friend("bob".into()),
-            &path,
-            AttachmentKind::File,
-            &cut,
-        )
-        .await;
-    assert!(matches!(first, Err(ClientError::Disconnected)), "{first:?}");
+    let (cluster, bob, path) = cut_upload(files.path(), &pattern(16 << 20, 4)).await;
 
     let after = pattern(16 << 20, 5);
     std::fs::write(&path, &after).unwrap();

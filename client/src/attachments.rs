@@ -206,18 +206,13 @@ pub(crate) fn on_announced(me: &Me, with: OpenWith, a: &Announced<'_>) -> Result
 
 #[cfg(test)]
 mod tests {
-    use fastchat_crypto::{Identity, SigningIdentity};
     use fastchat_proto::image::AttachmentKind;
 
     use super::*;
     use fastchat_proto::group::RosterEntry;
 
     fn me(name: &str) -> Me {
-        Me {
-            name: name.into(),
-            identity: Identity::generate().unwrap(),
-            signing: SigningIdentity::generate().unwrap(),
-        }
+        Me::generate(name)
     }
 
     fn file(size: u64) -> Attaching {

@@ -202,17 +202,12 @@ pub(crate) fn on_accepted(
 
 #[cfg(test)]
 mod tests {
-    use fastchat_crypto::{Identity, SigningIdentity};
     use fastchat_proto::control::Request as Req;
 
     use super::*;
 
     fn me(name: &str) -> Me {
-        Me {
-            name: name.into(),
-            identity: Identity::generate().unwrap(),
-            signing: SigningIdentity::generate().unwrap(),
-        }
+        Me::generate(name)
     }
 
     fn put_peer(change: Change) -> Peer {

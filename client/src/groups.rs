@@ -317,11 +317,7 @@ mod tests {
     impl Bob {
         fn new(alice: &Member) -> Self {
             Bob {
-                me: Me {
-                    name: "bob".into(),
-                    identity: Identity::generate().unwrap(),
-                    signing: SigningIdentity::generate().unwrap(),
-                },
+                me: Me::generate("bob"),
                 alice: Peer {
                     name: "alice".into(),
                     public_key: Identity::generate().unwrap().public().der().to_vec(),
@@ -614,11 +610,7 @@ mod tests {
 
     #[test]
     fn only_the_admin_rekeys_and_every_member_gets_a_wrapped_key() {
-        let alice = Me {
-            name: "alice".into(),
-            identity: Identity::generate().unwrap(),
-            signing: SigningIdentity::generate().unwrap(),
-        };
+        let alice = Me::generate("alice");
         let bob = Identity::generate().unwrap();
         let bob_peer = Peer {
             name: "bob".into(),

@@ -22,6 +22,16 @@ pub(crate) struct Me {
 }
 
 impl Me {
+    /// Fresh keys for `name`, for the rooms' tests.
+    #[cfg(test)]
+    pub fn generate(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            identity: Identity::generate().unwrap(),
+            signing: SigningIdentity::generate().unwrap(),
+        }
+    }
+
     /// Our RSA public key, SPKI DER.
     pub fn public_der(&self) -> &[u8] {
         self.identity.public().der()

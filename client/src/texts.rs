@@ -230,16 +230,11 @@ pub(crate) fn receipts(fresh: &[InboxItem]) -> Result<Vec<Receipt>, ClientError>
 
 #[cfg(test)]
 mod tests {
-    use fastchat_crypto::{Identity, SigningIdentity};
 
     use super::*;
 
     fn me(name: &str) -> Me {
-        Me {
-            name: name.into(),
-            identity: Identity::generate().unwrap(),
-            signing: SigningIdentity::generate().unwrap(),
-        }
+        Me::generate(name)
     }
 
     fn sealed_of(message: Outgoing) -> (MessageId, Sealed) {

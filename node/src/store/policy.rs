@@ -77,6 +77,72 @@ pub(crate) fn queue_room(
     }
 }
 
+/// What one batch of texts adds to its recipients' queues, against what
+/// they held before it: the backend reads a queue once ([`Self::unread`],
+/// [`Self::knows`]), asks [`Self::check`] before each text and tells
+/// [`Self::stored`] after.
+pub(crate) struct QueueRoom {
+    limits: QueueLimits,
+    /// (recipient, waiting before the batch, added by it).
+    queues: Vec<(String, Usage, Usage)>,
+}
+
+/// A queue's (texts, bytes).
+type Usage = (u64, u64);
+
+impl QueueRoom {
+    /// Room under `limits`.
+    pub fn new(limits: QueueLimits) -> Self {
+        Self {
+            limits,
+            queues: Vec::new(),
+        }
+    }
+
+    /// Those of `recipients` whose queue is not read yet.
+    pub fn unread<'r>(&self, recipients: &'r [String]) -> Vec<&'r str> {
+        recipients
+            .iter()
+            .filter(|to| !self.queues.iter().any(|(r, _, _)| r == *to))
+            .map(String::as_str)
+            .collect()
+    }
+
+    /// Records what `to`'s queue held before this batch.
+    pub fn knows(&mut self, to: &str, waiting: (u64, u64)) {
+        self.queues.push((to.to_string(), waiting, (0, 0)));
+    }
+
+    /// Whether every one of `recipients` has room for a text of `bytes`.
+    pub fn check(&self, recipients: &[String], bytes: u64) -> Result<(), ProtoError> {
+        for (to, waiting, added) in self
+            .queues
+            .iter()
+            .filter(|(r, _, _)| recipients.contains(r))
+        {
+            let now = (waiting.0 + added.0, waiting.1 + added.1);
+            queue_room(to, now, (1, bytes), self.limits)?;
+        }
+        Ok(())
+    }
+
+    /// Counts a text of `bytes` stored for `to`.
+    pub fn stored(&mut self, to: &str, bytes: u64) {
+        if let Some((_, _, added)) = self.queues.iter_mut().find(|(r, _, _)| r == to) {
+            added.0 += 1;
+            added.1 += bytes;
+        }
+    }
+
+    /// What the batch added, per recipient it added to: (recipient, texts, bytes).
+    pub fn added(self) -> impl Iterator<Item = (String, u64, u64)> {
+        self.queues
+            .into_iter()
+            .filter(|(_, _, (texts, _))| *texts > 0)
+            .map(|(to, _, (texts, bytes))| (to, texts, bytes))
+    }
+}
+
 /// Where a resumed upload's blob moves: `Some(previous)` if it was held by
 /// another node (the upload starts over here); `None` if it stays put.
 pub(crate) fn blob_moves(held_by: &str, here: &str) -> Option<String> {

@@ -707,9 +707,8 @@ impl Store for PostgresStore {
     ) -> Result<Vec<Queuing>, StoreError> {
         transaction!(self, |tx| {
             let mut admission = policy::TextAdmission::new(from);
-            // Per recipient in this batch: (texts, bytes) waiting before it,
-            // and what it adds (the trigger keeps the table itself).
-            let mut room: Vec<(String, (u64, u64), (u64, u64))> = Vec::new();
+            // The trigger keeps queue_usage; this only checks the batch.
+            let mut room = policy::QueueRoom::new(limits);
             let mut out = Vec::with_capacity(texts.len());
             for text in &texts {
                 match admission.needs(&text.to) {
@@ -748,38 +747,22 @@ impl Store for PostgresStore {
                 };
                 let envelope = text.envelope.as_slice();
                 let size = envelope.len() as u64;
-                let mut full = None;
-                for to in &recipients {
-                    let i = match room.iter().position(|(r, _, _)| r == to) {
-                        Some(i) => i,
-                        None => {
-                            let stmt = tx.prepare_cached(USAGE).await?;
-                            let waiting = tx
-                                .query_opt(&stmt, &[to])
-                                .await?
-                                .map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64))
-                                .unwrap_or((0, 0));
-                            room.push((to.clone(), waiting, (0, 0)));
-                            room.len() - 1
-                        }
-                    };
-                    let (_, waiting, added) = &room[i];
-                    let now = (waiting.0 + added.0, waiting.1 + added.1);
-                    if let Err(refusal) = policy::queue_room(to, now, (1, size), limits) {
-                        full = Some(refusal);
-                        break;
-                    }
+                for to in room.unread(&recipients) {
+                    let stmt = tx.prepare_cached(USAGE).await?;
+                    let waiting = tx
+                        .query_opt(&stmt, &[&to])
+                        .await?
+                        .map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64))
+                        .unwrap_or((0, 0));
+                    room.knows(to, waiting);
                 }
-                if let Some(refusal) = full {
+                if let Err(refusal) = room.check(&recipients, size) {
                     out.push(Queuing::Refused(refusal));
                     continue;
                 }
                 let stored = enqueue_many(&tx, &recipients, &text.id.0, envelope).await?;
                 for (to, _) in &stored {
-                    if let Some((_, _, added)) = room.iter_mut().find(|(r, _, _)| r == to) {
-                        added.0 += 1;
-                        added.1 += size;
-                    }
+                    room.stored(to, size);
                 }
                 out.push(Queuing::of(stored));
             }

@@ -827,9 +827,8 @@ impl Store for SqliteStore {
         self.with(move |c| {
             let tx = c;
             let mut admission = policy::TextAdmission::new(&from);
-            // Per recipient in this batch: (texts, bytes) waiting before it,
-            // and what it adds; written back once at the end.
-            let mut room: Vec<(String, (u64, u64), (u64, u64))> = Vec::new();
+            // Written back to queue_usage once, at the end of the batch.
+            let mut room = policy::QueueRoom::new(limits);
             let mut out = Vec::with_capacity(texts.len());
             for text in &texts {
                 match admission.needs(&text.to) {
@@ -854,24 +853,11 @@ impl Store for SqliteStore {
                     }
                 };
                 let size = text.envelope.len() as u64;
-                let mut full = None;
-                for to in &recipients {
-                    let i = match room.iter().position(|(r, _, _)| r == to) {
-                        Some(i) => i,
-                        None => {
-                            let waiting = usage(tx, to).map_err(unavailable)?;
-                            room.push((to.clone(), waiting, (0, 0)));
-                            room.len() - 1
-                        }
-                    };
-                    let (_, waiting, added) = &room[i];
-                    let now = (waiting.0 + added.0, waiting.1 + added.1);
-                    if let Err(refusal) = policy::queue_room(to, now, (1, size), limits) {
-                        full = Some(refusal);
-                        break;
-                    }
+                for to in room.unread(&recipients) {
+                    let waiting = usage(tx, to).map_err(unavailable)?;
+                    room.knows(to, waiting);
                 }
-                if let Some(refusal) = full {
+                if let Err(refusal) = room.check(&recipients, size) {
                     out.push(Queuing::Refused(refusal));
                     continue;
                 }
@@ -880,19 +866,14 @@ impl Store for SqliteStore {
                     if let Some(seq) = insert_queued(tx, &to, &text.id.0, text.envelope.as_slice())
                         .map_err(unavailable)?
                     {
-                        if let Some((_, _, added)) = room.iter_mut().find(|(r, _, _)| *r == to) {
-                            added.0 += 1;
-                            added.1 += size;
-                        }
+                        room.stored(&to, size);
                         stored.push((to, seq));
                     }
                 }
                 out.push(Queuing::of(stored));
             }
-            for (to, _, (texts, bytes)) in room {
-                if texts > 0 {
-                    add_usage(tx, &to, texts as i64, bytes as i64).map_err(unavailable)?;
-                }
+            for (to, texts, bytes) in room.added() {
+                add_usage(tx, &to, texts as i64, bytes as i64).map_err(unavailable)?;
             }
             Ok(out)
         })
