@@ -1044,22 +1044,40 @@ impl Store for SqliteStore {
         let (user, seqs) = (user.to_string(), seqs.to_vec());
         self.with(move |c| {
             let tx = c;
+            let mut seqs = seqs;
+            seqs.sort_unstable();
+            seqs.dedup();
+            let (Some(&first), Some(&last)) = (seqs.first(), seqs.last()) else {
+                return Ok(());
+            };
+            // What the acked rows weigh, read in one pass over their range
+            // (a blob's length comes from its row header); RETURNING on
+            // each delete would materialise a result table per row.
             let (mut texts, mut bytes) = (0i64, 0i64);
             {
-                let mut stmt = tx
+                let mut sizes = tx
                     .prepare_cached(
-                        "DELETE FROM queue WHERE recipient = ?1 AND seq = ?2 RETURNING LENGTH(envelope)",
+                        "SELECT seq, LENGTH(envelope) FROM queue WHERE recipient = ?1 AND seq BETWEEN ?2 AND ?3",
                     )
                     .map_err(unavailable)?;
-                for seq in seqs {
-                    let gone: Option<i64> = stmt
-                        .query_row(params![user, seq as i64], |r| r.get(0))
-                        .optional()
-                        .map_err(unavailable)?;
-                    if let Some(len) = gone {
+                let mut rows = sizes
+                    .query(params![user, first as i64, last as i64])
+                    .map_err(unavailable)?;
+                while let Some(row) = rows.next().map_err(unavailable)? {
+                    let seq = row.get::<_, i64>(0).map_err(unavailable)? as u64;
+                    if seqs.binary_search(&seq).is_ok() {
                         texts += 1;
-                        bytes += len;
+                        bytes += row.get::<_, i64>(1).map_err(unavailable)?;
                     }
+                }
+            }
+            {
+                let mut stmt = tx
+                    .prepare_cached("DELETE FROM queue WHERE recipient = ?1 AND seq = ?2")
+                    .map_err(unavailable)?;
+                for seq in seqs {
+                    stmt.execute(params![user, seq as i64])
+                        .map_err(unavailable)?;
                 }
             }
             if texts > 0 {
