@@ -296,3 +296,76 @@ async fn a_full_queue_refuses_texts_with_one_sentence_until_read() {
     assert_eq!(common::unshown_texts(&bob).len(), sent);
     alice.send_text("bob", "room again").await.unwrap();
 }
+
+/// A text stream that goes quiet between frames is cut off after the gap
+/// it is allowed, and one that carries more than a batch may is refused:
+/// neither holds the node's buffers, and the connection's others go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_text_stream_too_slow_or_too_long_is_cut_off() {
+    use fastchat_proto::envelope::{Outgoing, OutgoingText, Sealed};
+    use fastchat_proto::limits::{MAX_BATCH_BYTES, MAX_MESSAGE_FRAME};
+    use fastchat_proto::stream::StreamKind;
+    use fastchat_transport::write_frame;
+
+    let cluster = Cluster::start().await;
+    let alice = cluster.register("alice").await;
+    let bob = cluster.register("bob").await;
+    befriend(&alice, &bob).await;
+    cluster.register("mallory").await.close().await;
+    let identity = fastchat_client::keystore::Keystore::open(&cluster.home("mallory"))
+        .unwrap()
+        .identity()
+        .unwrap();
+    let mut raw = RawClient::connect(&cluster.ca(), cluster.node_addr()).await;
+    raw.login("mallory", &identity).await;
+    let text = |n: u32| {
+        let mut id = [0u8; 16];
+        id[..4].copy_from_slice(&n.to_be_bytes());
+        Outgoing::Direct(OutgoingText {
+            id: fastchat_proto::MessageId(id),
+            to: "bob".into(),
+            sealed: Sealed {
+                nonce: [0; 12],
+                ciphertext: vec![7; 60_000],
+            },
+        })
+    };
+
+    // Too long: more frames than a batch's bytes allow, on one stream.
+    let (mut send, mut recv) = raw.conn.open_bi().await.unwrap();
+    write_frame(&mut send, &StreamKind::Text, 64).await.unwrap();
+    let frames = MAX_BATCH_BYTES / 60_000 + 2;
+    let mut refused = false;
+    for n in 0..frames as u32 {
+        if write_frame(&mut send, &text(n), MAX_MESSAGE_FRAME)
+            .await
+            .is_err()
+        {
+            refused = true;
+            break;
+        }
+    }
+    let _ = send.finish();
+    let mut buf = [0u8; 1];
+    let answer = tokio::time::timeout(Duration::from_secs(10), recv.read(&mut buf)).await;
+    assert!(
+        refused || matches!(answer, Ok(Err(_))),
+        "a stream past the batch limit was served: {answer:?}"
+    );
+
+    // Too slow: one frame, then silence past the gap allowed.
+    let (mut send, mut recv) = raw.conn.open_bi().await.unwrap();
+    write_frame(&mut send, &StreamKind::Text, 64).await.unwrap();
+    write_frame(&mut send, &text(1_000), MAX_MESSAGE_FRAME)
+        .await
+        .unwrap();
+    let cut = tokio::time::timeout(Duration::from_secs(25), recv.read(&mut buf))
+        .await
+        .expect("the silent stream was not cut off");
+    assert!(cut.is_err(), "the silent stream got an answer: {cut:?}");
+    still_served(&alice, &bob, "unbothered").await;
+    assert!(
+        raw.conn.close_reason().is_none(),
+        "the connection itself lives on"
+    );
+}
