@@ -130,6 +130,27 @@ async fn ten_thousand_streams_from_one_client_are_capped() {
     }
 }
 
+/// Alice and bob, friends, and mallory logged in on a raw connection.
+async fn friends_and_a_hostile_client() -> (
+    Cluster,
+    fastchat_client::Client,
+    fastchat_client::Client,
+    RawClient,
+) {
+    let cluster = Cluster::start().await;
+    let alice = cluster.register("alice").await;
+    let bob = cluster.register("bob").await;
+    befriend(&alice, &bob).await;
+    cluster.register("mallory").await.close().await;
+    let identity = fastchat_client::keystore::Keystore::open(&cluster.home("mallory"))
+        .unwrap()
+        .identity()
+        .unwrap();
+    let mut raw = RawClient::connect(&cluster.ca(), cluster.node_addr()).await;
+    raw.login("mallory", &identity).await;
+    (cluster, alice, bob, raw)
+}
+
 fn rss_mib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let kib: u64 = status
@@ -152,17 +173,7 @@ async fn a_client_filling_every_stream_and_piling_up_syncs_is_bounded() {
     use fastchat_proto::stream::StreamKind;
     use fastchat_transport::write_frame;
 
-    let cluster = Cluster::start().await;
-    let alice = cluster.register("alice").await;
-    let bob = cluster.register("bob").await;
-    befriend(&alice, &bob).await;
-    cluster.register("mallory").await.close().await;
-    let identity = fastchat_client::keystore::Keystore::open(&cluster.home("mallory"))
-        .unwrap()
-        .identity()
-        .unwrap();
-    let mut raw = RawClient::connect(&cluster.ca(), cluster.node_addr()).await;
-    raw.login("mallory", &identity).await;
+    let (_cluster, alice, bob, mut raw) = friends_and_a_hostile_client().await;
     let before = rss_mib();
 
     // 200 streams × 60 texts of 60 KB (3.6 MB each, under the per-stream
@@ -307,17 +318,7 @@ async fn a_text_stream_too_slow_or_too_long_is_cut_off() {
     use fastchat_proto::stream::StreamKind;
     use fastchat_transport::write_frame;
 
-    let cluster = Cluster::start().await;
-    let alice = cluster.register("alice").await;
-    let bob = cluster.register("bob").await;
-    befriend(&alice, &bob).await;
-    cluster.register("mallory").await.close().await;
-    let identity = fastchat_client::keystore::Keystore::open(&cluster.home("mallory"))
-        .unwrap()
-        .identity()
-        .unwrap();
-    let mut raw = RawClient::connect(&cluster.ca(), cluster.node_addr()).await;
-    raw.login("mallory", &identity).await;
+    let (_cluster, alice, bob, raw) = friends_and_a_hostile_client().await;
     let text = |n: u32| {
         let mut id = [0u8; 16];
         id[..4].copy_from_slice(&n.to_be_bytes());
