@@ -7,7 +7,6 @@ use std::fs::File;
 use std::process::{Command, Stdio};
 
 use common::{ChildGuard, befriend, contains, free_port, unshown_texts};
-use fastchat_balancer::BalancerConfig;
 use fastchat_client::{Client, InboxKind};
 
 const SECRET: &str = "plaintext-canary-4f9c2b";
@@ -126,13 +125,7 @@ async fn balancer_and_node(
     ChildGuard,
 ) {
     let certs = dir.join("certs");
-    fastchat_certs::generate(&certs, &[], false, 1).unwrap();
-    let balancer = fastchat_balancer::start(BalancerConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        fastchat_certs::role_dir(&certs, fastchat_certs::Role::Balancer),
-    ))
-    .await
-    .unwrap();
+    let balancer = common::certs_and_balancer(&certs).await;
     let server = balancer.local_addr().to_string();
     let ca = certs.join("ca.pem");
     let port = free_port();

@@ -50,14 +50,7 @@ impl Cluster {
     /// Certificates and a balancer, with no node yet.
     pub async fn start_without_node() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let certs = dir.path().join("certs");
-        fastchat_certs::generate(&certs, &[], false, 1).unwrap();
-        let balancer = fastchat_balancer::start(BalancerConfig::new(
-            "127.0.0.1:0".parse().unwrap(),
-            fastchat_certs::role_dir(&certs, fastchat_certs::Role::Balancer),
-        ))
-        .await
-        .unwrap();
+        let balancer = certs_and_balancer(&dir.path().join("certs")).await;
         Self {
             dir,
             balancer: Some(balancer),
@@ -335,6 +328,18 @@ impl RawClient {
         assert_eq!(reply.id, id);
         reply.result
     }
+}
+
+/// Makes a cluster's certificates in `certs` (one node) and starts a
+/// balancer on a free port with its own.
+pub async fn certs_and_balancer(certs: &Path) -> BalancerHandle {
+    fastchat_certs::generate(certs, &[], false, 1).unwrap();
+    fastchat_balancer::start(BalancerConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        fastchat_certs::role_dir(certs, fastchat_certs::Role::Balancer),
+    ))
+    .await
+    .unwrap()
 }
 
 /// Starts `fastchat up` on port 0 in `dir/cluster`; returns it with the
