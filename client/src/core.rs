@@ -57,6 +57,11 @@ pub(crate) struct Core {
     pub active_downloads: Mutex<HashSet<(String, [u8; 16])>>,
 }
 
+/// Items a slow [`crate::Client::subscribe`]r may fall behind by.
+const EVENT_SLOTS: usize = 1024;
+/// Progress reports a slow subscriber may fall behind by.
+const PROGRESS_SLOTS: usize = 128;
+
 /// One connection to a node and its control stream.
 struct Link {
     conn: Connection,
@@ -79,8 +84,11 @@ impl Core {
             home,
             login_key,
             keystore: Mutex::new(keystore),
-            events: broadcast::channel(4096).0,
-            progress: broadcast::channel(1024).0,
+            // Tokio allocates every slot up front (4096 items were a megabyte
+            // zeroed per client start). The keystore is the record; a
+            // subscriber that lags is told so and rereads it.
+            events: broadcast::channel(EVENT_SLOTS).0,
+            progress: broadcast::channel(PROGRESS_SLOTS).0,
             server,
             link: Mutex::new(Link {
                 conn,

@@ -1,7 +1,13 @@
 //! RSA identity keys: a user's private key (never leaves the keystore) and
 //! the public half everyone else sees.
 
-use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
+use std::sync::OnceLock;
+
+use rsa::pkcs1::{self, RsaPrivateKeyRef};
+use rsa::pkcs8::der::Decode;
+use rsa::pkcs8::{
+    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, PrivateKeyInfoRef,
+};
 use rsa::sha2::Sha256;
 use rsa::traits::PublicKeyParts;
 use rsa::{Generate, PrivateKey, PublicKey};
@@ -16,8 +22,14 @@ const MIN_KEY_BYTES: usize = 256;
 const MAX_KEY_BYTES: usize = 512;
 
 /// A user's RSA-3072 identity key pair.
+///
+/// Loading one from DER reads only the public half: building the private
+/// key (its CRT values) costs a fifth of a millisecond, which every client
+/// start paid though most sessions never sign or unwrap with RSA (logins
+/// sign with the Ed25519 login key). It is built on first use.
 pub struct Identity {
-    key: PrivateKey,
+    der: Zeroizing<Vec<u8>>,
+    key: OnceLock<PrivateKey>,
     public: PublicIdentity,
 }
 
@@ -29,24 +41,52 @@ impl Identity {
     }
 
     fn from_key(key: PrivateKey) -> Result<Self, CryptoError> {
-        let der = key
-            .to_public_key()
-            .to_public_key_der()
-            .map_err(|_| CryptoError::BadKey)?;
-        let public = PublicIdentity::from_der(der.as_bytes())?;
-        Ok(Self { key, public })
+        let public = public_of(&key.to_public_key())?;
+        let doc = key.to_pkcs8_der().map_err(|_| CryptoError::BadKey)?;
+        Ok(Self {
+            der: Zeroizing::new(doc.as_bytes().to_vec()),
+            key: OnceLock::from(key),
+            public,
+        })
     }
 
-    /// Loads an identity from PKCS#8 DER.
+    /// Loads an identity from PKCS#8 DER. The encoding and the public half
+    /// are checked now; the private numbers when first used.
     pub fn from_pkcs8_der(der: &[u8]) -> Result<Self, CryptoError> {
-        let key = PrivateKey::from_pkcs8_der(der).map_err(|_| CryptoError::BadKey)?;
-        Self::from_key(key)
+        let info = PrivateKeyInfoRef::from_der(der).map_err(|_| CryptoError::BadKey)?;
+        let pair = RsaPrivateKeyRef::try_from(info.private_key.as_bytes())
+            .map_err(|_| CryptoError::BadKey)?;
+        if pair.version() != pkcs1::Version::TwoPrime {
+            return Err(CryptoError::BadKey);
+        }
+        let public = PublicKey::try_from(pkcs1::RsaPublicKey {
+            modulus: pair.modulus,
+            public_exponent: pair.public_exponent,
+        })
+        .map_err(|_| CryptoError::BadKey)?;
+        Ok(Self {
+            der: Zeroizing::new(der.to_vec()),
+            key: OnceLock::new(),
+            public: public_of(&public)?,
+        })
+    }
+
+    /// The private key, built from the DER on first use.
+    fn key(&self) -> Result<&PrivateKey, CryptoError> {
+        if let Some(key) = self.key.get() {
+            return Ok(key);
+        }
+        let key = PrivateKey::from_pkcs8_der(&self.der).map_err(|_| CryptoError::BadKey)?;
+        if key.to_public_key() != self.public.key {
+            return Err(CryptoError::BadKey);
+        }
+        // A racing first use builds it twice; either copy is the same key.
+        Ok(self.key.get_or_init(|| key))
     }
 
     /// The private key as PKCS#8 DER, zeroed when dropped.
     pub fn to_pkcs8_der(&self) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-        let doc = self.key.to_pkcs8_der().map_err(|_| CryptoError::BadKey)?;
-        Ok(Zeroizing::new(doc.as_bytes().to_vec()))
+        Ok(self.der.clone())
     }
 
     /// The public half.
@@ -56,7 +96,7 @@ impl Identity {
 
     /// Signs `message` with RSA-PSS-SHA256.
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        self.key
+        self.key()?
             .pss_sign::<Sha256>(message)
             .map_err(|_| CryptoError::Random)
     }
@@ -66,7 +106,7 @@ impl Identity {
     /// RUSTSEC-2023-0071): only verified ciphertexts reach RSA decryption.
     pub fn unwrap_key(&self, wrapped: &[u8]) -> Result<ConversationKey, CryptoError> {
         let plain = Zeroizing::new(
-            self.key
+            self.key()?
                 .oaep_decrypt::<Sha256>(wrapped)
                 .map_err(|_| CryptoError::DecryptFailed)?,
         );
@@ -76,6 +116,12 @@ impl Identity {
             .map_err(|_| CryptoError::DecryptFailed)?;
         Ok(ConversationKey::from_bytes(bytes))
     }
+}
+
+/// The public half of `key` with its DER encoding, size-checked.
+fn public_of(key: &PublicKey) -> Result<PublicIdentity, CryptoError> {
+    let der = key.to_public_key_der().map_err(|_| CryptoError::BadKey)?;
+    PublicIdentity::from_der(der.as_bytes())
 }
 
 /// Someone's RSA public key, kept with its DER encoding.
@@ -145,6 +191,16 @@ mod tests {
         let der = alice.to_pkcs8_der().unwrap();
         let again = Identity::from_pkcs8_der(&der).unwrap();
         assert_eq!(again.public().der(), alice.public().der());
+        // The reloaded key (built on first use) signs and unwraps as before.
+        alice
+            .public()
+            .verify(b"again", &again.sign(b"again").unwrap())
+            .unwrap();
+        let for_alice = alice.public().wrap_key(&key).unwrap();
+        assert_eq!(
+            again.unwrap_key(&for_alice).unwrap().as_bytes(),
+            key.as_bytes()
+        );
     }
 
     #[test]

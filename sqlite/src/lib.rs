@@ -15,6 +15,7 @@
 
 use std::path::Path;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use rusqlite::Connection;
@@ -29,27 +30,25 @@ pub const INLINE_PAGES: i32 = 8 * CHECKPOINT_PAGES;
 /// Why checkpoints could not be taken over.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The database refused the second connection or the hook.
+    /// The database refused the hook.
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
-    /// The system would not start the thread.
-    #[error("cannot start the checkpoint thread: {0}")]
-    Thread(#[source] std::io::Error),
 }
 
-/// The thread checkpointing one database; see the crate docs.
+/// The thread checkpointing one database; see the crate docs. It starts
+/// when the log first reaches [`CHECKPOINT_PAGES`]: a client opening its
+/// keystore for a short session never pays for a second connection and a
+/// thread (a tenth of the cost of opening it).
 pub struct Checkpointer {
-    thread: Option<JoinHandle<()>>,
+    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
 impl Checkpointer {
     /// Takes over `writer`'s checkpoints for the database at `path`.
     pub fn start(path: &Path, writer: &mut Connection) -> Result<Self, Error> {
-        let own = Connection::open(path)?;
-        // Until it reads the database a connection does not know it is in
-        // WAL mode, and its checkpoints do nothing.
-        own.execute_batch("PRAGMA busy_timeout=5000; PRAGMA journal_mode=WAL;")?;
-        let (wake, woken) = mpsc::sync_channel::<()>(1);
+        let thread = Arc::new(Mutex::new(None));
+        let (path, slot) = (path.to_path_buf(), thread.clone());
+        let mut wake: Option<mpsc::SyncSender<()>> = None;
         // Replaces SQLite's automatic checkpoint (the same hook).
         writer.wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, pages: i32| {
             if pages >= INLINE_PAGES {
@@ -59,43 +58,85 @@ impl Checkpointer {
                     checkpoint_failed(&e);
                 }
             } else if pages >= CHECKPOINT_PAGES {
-                // Full means a wake-up is pending already.
-                let _ = wake.try_send(());
+                if wake.is_none() {
+                    wake = spawn(&path, &slot);
+                }
+                // Full means a wake-up is pending already; gone means the
+                // thread could not open the database, so try again later.
+                if let Some(Err(mpsc::TrySendError::Disconnected(()))) =
+                    wake.as_ref().map(|w| w.try_send(()))
+                {
+                    wake = None;
+                }
             }
             Ok(())
         }))?;
-        let thread = std::thread::Builder::new()
-            .name("sqlite-checkpoint".into())
-            .spawn(move || {
-                for () in woken {
-                    // Until it catches up with the writer (every frame in the
-                    // database), so the writer's next transaction can reset the
-                    // log; a few passes, each shorter than the last.
-                    for _ in 0..8 {
-                        match own.wal_checkpoint_v2(None::<&str>, CheckpointMode::PASSIVE) {
-                            Ok((log, done)) if done >= log => break,
-                            Ok(_) => {}
-                            Err(e) => {
-                                checkpoint_failed(&e);
-                                break;
-                            }
-                        }
-                    }
-                }
-            })
-            .map_err(Error::Thread)?;
-        Ok(Self {
-            thread: Some(thread),
-        })
+        Ok(Self { thread })
     }
 
-    /// Waits for the thread to stop and close its connection. Call it after
-    /// closing the writer's connection (else it waits for ever).
-    pub fn join(mut self) {
-        if let Some(t) = self.thread.take() {
+    /// Waits for the thread (if it started) to stop and close its
+    /// connection. Call it after closing the writer's connection (else it
+    /// waits for ever).
+    pub fn join(self) {
+        let handle = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(t) = handle {
             let _ = t.join();
         }
     }
+}
+
+/// Starts the checkpoint thread for `path`, leaving its handle in `slot`;
+/// `None` (logged) if the system would not start it.
+fn spawn(path: &Path, slot: &Mutex<Option<JoinHandle<()>>>) -> Option<mpsc::SyncSender<()>> {
+    let (wake, woken) = mpsc::sync_channel::<()>(1);
+    let path = path.to_path_buf();
+    let started = std::thread::Builder::new()
+        .name("sqlite-checkpoint".into())
+        .spawn(move || {
+            let own = match open_second(&path) {
+                Ok(c) => c,
+                Err(e) => return checkpoint_failed(&e),
+            };
+            for () in woken {
+                // Until it catches up with the writer (every frame in the
+                // database), so the writer's next transaction can reset the
+                // log; a few passes, each shorter than the last.
+                for _ in 0..8 {
+                    match own.wal_checkpoint_v2(None::<&str>, CheckpointMode::PASSIVE) {
+                        Ok((log, done)) if done >= log => break,
+                        Ok(_) => {}
+                        Err(e) => {
+                            checkpoint_failed(&e);
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    match started {
+        Ok(handle) => {
+            if let Ok(mut s) = slot.lock() {
+                // A thread started before has stopped (its sender is gone).
+                if let Some(old) = s.replace(handle) {
+                    let _ = old.join();
+                }
+            }
+            Some(wake)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start the checkpoint thread; the writer checkpoints itself");
+            None
+        }
+    }
+}
+
+/// The checkpointing thread's own connection.
+fn open_second(path: &Path) -> rusqlite::Result<Connection> {
+    let own = Connection::open(path)?;
+    // Until it reads the database a connection does not know it is in
+    // WAL mode, and its checkpoints do nothing.
+    own.execute_batch("PRAGMA busy_timeout=5000; PRAGMA journal_mode=WAL;")?;
+    Ok(own)
 }
 
 /// Logs a failed checkpoint. Busy or locked is expected where several

@@ -13,11 +13,15 @@ pub async fn run(env: &Env, options: &Options) -> anyhow::Result<ScenarioResult>
     let n = options.clients.unwrap_or(200).max(1);
     let users = env.users(n).await?;
     let names: Vec<String> = users.iter().map(|u| u.name().to_string()).collect();
-    for u in users {
-        if let Ok(c) = std::sync::Arc::try_unwrap(u) {
-            c.close().await;
-        }
-    }
+    // Closing waits for each connection to drain; one at a time that was
+    // most of this scenario's wall time.
+    futures::future::join_all(
+        users
+            .into_iter()
+            .filter_map(|u| std::sync::Arc::try_unwrap(u).ok())
+            .map(Client::close),
+    )
+    .await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let before = env.node_rss().map(|(rss, _)| rss);
 
@@ -52,8 +56,6 @@ pub async fn run(env: &Env, options: &Options) -> anyhow::Result<ScenarioResult>
             a.saturating_sub(b) as f64 / clients.len().max(1) as f64
         ));
     }
-    for c in clients {
-        c.close().await;
-    }
+    futures::future::join_all(clients.into_iter().map(Client::close)).await;
     Ok(r)
 }
