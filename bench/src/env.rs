@@ -98,11 +98,13 @@ impl Env {
 
     /// Marks the start of a measured part, for CPU per operation.
     pub fn cpu_mark(&self) -> crate::cpu::CpuMark {
+        profile_mark("start");
         crate::cpu::CpuMark::now(self.cluster_pid())
     }
 
     /// CPU per operation since `mark`, over `operations` operations.
     pub fn cpu_since(&self, mark: &crate::cpu::CpuMark, operations: u64) -> crate::cpu::CpuPerOp {
+        profile_mark("end");
         mark.per_op(self.cluster_pid(), operations)
     }
 
@@ -248,4 +250,24 @@ fn save_pool(pool: &[Vec<u8>]) {
         let _ = std::fs::create_dir_all(dir);
     }
     let _ = std::fs::write(path, bytes);
+}
+
+/// With `FASTCHAT_BENCH_MARKS` set, prints when the measured part of a
+/// scenario starts and ends on the monotonic clock, so a profile of the
+/// whole run can be cut to it: `perf record -k CLOCK_MONOTONIC ...`, then
+/// `perf report --time START,END`.
+fn profile_mark(what: &str) {
+    if std::env::var_os("FASTCHAT_BENCH_MARKS").is_none() {
+        return;
+    }
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec for the call to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    eprintln!(
+        "bench: measured part {what} at {}.{:09}",
+        t.tv_sec, t.tv_nsec
+    );
 }

@@ -404,6 +404,7 @@ mod tests {
                         sealed: &sealed,
                         signature: &signature,
                     },
+                    crate::texts::Signature::Unchecked,
                 ),
             };
             outcome.map(|o| self.keep(o)).map_err(|e| e.0)

@@ -129,8 +129,14 @@ fn apply(core: &Core, envelopes: Vec<(u64, Envelope, [u8; 16])>) -> Result<Proce
     core.keystore().transaction(|ks| {
         let mut items = Vec::with_capacity(envelopes.len());
         let mut downloads = Vec::new();
+        let checked = group_signatures(ks, &envelopes)?;
         for (seq, envelope, event_id) in envelopes {
-            match take(&core.me, ks, envelope, event_id)? {
+            let signature = if checked.contains(&seq) {
+                texts::Signature::CheckedInBatch
+            } else {
+                texts::Signature::Unchecked
+            };
+            match take(&core.me, ks, envelope, event_id, signature)? {
                 Ok(outcome) => {
                     if let Some(change) = outcome.change {
                         ks.apply(&change)?;
@@ -147,6 +153,57 @@ fn apply(core: &Core, envelopes: Vec<(u64, Envelope, [u8; 16])>) -> Result<Proce
     })
 }
 
+/// The queue positions of the group texts in a batch whose signatures
+/// were checked together, against epochs we already hold. A batch that
+/// fails leaves each text to be checked alone (and the bad one refused).
+fn group_signatures(
+    ks: &Keystore,
+    envelopes: &[(u64, Envelope, [u8; 16])],
+) -> Result<Vec<u64>, ClientError> {
+    let mut held = Vec::new();
+    for (seq, envelope, _) in envelopes {
+        if let Envelope::GroupText {
+            group_id, epoch, ..
+        } = envelope
+            && let Some(keys) = ks.group_epoch(*group_id, *epoch)?
+        {
+            held.push((*seq, keys, envelope));
+        }
+    }
+    if held.len() < 2 {
+        return Ok(Vec::new());
+    }
+    let texts: Vec<_> = held
+        .iter()
+        .filter_map(|(_, keys, envelope)| match envelope {
+            Envelope::GroupText {
+                id,
+                group_id,
+                from,
+                epoch,
+                sealed,
+                signature,
+            } => Some((
+                &**keys,
+                texts::GroupText {
+                    id: *id,
+                    group_id: *group_id,
+                    from,
+                    epoch: *epoch,
+                    sealed,
+                    signature,
+                },
+            )),
+            _ => None,
+        })
+        .collect();
+    Ok(if texts::verify_group_batch(&texts) {
+        held.iter().map(|(seq, _, _)| *seq).collect()
+    } else {
+        Vec::new()
+    })
+}
+
 /// Hands `envelope` to its room with what the keystore knows that the room
 /// needs. The outer error is the keystore failing (nothing is
 /// acknowledged); the inner one an envelope that failed a check.
@@ -155,6 +212,7 @@ fn take(
     ks: &Keystore,
     envelope: Envelope,
     event_id: [u8; 16],
+    signature_check: texts::Signature,
 ) -> Result<Result<Outcome, Invalid>, ClientError> {
     Ok(match envelope {
         Envelope::Delivered { from, ids } => Ok(texts::on_delivered(from, ids)),
@@ -180,6 +238,7 @@ fn take(
                 sealed: &sealed,
                 signature: &signature,
             },
+            signature_check,
         ),
         Envelope::FriendRequest {
             from,

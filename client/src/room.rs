@@ -68,6 +68,16 @@ impl EpochKeys {
         }
     }
 
+    /// The signing key of `name` if a member at this epoch.
+    pub fn member_key(&self, name: &str) -> Result<&VerifyKey, MemberCheck> {
+        let i = self
+            .roster
+            .iter()
+            .position(|r| r.name == name)
+            .ok_or(MemberCheck::NotMember)?;
+        self.verifiers[i].as_ref().ok_or(MemberCheck::BadSignature)
+    }
+
     /// Checks that `name` was a member at this epoch and signed `message`.
     pub fn verify_member(
         &self,
@@ -75,14 +85,9 @@ impl EpochKeys {
         message: &[u8],
         signature: &[u8],
     ) -> Result<(), MemberCheck> {
-        let i = self
-            .roster
-            .iter()
-            .position(|r| r.name == name)
-            .ok_or(MemberCheck::NotMember)?;
-        match &self.verifiers[i] {
-            Some(v) if v.verify(message, signature).is_ok() => Ok(()),
-            _ => Err(MemberCheck::BadSignature),
+        match self.member_key(name)?.verify(message, signature) {
+            Ok(()) => Ok(()),
+            Err(_) => Err(MemberCheck::BadSignature),
         }
     }
 }

@@ -138,6 +138,44 @@ pub(crate) struct GroupText<'a> {
     pub signature: &'a [u8],
 }
 
+/// What a group text's sender signed.
+fn signed_part(t: &GroupText<'_>) -> Vec<u8> {
+    transcript::group_text_signature(
+        t.group_id,
+        t.epoch,
+        t.from,
+        &t.id.0,
+        &t.sealed.nonce,
+        &t.sealed.ciphertext,
+    )
+}
+
+/// Checks the signatures of several group texts together, each against
+/// the roster of the epoch it claims: `true` if every sender was a member
+/// and every signature verifies (see [`fastchat_crypto::signing::verify_batch`]
+/// for what that costs and how it is weaker). On `false`, [`open_group`]
+/// checks each text alone.
+pub(crate) fn verify_group_batch(texts: &[(&EpochKeys, GroupText<'_>)]) -> bool {
+    let signed: Vec<Vec<u8>> = texts.iter().map(|(_, t)| signed_part(t)).collect();
+    let mut items = Vec::with_capacity(texts.len());
+    for ((keys, t), message) in texts.iter().zip(&signed) {
+        match keys.member_key(t.from) {
+            Ok(key) => items.push((key, message.as_slice(), t.signature)),
+            Err(_) => return false,
+        }
+    }
+    fastchat_crypto::signing::verify_batch(&items).is_ok()
+}
+
+/// Whether a group text's signature is still to be checked.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Signature {
+    /// Check it (and the sender's membership) here.
+    Unchecked,
+    /// [`verify_group_batch`] checked both against this epoch's roster.
+    CheckedInBatch,
+}
+
 /// Opens a group text: the sender must be in the roster of the epoch it
 /// claims (`at_epoch`, the keys we hold for it), and its signature must
 /// verify with that roster's key.
@@ -145,28 +183,29 @@ pub(crate) fn open_group(
     group_name: Option<&str>,
     at_epoch: Option<&EpochKeys>,
     text: &GroupText<'_>,
+    signature: Signature,
 ) -> Result<Outcome, Invalid> {
     let name = group_name.ok_or_else(|| invalid("a text for a group we do not know"))?;
-    let plain = verify_group_text(at_epoch, text)
+    let plain = verify_group_text(at_epoch, text, signature)
         .map_err(|why| invalid(format!("a text in {name}: {why}")))?;
     text_item(text.id, text.from, Some(name.to_string()), &plain)
 }
 
-fn verify_group_text(at_epoch: Option<&EpochKeys>, t: &GroupText<'_>) -> Result<Vec<u8>, String> {
+fn verify_group_text(
+    at_epoch: Option<&EpochKeys>,
+    t: &GroupText<'_>,
+    signature: Signature,
+) -> Result<Vec<u8>, String> {
     let keys = at_epoch.ok_or_else(|| format!("we hold no key for epoch {}", t.epoch))?;
-    let signed = transcript::group_text_signature(
-        t.group_id,
-        t.epoch,
-        t.from,
-        &t.id.0,
-        &t.sealed.nonce,
-        &t.sealed.ciphertext,
-    );
-    keys.verify_member(t.from, &signed, t.signature)
-        .map_err(|e| match e {
-            MemberCheck::NotMember => format!("{} was not a member at epoch {}", t.from, t.epoch),
-            MemberCheck::BadSignature => format!("the signature is not {}'s", t.from),
-        })?;
+    if signature == Signature::Unchecked {
+        keys.verify_member(t.from, &signed_part(t), t.signature)
+            .map_err(|e| match e {
+                MemberCheck::NotMember => {
+                    format!("{} was not a member at epoch {}", t.from, t.epoch)
+                }
+                MemberCheck::BadSignature => format!("the signature is not {}'s", t.from),
+            })?;
+    }
     keys.key
         .open(
             &transcript::group_text_aad(t.group_id, t.epoch, t.from, &t.id.0),
@@ -232,6 +271,7 @@ pub(crate) fn receipts(fresh: &[InboxItem]) -> Result<Vec<Receipt>, ClientError>
 mod tests {
 
     use super::*;
+    use fastchat_proto::group::RosterEntry;
 
     fn me(name: &str) -> Me {
         Me::generate(name)
@@ -309,5 +349,99 @@ mod tests {
                 ("bob", vec![MessageId([2; 16])]),
             ]
         );
+    }
+
+    #[test]
+    fn group_texts_checked_in_a_batch_open_and_one_bad_signature_fails_the_batch() {
+        let (alice, bob, mallory) = (me("alice"), me("bob"), me("mallory"));
+        let roster: Vec<RosterEntry> = [&alice, &bob]
+            .iter()
+            .map(|m| RosterEntry {
+                name: m.name.clone(),
+                signing_key: m.signing.public(),
+            })
+            .collect();
+        let key = ConversationKey::generate().unwrap();
+        let group = GroupState {
+            id: 7,
+            name: "team".into(),
+            admin: "alice".into(),
+            epoch: 1,
+            member: true,
+            roster: roster.clone(),
+            key: Some(ConversationKey::from_bytes(*key.as_bytes())),
+        };
+        let epoch = EpochKeys::new(key, roster);
+        let sealed: Vec<(String, OutgoingGroupText)> =
+            [(&alice, "one"), (&bob, "two"), (&alice, "three")]
+                .iter()
+                .map(|(who, text)| {
+                    match seal_group(who, &group, &draft(text).unwrap()).unwrap().0 {
+                        Outgoing::Group(g) => (who.name.clone(), g),
+                        _ => unreachable!(),
+                    }
+                })
+                .collect();
+        let texts: Vec<(&EpochKeys, GroupText<'_>)> = sealed
+            .iter()
+            .map(|(from, g)| (&epoch, view(from, g)))
+            .collect();
+        assert!(verify_group_batch(&texts));
+        for (_, t) in &texts {
+            let item = open_group(Some("team"), Some(&epoch), t, Signature::CheckedInBatch)
+                .unwrap()
+                .item
+                .unwrap();
+            assert_eq!(item.from, t.from);
+        }
+        // A text claimed by another member, and one from outside the
+        // roster, each fail the whole batch; alone, each is refused.
+        let mut forged: Vec<(&EpochKeys, GroupText<'_>)> = sealed
+            .iter()
+            .map(|(from, g)| (&epoch, view(from, g)))
+            .collect();
+        forged[1].1.from = "alice";
+        assert!(!verify_group_batch(&forged));
+        assert!(
+            open_group(
+                Some("team"),
+                Some(&epoch),
+                &forged[1].1,
+                Signature::Unchecked
+            )
+            .is_err()
+        );
+        let stranger = seal_group(&mallory, &group, &draft("hi").unwrap())
+            .unwrap()
+            .0;
+        let Outgoing::Group(stranger) = stranger else {
+            unreachable!()
+        };
+        let mut outside: Vec<(&EpochKeys, GroupText<'_>)> = sealed
+            .iter()
+            .map(|(from, g)| (&epoch, view(from, g)))
+            .collect();
+        outside.push((&epoch, view("mallory", &stranger)));
+        assert!(!verify_group_batch(&outside));
+        assert!(
+            open_group(
+                Some("team"),
+                Some(&epoch),
+                &outside[3].1,
+                Signature::Unchecked
+            )
+            .is_err()
+        );
+    }
+
+    fn view<'a>(from: &'a str, g: &'a OutgoingGroupText) -> GroupText<'a> {
+        GroupText {
+            id: g.id,
+            group_id: g.group_id,
+            from,
+            epoch: g.epoch,
+            sealed: &g.sealed,
+            signature: &g.signature,
+        }
     }
 }
