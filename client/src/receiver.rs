@@ -175,33 +175,35 @@ fn group_signatures(
     }
     let texts: Vec<_> = held
         .iter()
-        .filter_map(|(_, keys, envelope)| match envelope {
-            Envelope::GroupText {
-                id,
-                group_id,
-                from,
-                epoch,
-                sealed,
-                signature,
-            } => Some((
-                &**keys,
-                texts::GroupText {
-                    id: *id,
-                    group_id: *group_id,
-                    from,
-                    epoch: *epoch,
-                    sealed,
-                    signature,
-                },
-            )),
-            _ => None,
-        })
+        .filter_map(|(_, keys, envelope)| Some((&**keys, group_text(envelope)?)))
         .collect();
     Ok(if texts::verify_group_batch(&texts) {
         held.iter().map(|(seq, _, _)| *seq).collect()
     } else {
         Vec::new()
     })
+}
+
+/// A group text's fields, as its room reads them.
+fn group_text(envelope: &Envelope) -> Option<texts::GroupText<'_>> {
+    match envelope {
+        Envelope::GroupText {
+            id,
+            group_id,
+            from,
+            epoch,
+            sealed,
+            signature,
+        } => Some(texts::GroupText {
+            id: *id,
+            group_id: *group_id,
+            from,
+            epoch: *epoch,
+            sealed,
+            signature,
+        }),
+        _ => None,
+    }
 }
 
 /// Hands `envelope` to its room with what the keystore knows that the room
@@ -220,26 +222,15 @@ fn take(
             let key = ks.friend_key(&from)?;
             texts::open_direct(me, &from, key.as_ref(), id, &sealed)
         }
-        Envelope::GroupText {
-            id,
-            group_id,
-            from,
-            epoch,
-            sealed,
-            signature,
-        } => texts::open_group(
-            ks.group_name(group_id)?.as_deref(),
-            ks.group_epoch(group_id, epoch)?.as_deref(),
-            &texts::GroupText {
-                id,
-                group_id,
-                from: &from,
-                epoch,
-                sealed: &sealed,
-                signature: &signature,
-            },
-            signature_check,
-        ),
+        Envelope::GroupText { .. } => match group_text(&envelope) {
+            Some(text) => texts::open_group(
+                ks.group_name(text.group_id)?.as_deref(),
+                ks.group_epoch(text.group_id, text.epoch)?.as_deref(),
+                &text,
+                signature_check,
+            ),
+            None => unreachable!("a group text"),
+        },
         Envelope::FriendRequest {
             from,
             public_key,
