@@ -27,7 +27,7 @@ pub(crate) async fn wait(
         // Acks may come in any order, so only the store can say that
         // nothing at or before `upto` is left; the watch just wakes us.
         acked.borrow_and_update();
-        if shared.store.count_pending_upto(user, upto).await? == 0 {
+        if !shared.store.any_pending_upto(user, upto).await? {
             return Ok(Response::Synced);
         }
         if Instant::now() > deadline {

@@ -118,11 +118,18 @@ pub async fn friendship_lifecycle_and_queue(s: &dyn Store) {
     assert_eq!(s.count_pending_upto("bob", last).await.unwrap(), 2);
     // "Everything", as a login asks, must not wrap to a negative position.
     assert_eq!(s.count_pending_upto("bob", u64::MAX).await.unwrap(), 2);
+    assert!(s.any_pending_upto("bob", u64::MAX).await.unwrap());
+    assert!(s.any_pending_upto("bob", bob[0].0).await.unwrap());
+    assert!(!s.any_pending_upto("bob", bob[0].0 - 1).await.unwrap());
+    assert!(!s.any_pending_upto("carol", u64::MAX).await.unwrap());
     assert_eq!(s.queue_depth().await.unwrap(), 3);
     s.ack("bob", &[bob[0].0]).await.unwrap();
     s.ack("alice", &[bob[1].0]).await.unwrap(); // not alice's: no effect
     s.ack("bob", &[]).await.unwrap();
     assert_eq!(s.pending("bob", 0, 100).await.unwrap().len(), 1);
+    // The request is acknowledged; the text after it is not.
+    assert!(!s.any_pending_upto("bob", bob[0].0).await.unwrap());
+    assert!(s.any_pending_upto("bob", bob[1].0).await.unwrap());
     assert_eq!(s.last_pending("carol").await.unwrap(), None);
 }
 

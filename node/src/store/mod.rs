@@ -294,6 +294,10 @@ pub trait Store: Send + Sync + 'static {
     async fn last_pending(&self, user: &str) -> Result<Option<u64>, StoreError>;
     /// How many envelopes for `user` remain at or before position `upto`.
     async fn count_pending_upto(&self, user: &str, upto: u64) -> Result<u64, StoreError>;
+    /// Whether anything for `user` remains at or before position `upto`:
+    /// one index probe, where a count reads every row left (a sync asked
+    /// this after every ack of a 100,000-text backlog).
+    async fn any_pending_upto(&self, user: &str, upto: u64) -> Result<bool, StoreError>;
     /// Closes the store's files and connections; later calls fail as unavailable.
     async fn close(&self);
 }

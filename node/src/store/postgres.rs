@@ -956,6 +956,18 @@ impl Store for PostgresStore {
         Ok(row.get::<_, Option<i64>>(0).map(|s| s as u64))
     }
 
+    async fn any_pending_upto(&self, user: &str, upto: u64) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT EXISTS(SELECT 1 FROM queue WHERE recipient = $1 AND seq <= $2)",
+                &[&user, &(upto.min(i64::MAX as u64) as i64)],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(row.get::<_, bool>(0))
+    }
+
     async fn count_pending_upto(&self, user: &str, upto: u64) -> Result<u64, StoreError> {
         let client = self.client().await?;
         let row = client

@@ -1111,6 +1111,19 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn any_pending_upto(&self, user: &str, upto: u64) -> Result<bool, StoreError> {
+        let user = user.to_string();
+        self.read(move |c| {
+            c.query_row(
+                "SELECT EXISTS(SELECT 1 FROM queue WHERE recipient = ?1 AND seq <= ?2)",
+                params![user, upto.min(i64::MAX as u64) as i64],
+                |r| r.get::<_, bool>(0),
+            )
+            .map_err(unavailable)
+        })
+        .await
+    }
+
     async fn count_pending_upto(&self, user: &str, upto: u64) -> Result<u64, StoreError> {
         let user = user.to_string();
         self.read(move |c| {
