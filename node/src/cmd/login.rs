@@ -83,7 +83,7 @@ pub(super) async fn login(
         return Err(auth_failed());
     }
     let name = challenge.name;
-    let pending = shared.store.count_pending_upto(&name, u64::MAX).await?;
+    let pending = shared.store.queued_for(&name).await?;
     tracing::info!(user = %name, pending, "logged in");
     session.user = Some(name);
     Ok(Response::LoggedIn { pending })

@@ -115,9 +115,9 @@ pub async fn friendship_lifecycle_and_queue(s: &dyn Store) {
     assert_eq!(s.pending("bob", 0, 1).await.unwrap().len(), 1);
     let last = s.last_pending("bob").await.unwrap().unwrap();
     assert_eq!(last, bob[1].0);
-    assert_eq!(s.count_pending_upto("bob", last).await.unwrap(), 2);
-    // "Everything", as a login asks, must not wrap to a negative position.
-    assert_eq!(s.count_pending_upto("bob", u64::MAX).await.unwrap(), 2);
+    assert_eq!(s.queued_for("bob").await.unwrap(), 2);
+    assert_eq!(s.queued_for("carol").await.unwrap(), 0);
+    // "Everything" must not wrap to a negative position.
     assert!(s.any_pending_upto("bob", u64::MAX).await.unwrap());
     assert!(s.any_pending_upto("bob", bob[0].0).await.unwrap());
     assert!(!s.any_pending_upto("bob", bob[0].0 - 1).await.unwrap());
@@ -128,6 +128,7 @@ pub async fn friendship_lifecycle_and_queue(s: &dyn Store) {
     s.ack("bob", &[]).await.unwrap();
     assert_eq!(s.pending("bob", 0, 100).await.unwrap().len(), 1);
     // The request is acknowledged; the text after it is not.
+    assert_eq!(s.queued_for("bob").await.unwrap(), 1);
     assert!(!s.any_pending_upto("bob", bob[0].0).await.unwrap());
     assert!(s.any_pending_upto("bob", bob[1].0).await.unwrap());
     assert_eq!(s.last_pending("carol").await.unwrap(), None);

@@ -292,8 +292,9 @@ pub trait Store: Send + Sync + 'static {
     async fn queue_depth(&self) -> Result<u64, StoreError>;
     /// The newest queue position holding something for `user`.
     async fn last_pending(&self, user: &str) -> Result<Option<u64>, StoreError>;
-    /// How many envelopes for `user` remain at or before position `upto`.
-    async fn count_pending_upto(&self, user: &str, upto: u64) -> Result<u64, StoreError>;
+    /// How many envelopes wait for `user`, from the usage kept with every
+    /// insert and delete (a count would read the whole backlog at login).
+    async fn queued_for(&self, user: &str) -> Result<u64, StoreError>;
     /// Whether anything for `user` remains at or before position `upto`:
     /// one index probe, where a count reads every row left (a sync asked
     /// this after every ack of a 100,000-text backlog).

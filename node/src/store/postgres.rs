@@ -968,16 +968,13 @@ impl Store for PostgresStore {
         Ok(row.get::<_, bool>(0))
     }
 
-    async fn count_pending_upto(&self, user: &str, upto: u64) -> Result<u64, StoreError> {
+    async fn queued_for(&self, user: &str) -> Result<u64, StoreError> {
         let client = self.client().await?;
         let row = client
-            .query_one(
-                "SELECT COUNT(*) FROM queue WHERE recipient = $1 AND seq <= $2",
-                &[&user, &(upto.min(i64::MAX as u64) as i64)],
-            )
+            .query_opt(USAGE, &[&user])
             .await
             .map_err(unavailable)?;
-        Ok(row.get::<_, i64>(0) as u64)
+        Ok(row.map_or(0, |r| r.get::<_, i64>(0).max(0) as u64))
     }
 
     async fn close(&self) {

@@ -1124,15 +1124,16 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn count_pending_upto(&self, user: &str, upto: u64) -> Result<u64, StoreError> {
+    async fn queued_for(&self, user: &str) -> Result<u64, StoreError> {
         let user = user.to_string();
         self.read(move |c| {
             c.query_row(
-                "SELECT COUNT(*) FROM queue WHERE recipient = ?1 AND seq <= ?2",
-                params![user, upto.min(i64::MAX as u64) as i64],
+                "SELECT texts FROM queue_usage WHERE recipient = ?1",
+                params![user],
                 |r| r.get::<_, i64>(0),
             )
-            .map(|n| n as u64)
+            .optional()
+            .map(|n| n.unwrap_or(0).max(0) as u64)
             .map_err(unavailable)
         })
         .await
@@ -1205,7 +1206,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(seq, 4);
-        assert_eq!(s.count_pending_upto("bob", u64::MAX).await.unwrap(), 3);
+        assert_eq!(s.queued_for("bob").await.unwrap(), 3);
         drop(s);
         // Opening again leaves the new layout as it is.
         let again = SqliteStore::open(&path, Durability::Process).unwrap();
