@@ -553,7 +553,7 @@ impl Client {
     ) -> Result<UploadReport, ClientError> {
         let report = |done: u64, total: u64| {
             progress(done, total);
-            let _ = self.core.progress.send(Progress {
+            self.core.progress.send(Progress {
                 id: MessageId(rec.id),
                 direction: Direction::Up,
                 peer: rec.label.clone(),

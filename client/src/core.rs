@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use fastchat_crypto::SigningIdentity;
 use fastchat_proto::control::{Request, Response};
@@ -38,8 +38,8 @@ pub(crate) struct Core {
     /// Signs logins (bound to the identity at the node).
     pub login_key: SigningIdentity,
     pub keystore: Mutex<Keystore>,
-    pub events: broadcast::Sender<InboxItem>,
-    pub progress: broadcast::Sender<Progress>,
+    pub events: LazyBroadcast<InboxItem>,
+    pub progress: LazyBroadcast<Progress>,
     /// The balancer to ask for a node again when ours goes away.
     pub server: String,
     /// The connection to our node now; replaced on failover.
@@ -58,9 +58,42 @@ pub(crate) struct Core {
 }
 
 /// Items a slow [`crate::Client::subscribe`]r may fall behind by.
-const EVENT_SLOTS: usize = 1024;
+const EVENT_SLOTS: usize = 4096;
 /// Progress reports a slow subscriber may fall behind by.
-const PROGRESS_SLOTS: usize = 128;
+const PROGRESS_SLOTS: usize = 1024;
+
+/// A broadcast channel made at its first subscription. Tokio allocates
+/// every slot up front (4096 items are a megabyte zeroed), which each client
+/// start paid though most (a `send`, a `recv`) never subscribe; until
+/// someone does, nothing is sent, as a channel without receivers would drop
+/// it anyway.
+pub(crate) struct LazyBroadcast<T> {
+    slots: usize,
+    tx: OnceLock<broadcast::Sender<T>>,
+}
+
+impl<T: Clone> LazyBroadcast<T> {
+    fn new(slots: usize) -> Self {
+        Self {
+            slots,
+            tx: OnceLock::new(),
+        }
+    }
+
+    /// Sends `value` to the subscribers, if any.
+    pub fn send(&self, value: T) {
+        if let Some(tx) = self.tx.get() {
+            let _ = tx.send(value);
+        }
+    }
+
+    /// A new subscriber, seeing what is sent from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<T> {
+        self.tx
+            .get_or_init(|| broadcast::channel(self.slots).0)
+            .subscribe()
+    }
+}
 
 /// One connection to a node and its control stream.
 struct Link {
@@ -84,11 +117,8 @@ impl Core {
             home,
             login_key,
             keystore: Mutex::new(keystore),
-            // Tokio allocates every slot up front (4096 items were a megabyte
-            // zeroed per client start). The keystore is the record; a
-            // subscriber that lags is told so and rereads it.
-            events: broadcast::channel(EVENT_SLOTS).0,
-            progress: broadcast::channel(PROGRESS_SLOTS).0,
+            events: LazyBroadcast::new(EVENT_SLOTS),
+            progress: LazyBroadcast::new(PROGRESS_SLOTS),
             server,
             link: Mutex::new(Link {
                 conn,

@@ -43,7 +43,7 @@ pub(crate) fn spawn(core: Arc<Core>, conn: Connection, rec: DownloadRecord) {
         core.active_downloads.lock().expect("lock").remove(&key);
         match result {
             Ok(item) => {
-                let _ = core.events.send(item);
+                core.events.send(item);
                 let _ = core.changes.send(());
             }
             Err(ClientError::Disconnected) => {
@@ -52,7 +52,7 @@ pub(crate) fn spawn(core: Arc<Core>, conn: Connection, rec: DownloadRecord) {
             Err(e) => tracing::warn!(from = %rec.from, error = %e, "download failed"),
         }
         // Wake anyone waiting for downloads, whatever happened.
-        let _ = core.progress.send(Progress {
+        core.progress.send(Progress {
             id: MessageId(rec.id),
             direction: Direction::Down,
             peer: rec.from.clone(),
@@ -150,7 +150,7 @@ async fn run(
 
     let cipher = rec.cipher();
     let report = |done: u64| {
-        let _ = core.progress.send(Progress {
+        core.progress.send(Progress {
             id: MessageId(rec.id),
             direction: Direction::Down,
             peer: rec.from.clone(),

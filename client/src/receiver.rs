@@ -58,7 +58,7 @@ async fn serve(
     send_receipts(core, &fresh);
     let _ = core.changes.send(());
     for item in fresh {
-        let _ = core.events.send(item);
+        core.events.send(item);
     }
     for rec in downloads {
         crate::download::spawn(core.clone(), conn.clone(), rec);
