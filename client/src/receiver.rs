@@ -130,8 +130,8 @@ fn apply(core: &Core, envelopes: Vec<(u64, Envelope, [u8; 16])>) -> Result<Proce
         let mut items = Vec::with_capacity(envelopes.len());
         let mut downloads = Vec::new();
         let checked = group_signatures(ks, &envelopes)?;
-        for (seq, envelope, event_id) in envelopes {
-            let signature = if checked.contains(&seq) {
+        for ((seq, envelope, event_id), checked) in envelopes.into_iter().zip(checked) {
+            let signature = if checked {
                 texts::Signature::CheckedInBatch
             } else {
                 texts::Signature::Unchecked
@@ -153,35 +153,38 @@ fn apply(core: &Core, envelopes: Vec<(u64, Envelope, [u8; 16])>) -> Result<Proce
     })
 }
 
-/// The queue positions of the group texts in a batch whose signatures
-/// were checked together, against epochs we already hold. A batch that
-/// fails leaves each text to be checked alone (and the bad one refused).
+/// For each envelope of a batch, whether it is a group text whose
+/// signature was checked together with the others, against the epochs we
+/// already hold. A batch that fails leaves each text to be checked alone
+/// (and the bad one refused).
 fn group_signatures(
     ks: &Keystore,
     envelopes: &[(u64, Envelope, [u8; 16])],
-) -> Result<Vec<u64>, ClientError> {
+) -> Result<Vec<bool>, ClientError> {
+    let mut checked = vec![false; envelopes.len()];
     let mut held = Vec::new();
-    for (seq, envelope, _) in envelopes {
+    for (i, (_, envelope, _)) in envelopes.iter().enumerate() {
         if let Envelope::GroupText {
             group_id, epoch, ..
         } = envelope
             && let Some(keys) = ks.group_epoch(*group_id, *epoch)?
         {
-            held.push((*seq, keys, envelope));
+            held.push((i, keys, envelope));
         }
     }
     if held.len() < 2 {
-        return Ok(Vec::new());
+        return Ok(checked);
     }
     let texts: Vec<_> = held
         .iter()
         .filter_map(|(_, keys, envelope)| Some((&**keys, group_text(envelope)?)))
         .collect();
-    Ok(if texts::verify_group_batch(&texts) {
-        held.iter().map(|(seq, _, _)| *seq).collect()
-    } else {
-        Vec::new()
-    })
+    if texts::verify_group_batch(&texts) {
+        for (i, _, _) in &held {
+            checked[*i] = true;
+        }
+    }
+    Ok(checked)
 }
 
 /// A group text's fields, as its room reads them.
