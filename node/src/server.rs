@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::bus::{Bus, LocalBus, NatsBus};
 use crate::shared::{ImageLimits, Shared};
-use crate::store::{Durability, QueueLimits, SqliteStore, Store, StoreError};
+use crate::store::{Durability, QueueLimits, SharedSqlite, Store, StoreError};
 
 /// Everything a node needs to start.
 #[derive(Clone, Debug)]
@@ -118,7 +118,30 @@ pub struct NodeHandle {
     accept: JoinHandle<()>,
     links: Vec<JoinHandle<()>>,
     advertised: String,
-    store: Arc<dyn Store>,
+    store: OpenStore,
+}
+
+/// The store a node opened: its own, or a SQLite file shared with the
+/// other nodes of this process.
+enum OpenStore {
+    Own(Arc<dyn Store>),
+    Shared(SharedSqlite),
+}
+
+impl OpenStore {
+    fn handle(&self) -> Arc<dyn Store> {
+        match self {
+            Self::Own(store) => store.clone(),
+            Self::Shared(file) => file.store(),
+        }
+    }
+
+    async fn close(self) {
+        match self {
+            Self::Own(store) => store.close().await,
+            Self::Shared(file) => file.close().await,
+        }
+    }
 }
 
 impl NodeHandle {
@@ -156,7 +179,8 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         dir: config.data_dir.clone(),
         cause,
     })?;
-    let store = open_store(&config).await?;
+    let opened = open_store(&config).await?;
+    let store = opened.handle();
     let endpoint = server_endpoint(config.listen, &identity, ClientAuth::None)?;
     let local = endpoint.local_addr().expect("bound endpoint");
     let advertised = config.advertise.clone().unwrap_or_else(|| {
@@ -217,12 +241,12 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         accept,
         links,
         advertised,
-        store,
+        store: opened,
     })
 }
 
 /// Opens the store the configuration names.
-async fn open_store(config: &NodeConfig) -> Result<Arc<dyn Store>, NodeError> {
+async fn open_store(config: &NodeConfig) -> Result<OpenStore, NodeError> {
     let failed = |cause| NodeError::Store {
         dir: config.data_dir.clone(),
         cause,
@@ -238,15 +262,15 @@ async fn open_store(config: &NodeConfig) -> Result<Arc<dyn Store>, NodeError> {
             let store = crate::store::PostgresStore::connect(url, &tls)
                 .await
                 .map_err(failed)?;
-            Ok(Arc::new(store))
+            Ok(OpenStore::Own(Arc::new(store)))
         }
         other => {
             let path = match other {
                 Some(path) => PathBuf::from(path.strip_prefix("sqlite://").unwrap_or(path)),
                 None => config.data_dir.join(DB_FILE),
             };
-            let store = SqliteStore::open(&path, config.durability).map_err(failed)?;
-            Ok(Arc::new(store))
+            let file = SharedSqlite::open(&path, config.durability).map_err(failed)?;
+            Ok(OpenStore::Shared(file))
         }
     }
 }

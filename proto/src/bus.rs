@@ -9,26 +9,42 @@ use crate::limits::MAX_MESSAGE_FRAME;
 /// Most bytes a node asks of another's blob in one request.
 pub const MAX_BLOB_RANGE: u32 = 1 << 20;
 
-/// A live delivery: origin node, queue position, encoded envelope.
-pub fn encode_live(origin: &str, seq: u64, envelope: &[u8]) -> Vec<u8> {
+/// Most bytes of envelopes one batch of live deliveries carries (a single
+/// larger envelope goes alone); well under NATS's 1 MiB payload limit.
+pub const LIVE_BATCH_BYTES: usize = 256 * 1024;
+
+/// Live deliveries for one user, in queue order: origin node, then each
+/// envelope with its queue position and length.
+pub fn encode_lives<'a>(origin: &str, lives: impl IntoIterator<Item = (u64, &'a [u8])>) -> Vec<u8> {
     let origin = &origin.as_bytes()[..origin.len().min(u8::MAX as usize)];
-    let mut out = Vec::with_capacity(9 + origin.len() + envelope.len());
+    let mut out = Vec::with_capacity(1 + origin.len() + 512);
     out.push(origin.len() as u8);
     out.extend_from_slice(origin);
-    out.extend_from_slice(&seq.to_be_bytes());
-    out.extend_from_slice(envelope);
+    for (seq, envelope) in lives {
+        out.extend_from_slice(&seq.to_be_bytes());
+        out.extend_from_slice(&(envelope.len() as u32).to_be_bytes());
+        out.extend_from_slice(envelope);
+    }
     out
 }
 
-/// The parts of a live delivery, if it is one: its envelope no larger than
-/// a message frame may be.
-pub fn decode_live(bytes: &[u8]) -> Option<(&str, u64, &[u8])> {
+/// The origin and deliveries of a batch, if it is one: at least one
+/// delivery, each envelope no larger than a message frame may be.
+pub fn decode_lives(bytes: &[u8]) -> Option<(&str, Vec<(u64, &[u8])>)> {
     let (&n, rest) = bytes.split_first()?;
     let origin = std::str::from_utf8(rest.get(..n as usize)?).ok()?;
-    let rest = &rest[n as usize..];
-    let seq = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
-    let envelope = &rest[8..];
-    (envelope.len() <= MAX_MESSAGE_FRAME).then_some((origin, seq, envelope))
+    let mut rest = &rest[n as usize..];
+    let mut lives = Vec::new();
+    while !rest.is_empty() {
+        let seq = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
+        let len = u32::from_be_bytes(rest.get(8..12)?.try_into().ok()?) as usize;
+        if len > MAX_MESSAGE_FRAME {
+            return None;
+        }
+        lives.push((seq, rest.get(12..12 + len)?));
+        rest = &rest[12 + len..];
+    }
+    (!lives.is_empty()).then_some((origin, lives))
 }
 
 /// A blob range request: blob id, offset, most bytes wanted.
@@ -88,15 +104,23 @@ mod tests {
 
     #[test]
     fn wire_formats_round_trip_and_refuse_what_they_should() {
-        let bytes = encode_live("127.0.0.1:7701", 42, b"sealed");
+        let bytes = encode_lives("127.0.0.1:7701", [(42, &b"sealed"[..]), (43, &b""[..])]);
         assert_eq!(
-            decode_live(&bytes),
-            Some(("127.0.0.1:7701", 42, &b"sealed"[..]))
+            decode_lives(&bytes),
+            Some(("127.0.0.1:7701", vec![(42, &b"sealed"[..]), (43, &b""[..])]))
         );
-        assert!(decode_live(&bytes[..5]).is_none());
-        assert!(decode_live(&[]).is_none());
-        let huge = encode_live("n", 1, &vec![0; MAX_MESSAGE_FRAME + 1]);
-        assert!(decode_live(&huge).is_none(), "an envelope past a frame");
+        for cut in 1..bytes.len() {
+            if cut != bytes.len() - 12 {
+                assert!(decode_lives(&bytes[..cut]).is_none(), "cut at {cut}");
+            }
+        }
+        assert!(decode_lives(&[]).is_none());
+        assert!(
+            decode_lives(&encode_lives("n", [])).is_none(),
+            "no delivery"
+        );
+        let huge = encode_lives("n", [(1, &vec![0; MAX_MESSAGE_FRAME + 1][..])]);
+        assert!(decode_lives(&huge).is_none(), "an envelope past a frame");
         assert_eq!(
             decode_range(&encode_range(7, 1 << 40, 65536)),
             Some((7, 1 << 40, 65536))

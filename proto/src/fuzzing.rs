@@ -72,7 +72,7 @@ pub fn image(data: &[u8]) {
 
 /// What nodes send each other on the bus (`crate::bus`).
 pub fn bus(data: &[u8]) {
-    let _ = crate::bus::decode_live(data);
+    let _ = crate::bus::decode_lives(data);
     let _ = crate::bus::decode_range(data);
     let _ = crate::bus::decode_reply(data);
     let _ = crate::bus::decode_drop(data);

@@ -43,6 +43,14 @@ fn drop_subject(node: &str) -> String {
     format!("fastchat.drop.{}", hex::encode(node))
 }
 
+/// What the publisher sends for the node.
+enum Outgoing {
+    /// A stored envelope for a user's sessions elsewhere.
+    Live(String, Live),
+    /// A blob its owner may delete.
+    Drop(String, u64),
+}
+
 struct Route {
     sessions: usize,
     task: JoinHandle<()>,
@@ -54,7 +62,7 @@ pub struct NatsBus {
     node_id: String,
     sessions: OnceLock<Arc<Sessions>>,
     routes: Mutex<HashMap<String, Route>>,
-    outgoing: mpsc::UnboundedSender<(String, Bytes)>,
+    outgoing: mpsc::UnboundedSender<Outgoing>,
     reconnects: watch::Sender<u64>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -77,6 +85,8 @@ impl NatsBus {
                 );
         }
         let client = options
+            // Our own deliveries were pushed locally already.
+            .no_echo()
             .name(format!("fastchat-node {node_id}"))
             .request_timeout(Some(REQUEST_TIMEOUT))
             .connection_timeout(Duration::from_secs(5))
@@ -101,7 +111,7 @@ impl NatsBus {
                 cause: e.to_string(),
             })?;
         let (outgoing, rx) = mpsc::unbounded_channel();
-        let publisher = tokio::spawn(publish_loop(client.clone(), rx));
+        let publisher = tokio::spawn(publish_loop(client.clone(), node_id.to_string(), rx));
         Ok(Self {
             client,
             node_id: node_id.to_string(),
@@ -172,12 +182,55 @@ impl Drop for NatsBus {
     }
 }
 
-async fn publish_loop(client: Client, mut rx: mpsc::UnboundedReceiver<(String, Bytes)>) {
-    while let Some((subject, payload)) = rx.recv().await {
-        if let Err(e) = client.publish(subject, payload).await {
-            // The envelope is stored; the recipient's node finds it on its next store poll.
-            tracing::warn!(error = %e, "cannot publish a delivery on the bus");
+/// Publishes what the node hands over, grouping whatever is waiting: one
+/// bus message per user carries all of that user's waiting deliveries, in
+/// queue order, so the bus costs per batch and not per text under load.
+async fn publish_loop(client: Client, origin: String, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
+    let mut waiting = Vec::new();
+    while rx.recv_many(&mut waiting, 1024).await > 0 {
+        let mut users: Vec<(String, Vec<Live>)> = Vec::new();
+        let mut at: HashMap<String, usize> = HashMap::new();
+        for out in waiting.drain(..) {
+            match out {
+                Outgoing::Live(user, live) => match at.get(&user) {
+                    Some(&i) => users[i].1.push(live),
+                    None => {
+                        at.insert(user.clone(), users.len());
+                        users.push((user, vec![live]));
+                    }
+                },
+                Outgoing::Drop(owner, blob) => {
+                    let payload = Bytes::copy_from_slice(&blob.to_be_bytes());
+                    send(&client, drop_subject(&owner), payload).await;
+                }
+            }
         }
+        for (user, lives) in users {
+            let subject = user_subject(&user);
+            let mut rest = &lives[..];
+            while !rest.is_empty() {
+                let mut bytes = 0;
+                let n = rest
+                    .iter()
+                    .take_while(|l| {
+                        bytes += l.envelope.len();
+                        bytes <= wire::LIVE_BATCH_BYTES
+                    })
+                    .count()
+                    .max(1);
+                let payload =
+                    wire::encode_lives(&origin, rest[..n].iter().map(|l| (l.seq, &l.envelope[..])));
+                send(&client, subject.clone(), payload.into()).await;
+                rest = &rest[n..];
+            }
+        }
+    }
+}
+
+async fn send(client: &Client, subject: String, payload: Bytes) {
+    if let Err(e) = client.publish(subject, payload).await {
+        // What it carried is stored; the recipient's node finds it on its next store poll.
+        tracing::warn!(error = %e, "cannot publish on the bus");
     }
 }
 
@@ -188,16 +241,20 @@ async fn forward(
     sessions: Arc<Sessions>,
 ) {
     while let Some(msg) = sub.next().await {
-        match wire::decode_live(&msg.payload) {
+        match wire::decode_lives(&msg.payload) {
             // Our own publishes were pushed locally already.
-            Some((origin, _, _)) if origin == me => {}
-            Some((_, seq, envelope)) => sessions.push(
-                &user,
-                Live {
-                    seq,
-                    envelope: Arc::new(envelope.to_vec()),
-                },
-            ),
+            Some((origin, _)) if origin == me => {}
+            Some((_, lives)) => {
+                for (seq, envelope) in lives {
+                    sessions.push(
+                        &user,
+                        Live {
+                            seq,
+                            envelope: Arc::new(envelope.to_vec()),
+                        },
+                    );
+                }
+            }
             None => tracing::warn!("malformed delivery on the bus"),
         }
     }
@@ -265,10 +322,9 @@ impl Bus for NatsBus {
     }
 
     fn publish(&self, user: &str, live: &Live) {
-        let _ = self.outgoing.send((
-            user_subject(user),
-            wire::encode_live(&self.node_id, live.seq, &live.envelope).into(),
-        ));
+        let _ = self
+            .outgoing
+            .send(Outgoing::Live(user.to_string(), live.clone()));
     }
 
     async fn fetch_blob(
@@ -298,10 +354,9 @@ impl Bus for NatsBus {
     }
 
     fn drop_blob(&self, owner: &str, blob_id: u64) {
-        let _ = self.outgoing.send((
-            drop_subject(owner),
-            Bytes::copy_from_slice(&blob_id.to_be_bytes()),
-        ));
+        let _ = self
+            .outgoing
+            .send(Outgoing::Drop(owner.to_string(), blob_id));
     }
 
     fn reconnects(&self) -> watch::Receiver<u64> {

@@ -6,6 +6,7 @@
 mod conformance;
 mod policy;
 mod postgres;
+mod shared_file;
 mod sqlite;
 
 use async_trait::async_trait;
@@ -13,6 +14,7 @@ use fastchat_proto::control::Relation;
 use fastchat_proto::{ErrorCode, MessageId, ProtoError};
 
 pub use postgres::{PostgresStore, PostgresTls};
+pub use shared_file::SharedSqlite;
 pub use sqlite::{Durability, SqliteStore};
 
 /// One queued envelope: its queue position and its encoded bytes.
