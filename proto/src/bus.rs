@@ -28,9 +28,13 @@ pub fn encode_lives<'a>(origin: &str, lives: impl IntoIterator<Item = (u64, &'a 
     out
 }
 
+/// A batch of live deliveries as read: origin node, then (queue position,
+/// envelope) in queue order.
+pub type Lives<'a> = (&'a str, Vec<(u64, &'a [u8])>);
+
 /// The origin and deliveries of a batch, if it is one: at least one
 /// delivery, each envelope no larger than a message frame may be.
-pub fn decode_lives(bytes: &[u8]) -> Option<(&str, Vec<(u64, &[u8])>)> {
+pub fn decode_lives(bytes: &[u8]) -> Option<Lives<'_>> {
     let (&n, rest) = bytes.split_first()?;
     let origin = std::str::from_utf8(rest.get(..n as usize)?).ok()?;
     let mut rest = &rest[n as usize..];
