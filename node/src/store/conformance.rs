@@ -336,4 +336,27 @@ pub async fn queues_are_bounded_per_recipient(s: &dyn Store) {
         matches!(r[2], Queuing::Refused(_) | Queuing::Duplicate),
         "{r:?}"
     );
+    // An ack with a gap deletes only what it names, and the usage follows.
+    let left: Vec<u64> = s
+        .pending("bob", 0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|(seq, _)| *seq)
+        .collect();
+    assert_eq!(left.len(), 4, "{left:?}");
+    s.ack("bob", &[left[0], left[2]]).await.unwrap();
+    let rest: Vec<u64> = s
+        .pending("bob", 0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|(seq, _)| *seq)
+        .collect();
+    assert_eq!(rest, vec![left[1], left[3]]);
+    assert_eq!(s.queued_for("bob").await.unwrap(), 2);
+    // The whole run acked again, with two already gone, deletes the rest.
+    s.ack("bob", &left).await.unwrap();
+    assert!(s.pending("bob", 0, 10).await.unwrap().is_empty());
+    assert_eq!(s.queued_for("bob").await.unwrap(), 0);
 }

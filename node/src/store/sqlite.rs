@@ -1053,7 +1053,7 @@ impl Store for SqliteStore {
             // What the acked rows weigh, read in one pass over their range
             // (a blob's length comes from its row header); RETURNING on
             // each delete would materialise a result table per row.
-            let (mut texts, mut bytes) = (0i64, 0i64);
+            let (mut texts, mut bytes, mut in_range) = (0i64, 0i64, 0usize);
             {
                 let mut sizes = tx
                     .prepare_cached(
@@ -1064,6 +1064,7 @@ impl Store for SqliteStore {
                     .query(params![user, first as i64, last as i64])
                     .map_err(unavailable)?;
                 while let Some(row) = rows.next().map_err(unavailable)? {
+                    in_range += 1;
                     let seq = row.get::<_, i64>(0).map_err(unavailable)? as u64;
                     if seqs.binary_search(&seq).is_ok() {
                         texts += 1;
@@ -1071,7 +1072,13 @@ impl Store for SqliteStore {
                     }
                 }
             }
-            {
+            if in_range == texts as usize {
+                // Every row in the range was acked (the usual case: a batch
+                // is a run of the queue): one statement deletes them all.
+                tx.prepare_cached("DELETE FROM queue WHERE recipient = ?1 AND seq BETWEEN ?2 AND ?3")
+                    .and_then(|mut stmt| stmt.execute(params![user, first as i64, last as i64]))
+                    .map_err(unavailable)?;
+            } else {
                 let mut stmt = tx
                     .prepare_cached("DELETE FROM queue WHERE recipient = ?1 AND seq = ?2")
                     .map_err(unavailable)?;
