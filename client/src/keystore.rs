@@ -81,6 +81,23 @@ CREATE TABLE IF NOT EXISTS downloads(
 CREATE INDEX IF NOT EXISTS messages_unshown ON messages(pos) WHERE shown = 0 AND outgoing = 0;
 ";
 
+/// The schema's fingerprint, kept in the file's `user_version`: any edit
+/// of [`SCHEMA`] changes it, so the next open applies the edit.
+const SCHEMA_VERSION: i64 = fingerprint(SCHEMA);
+
+/// FNV-1a of `text`, folded to a positive 31-bit number.
+const fn fingerprint(text: &str) -> i64 {
+    let bytes = text.as_bytes();
+    let mut hash: u32 = 0x811c_9dc5;
+    let mut i = 0;
+    while i < bytes.len() {
+        hash ^= bytes[i] as u32;
+        hash = hash.wrapping_mul(0x0100_0193);
+        i += 1;
+    }
+    (hash & 0x7fff_ffff) as i64
+}
+
 /// Where the cluster is and how to trust it.
 #[derive(Clone, Debug)]
 pub struct Profile {
@@ -259,7 +276,15 @@ fn open_conn(path: &Path) -> Result<(Connection, fastchat_sqlite::Checkpointer),
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000; \
          PRAGMA journal_size_limit=4194304;",
     )?;
-    conn.execute_batch(SCHEMA)?;
+    // Parsing the schema batch was a quarter of opening a keystore: it runs
+    // only when the file was made or last opened with another schema.
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version != SCHEMA_VERSION {
+        let tx = conn.transaction()?;
+        tx.execute_batch(SCHEMA)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()?;
+    }
     let checkpointer = fastchat_sqlite::Checkpointer::start(path, &mut conn)?;
     Ok((conn, checkpointer))
 }
@@ -1038,6 +1063,52 @@ mod tests {
             text: format!("message {n}"),
             sent_at_ms: n as u64,
         }
+    }
+
+    /// The schema batch runs when the file's fingerprint differs (a new
+    /// file, an older schema), and is skipped when it matches.
+    #[test]
+    fn the_schema_is_applied_once_per_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(crate::KEYSTORE_FILE);
+        let profile = Profile {
+            name: "alice".into(),
+            server: "127.0.0.1:7700".into(),
+            ca_pem: Vec::new(),
+        };
+        let ks = Keystore::create(
+            &path,
+            &profile,
+            &Identity::generate().unwrap(),
+            &SigningIdentity::generate().unwrap(),
+            None,
+        )
+        .unwrap();
+        drop(ks);
+        let raw = rusqlite::Connection::open(&path).unwrap();
+        let version = |c: &rusqlite::Connection| -> i64 {
+            c.pragma_query_value(None, "user_version", |r| r.get(0))
+                .unwrap()
+        };
+        let has_index = |c: &rusqlite::Connection| -> bool {
+            c.query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'messages_unshown'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap()
+                == 1
+        };
+        assert_eq!(version(&raw), SCHEMA_VERSION);
+        // Same fingerprint: the batch is skipped (a dropped index stays dropped).
+        raw.execute_batch("DROP INDEX messages_unshown").unwrap();
+        drop(Keystore::open(dir.path()).unwrap());
+        assert!(!has_index(&raw));
+        // An older schema: the batch runs and the fingerprint is written.
+        raw.pragma_update(None, "user_version", 0).unwrap();
+        drop(Keystore::open(dir.path()).unwrap());
+        assert!(has_index(&raw));
+        assert_eq!(version(&raw), SCHEMA_VERSION);
     }
 
     /// A chat opens on the newest page of a conversation and the unread
