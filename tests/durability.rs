@@ -302,3 +302,76 @@ async fn a_recipient_killed_between_commit_and_ack_shows_each_text_once() {
     assert_eq!(bob.pending_at_login(), 0, "the redelivery was acknowledged");
     bob.close().await;
 }
+
+/// A recipient online on the node: its texts are handed to its session
+/// before anything is stored, and the sender is acknowledged once the
+/// recipient's keystore holds them. Killed after committing one and before
+/// acknowledging it, it loses nothing: the node stores what was not
+/// acknowledged, delivers it again, and each text is shown once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_online_recipient_killed_between_commit_and_ack_shows_each_text_once() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let (_up, server, ca) = common::start_up(dir.path());
+    let home = |u: &str| dir.path().join("homes").join(u);
+    let ca = std::path::PathBuf::from(ca);
+    let alice = Client::register(&home("alice"), "alice", &server, &ca)
+        .await
+        .unwrap();
+    let bob = Client::register(&home("bob"), "bob", &server, &ca)
+        .await
+        .unwrap();
+    befriend(&alice, &bob).await;
+    bob.close().await;
+    alice.send_text("bob", "warm-up").await.unwrap();
+
+    // Bob's `recv` shows the warm-up (its first commit) and stays online;
+    // it dies after its second commit, the first text sent to it online.
+    let mut recv = Command::new(common::bin())
+        .arg("--home")
+        .arg(home("bob"))
+        .args(["recv", "--json", "--wait", "120"])
+        .env("FASTCHAT_FAULT", "after-keystore-commit:2")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = recv.stdout.take().unwrap();
+    let stdout = std::io::BufReader::new(stdout);
+    let shown = tokio::task::spawn_blocking(move || {
+        // Earlier events (the friendship) come first.
+        stdout
+            .lines()
+            .map_while(Result::ok)
+            .find(|line| line.contains("warm-up"))
+    })
+    .await
+    .unwrap();
+    assert!(shown.is_some(), "recv showed the warm-up");
+
+    for i in 0..10 {
+        alice.send_text("bob", &format!("t{i:02}")).await.unwrap();
+    }
+    let status = tokio::task::spawn_blocking(move || recv.wait().unwrap())
+        .await
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert!(status.signal().is_some(), "recv was stopped by a signal");
+
+    let bob = Client::connect(&home("bob")).await.unwrap();
+    let kept = unshown_texts(&bob);
+    assert_eq!(
+        kept.first().map(String::as_str),
+        Some("t00"),
+        "t00 was committed before the crash"
+    );
+    assert!(
+        bob.pending_at_login() > 0,
+        "the node stored what was not acknowledged"
+    );
+    bob.sync().await.unwrap();
+    let want: Vec<String> = (0..10).map(|i| format!("t{i:02}")).collect();
+    assert_eq!(unshown_texts(&bob), want, "each text once, in order");
+    bob.close().await;
+    alice.close().await;
+}

@@ -182,6 +182,9 @@ async fn a_store_turned_read_only_under_a_running_node_refuses_and_recovers() {
     let bob = cluster.register("bob").await;
     befriend(&alice, &bob).await;
     alice.send_text("bob", "before").await.unwrap();
+    // Offline, so what alice sends now must be stored (a text for a
+    // recipient online on the node is handed to its session, store or not).
+    bob.close().await;
 
     // Every session of the database becomes read-only (as a failed-over
     // standby would be): the node's pool reconnects into read-only sessions.
@@ -225,6 +228,7 @@ async fn a_store_turned_read_only_under_a_running_node_refuses_and_recovers() {
         }
     }
     assert!(sent, "the store never took writes again");
+    let bob = Client::connect(&cluster.home("bob")).await.unwrap();
     bob.sync().await.unwrap();
     assert_eq!(texts_from(&bob, "alice"), ["before", "after"]);
 }

@@ -216,10 +216,7 @@ async fn drain_store(
         recent.current.extend(page.iter().map(|(seq, _)| *seq));
         let batch = page
             .into_iter()
-            .map(|(seq, envelope)| Live {
-                seq,
-                envelope: Arc::new(envelope),
-            })
+            .map(|(seq, envelope)| Live::new(seq, Arc::new(envelope)))
             .collect();
         let stream = open(conn).await?;
         flights.push(deliver(shared, user, stream, batch, acked));
@@ -266,9 +263,27 @@ async fn deliver(
     .await
     .map_err(|_| StreamError::Timeout("the client did not acknowledge a delivery"))??
     .ok_or(StreamError::Truncated)?;
+    shared.sessions.responsive(user);
+    // Handed-off texts are acknowledged to their senders' streams.
+    if batch.iter().any(|l| l.handoff.is_some()) {
+        let mut acked = ack.seqs.clone();
+        acked.sort_unstable();
+        for live in &batch {
+            if let Some(h) = &live.handoff
+                && acked.binary_search(&live.seq).is_ok()
+            {
+                h.acked();
+            }
+        }
+    }
     // Only positions we actually sent on this stream may be deleted; 0
-    // marks a live-only envelope (a receipt) that was never stored.
-    let mut ours: Vec<u64> = frames.iter().map(|f| f.seq).filter(|s| *s != 0).collect();
+    // marks a live-only envelope (a receipt) and a transient position a
+    // handed-off text, neither of them stored.
+    let mut ours: Vec<u64> = frames
+        .iter()
+        .map(|f| f.seq)
+        .filter(|s| *s != 0 && !crate::handoff::is_transient(*s))
+        .collect();
     ours.sort_unstable();
     let sent: Vec<u64> = ack
         .seqs

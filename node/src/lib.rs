@@ -14,6 +14,7 @@ mod bus;
 mod cmd;
 mod connection;
 mod delivery;
+mod handoff;
 pub mod limits;
 mod server;
 mod sessions;

@@ -246,13 +246,7 @@ async fn forward(
             Some((origin, _)) if origin == me => {}
             Some((_, lives)) => {
                 for (seq, envelope) in lives {
-                    sessions.push(
-                        &user,
-                        Live {
-                            seq,
-                            envelope: Arc::new(envelope.to_vec()),
-                        },
-                    );
+                    sessions.push(&user, Live::new(seq, Arc::new(envelope.to_vec())));
                 }
             }
             None => tracing::warn!("malformed delivery on the bus"),

@@ -86,13 +86,7 @@ pub(super) async fn request(
             other => other.into(),
         })?;
     if let Some(seq) = stored {
-        shared.push(
-            to,
-            Live {
-                seq,
-                envelope: Arc::new(envelope),
-            },
-        );
+        shared.push(to, Live::new(seq, Arc::new(envelope)));
     }
     Ok(Response::FriendRequestSent)
 }
@@ -143,13 +137,7 @@ pub(super) async fn accept(
             ),
             other => other.into(),
         })?;
-    shared.push(
-        to,
-        Live {
-            seq,
-            envelope: Arc::new(envelope),
-        },
-    );
+    shared.push(to, Live::new(seq, Arc::new(envelope)));
     tracing::info!(user = %me, friend = %to, "friendship established");
     Ok(Response::FriendAccepted)
 }

@@ -153,7 +153,7 @@ pub(super) async fn rekey(
         .rekey(group.id, update.epoch, change, envelopes)
         .await?;
     for ((to, seq), envelope) in stored.into_iter().zip(payloads) {
-        shared.push(&to, Live { seq, envelope });
+        shared.push(&to, Live::new(seq, envelope));
     }
     tracing::info!(group = group.id, epoch = update.epoch, "group re-keyed");
     Ok(Response::GroupRekeyed)

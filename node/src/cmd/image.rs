@@ -159,13 +159,7 @@ pub(crate) async fn serve_upload(
     // Recipients hear of the image now, so they can fetch while it uploads.
     let envelope = Arc::new(envelope);
     for (to, seq) in start.queued {
-        shared.push(
-            &to,
-            Live {
-                seq,
-                envelope: envelope.clone(),
-            },
-        );
+        shared.push(&to, Live::new(seq, envelope.clone()));
     }
 
     let mut blob = shared

@@ -1,11 +1,15 @@
 //! A text stream: a batch of encrypted messages from the logged-in user, to
-//! friends or to groups. All are stored in one transaction, handed to online
-//! recipients, and each gets its own ack (or refusal) on the same stream.
+//! friends or to groups. Texts for friends online on this node are handed
+//! to their sessions (`crate::handoff`); the rest, and what a session did
+//! not acknowledge in time, are stored in one transaction and pushed to
+//! online recipients. Each message gets its own ack (or refusal) on the
+//! same stream, once it is durable.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use fastchat_proto::control::Relation;
 use fastchat_proto::envelope::{Envelope, Outgoing, SendAck};
 use fastchat_proto::frame::encode_body;
 use fastchat_proto::limits::{MAX_BATCH, MAX_BATCH_BYTES, MAX_MESSAGE_FRAME, MAX_TEXT_BYTES};
@@ -14,6 +18,7 @@ use fastchat_transport::quinn::{RecvStream, SendStream};
 use fastchat_transport::{StreamError, read_frame, write_frames};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
+use crate::handoff::{HANDOFF_WAIT, Handoffs, next_transient};
 use crate::shared::{Live, Shared};
 use crate::store::{Queuing, Target, TextToQueue};
 
@@ -173,11 +178,106 @@ pub(crate) async fn serve(
 
     // Position 0: never stored, so nothing to delete when acknowledged.
     for (to, envelope) in live {
-        shared.push(&to, Live { seq: 0, envelope });
+        shared.push(&to, Live::new(0, envelope));
     }
     if queue.is_empty() {
         return write_frames(send, &acks, MAX_MESSAGE_FRAME).await;
     }
+    let handed = hand_off(shared, user, &mut queue, &mut slots).await;
+    let mut done = 0;
+    if !queue.is_empty() {
+        done += store(shared, user, queue, slots, &mut acks).await;
+    }
+    if let Some((batch, items)) = handed {
+        let acked = batch.wait(HANDOFF_WAIT).await;
+        let (mut late, mut late_slots) = (Vec::new(), Vec::new());
+        for ((slot, item), acked) in items.into_iter().zip(acked) {
+            if acked {
+                done += 1;
+            } else {
+                if let Target::Direct(to) = &item.to {
+                    shared.sessions.unresponsive(to);
+                }
+                late_slots.push(slot);
+                late.push(item);
+            }
+        }
+        if !late.is_empty() {
+            done += store(shared, user, late, late_slots, &mut acks).await;
+        }
+    }
+    shared.stats.messages.fetch_add(done, Ordering::Relaxed);
+    write_frames(send, &acks, MAX_MESSAGE_FRAME).await
+}
+
+/// Takes the direct texts whose recipient has a session on this node and
+/// is the sender's friend out of `queue` and hands them to those sessions
+/// (see `crate::handoff`); returns them with their ack slots.
+async fn hand_off(
+    shared: &Shared,
+    user: &str,
+    queue: &mut Vec<TextToQueue>,
+    slots: &mut Vec<usize>,
+) -> Option<(Arc<Handoffs>, Vec<(usize, TextToQueue)>)> {
+    let mut online: Vec<&str> = Vec::new();
+    for item in queue.iter() {
+        if let Target::Direct(to) = &item.to
+            && !online.contains(&to.as_str())
+            && shared.sessions.takes_handoffs(to)
+        {
+            online.push(to);
+        }
+    }
+    // The store would refuse a text to a non-friend; such texts go to it.
+    let mut friends: Vec<String> = Vec::new();
+    for to in online {
+        if let Ok(Relation::Friends) = shared.store.relation(user, to).await {
+            friends.push(to.to_string());
+        }
+    }
+    if friends.is_empty() {
+        return None;
+    }
+    let mut handed = Vec::new();
+    let mut rest = Vec::with_capacity(queue.len());
+    let mut rest_slots = Vec::with_capacity(slots.len());
+    for (item, slot) in queue.drain(..).zip(slots.drain(..)) {
+        match &item.to {
+            Target::Direct(to) if friends.contains(to) => handed.push((slot, item)),
+            _ => {
+                rest.push(item);
+                rest_slots.push(slot);
+            }
+        }
+    }
+    *queue = rest;
+    *slots = rest_slots;
+    let batch = Handoffs::new(handed.len());
+    for (i, (_, item)) in handed.iter().enumerate() {
+        if let Target::Direct(to) = &item.to {
+            shared.sessions.push(
+                to,
+                Live {
+                    seq: next_transient(),
+                    envelope: item.envelope.clone(),
+                    handoff: Some(batch.ticket(i)),
+                },
+            );
+        }
+    }
+    Some((batch, handed))
+}
+
+/// Stores texts in one transaction, pushes each stored one to its online
+/// recipients, and fills in the acks of those refused; returns how many
+/// were stored.
+async fn store(
+    shared: &Shared,
+    user: &str,
+    queue: Vec<TextToQueue>,
+    slots: Vec<usize>,
+    acks: &mut [SendAck],
+) -> u64 {
     let envelopes: Vec<Arc<Vec<u8>>> = queue.iter().map(|t| t.envelope.clone()).collect();
     match shared
         .store
@@ -191,20 +291,14 @@ pub(crate) async fn serve(
                     Queuing::Stored(recipients) => {
                         stored += 1;
                         for (to, seq) in recipients {
-                            shared.push(
-                                &to,
-                                Live {
-                                    seq,
-                                    envelope: envelope.clone(),
-                                },
-                            );
+                            shared.push(&to, Live::new(seq, envelope.clone()));
                         }
                     }
                     Queuing::Duplicate => {}
                     Queuing::Refused(e) => acks[slot].result = Err(e),
                 }
             }
-            shared.stats.messages.fetch_add(stored, Ordering::Relaxed);
+            stored
         }
         Err(e) => {
             tracing::warn!(error = %e, "cannot store messages");
@@ -212,7 +306,7 @@ pub(crate) async fn serve(
             for slot in slots {
                 acks[slot].result = Err(e.clone());
             }
+            0
         }
     }
-    write_frames(send, &acks, MAX_MESSAGE_FRAME).await
 }
