@@ -51,6 +51,27 @@ pub fn decode_lives(bytes: &[u8]) -> Option<Lives<'_>> {
     (!lives.is_empty()).then_some((origin, lives))
 }
 
+/// The answer to an offer of handed-off texts: per text, 1 if a session
+/// of the recipient acknowledged it, else 0.
+pub fn encode_acks(acked: &[bool]) -> Vec<u8> {
+    acked.iter().map(|a| u8::from(*a)).collect()
+}
+
+/// The flags of an answer to an offer of `n` texts, if it is one.
+pub fn decode_acks(bytes: &[u8], n: usize) -> Option<Vec<bool>> {
+    if bytes.len() != n {
+        return None;
+    }
+    bytes
+        .iter()
+        .map(|b| match b {
+            0 => Some(false),
+            1 => Some(true),
+            _ => None,
+        })
+        .collect()
+}
+
 /// A blob range request: blob id, offset, most bytes wanted.
 pub fn encode_range(blob_id: u64, offset: u64, max: u32) -> Vec<u8> {
     let mut out = Vec::with_capacity(20);
@@ -125,6 +146,10 @@ mod tests {
         );
         let huge = encode_lives("n", [(1, &vec![0; MAX_MESSAGE_FRAME + 1][..])]);
         assert!(decode_lives(&huge).is_none(), "an envelope past a frame");
+        let acks = encode_acks(&[true, false, true]);
+        assert_eq!(decode_acks(&acks, 3), Some(vec![true, false, true]));
+        assert!(decode_acks(&acks, 2).is_none(), "another count");
+        assert!(decode_acks(&[2], 1).is_none());
         assert_eq!(
             decode_range(&encode_range(7, 1 << 40, 65536)),
             Some((7, 1 << 40, 65536))

@@ -73,6 +73,7 @@ pub fn image(data: &[u8]) {
 /// What nodes send each other on the bus (`crate::bus`).
 pub fn bus(data: &[u8]) {
     let _ = crate::bus::decode_lives(data);
+    let _ = crate::bus::decode_acks(data, data.first().copied().unwrap_or(0) as usize);
     let _ = crate::bus::decode_range(data);
     let _ = crate::bus::decode_reply(data);
     let _ = crate::bus::decode_drop(data);

@@ -44,6 +44,10 @@ impl Bus for LocalBus {
 
     fn publish(&self, _user: &str, _live: &Live) {}
 
+    async fn hand_off(&self, _user: &str, _envelopes: Vec<Arc<Vec<u8>>>) -> Option<Vec<bool>> {
+        None
+    }
+
     async fn fetch_blob(
         &self,
         owner: &str,

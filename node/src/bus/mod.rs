@@ -56,6 +56,11 @@ pub(crate) trait Bus: Send + Sync + 'static {
     fn leave(&self, user: &str);
     /// Sends a stored envelope to `user`'s sessions on other nodes.
     fn publish(&self, user: &str, live: &Live);
+    /// Offers texts for `user` to its sessions on other nodes, handed off
+    /// as on this node (`crate::handoff`), in order with what was published
+    /// before. Resolves to which of them a session acknowledged, or `None`
+    /// at once when no other node has a session of `user`.
+    async fn hand_off(&self, user: &str, envelopes: Vec<Arc<Vec<u8>>>) -> Option<Vec<bool>>;
     /// Up to `max` bytes of blob `blob_id` from `offset`, read on node
     /// `owner`; empty when the upload has not got that far yet.
     async fn fetch_blob(

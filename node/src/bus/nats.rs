@@ -7,9 +7,13 @@
 //!   cluster's presence map, kept by NATS).
 //! - `fastchat.blob.<node>`: requests for a range of a blob that node holds.
 //! - `fastchat.drop.<node>`: a blob that node may delete.
+//! - `fastchat.offered.<node>.<id>`: the answer to that node's offer `id` of
+//!   handed-off texts (an offer is a delivery on a user's subject that asks
+//!   for a reply: which texts a session acknowledged).
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -18,11 +22,12 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use fastchat_proto::bus as wire;
 use futures::StreamExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::{Bus, BusError};
 use crate::blobs::Blobs;
+use crate::handoff::{HANDOFF_WAIT, Handoffs, next_transient};
 use crate::sessions::{Live, Sessions};
 
 /// Longest a blob request waits at the owner for an upload to progress
@@ -43,12 +48,44 @@ fn drop_subject(node: &str) -> String {
     format!("fastchat.drop.{}", hex::encode(node))
 }
 
+/// Where the answer to this node's offer `id` goes.
+fn offer_reply_subject(node: &str, id: u64) -> String {
+    format!("fastchat.offered.{}.{id}", hex::encode(node))
+}
+
 /// What the publisher sends for the node.
 enum Outgoing {
     /// A stored envelope for a user's sessions elsewhere.
     Live(String, Live),
     /// A blob its owner may delete.
     Drop(String, u64),
+    /// Handed-off texts for a user's sessions elsewhere, answered on
+    /// [`offer_reply_subject`] under this id.
+    Offer {
+        user: String,
+        envelopes: Vec<Arc<Vec<u8>>>,
+        id: u64,
+    },
+}
+
+/// Where an offer's answer goes.
+type AnswerTo = oneshot::Sender<Option<Vec<bool>>>;
+
+/// Offers waiting for their answer: how many texts each holds, and who
+/// waits for the flags (`None`: no other node has a session of the user).
+#[derive(Default)]
+struct Offers {
+    waiting: Mutex<HashMap<u64, (usize, AnswerTo)>>,
+    next: AtomicU64,
+}
+
+impl Offers {
+    fn answer(&self, id: u64, answer: impl FnOnce(usize) -> Option<Vec<bool>>) {
+        let waiting = self.waiting.lock().expect("offers lock").remove(&id);
+        if let Some((n, tx)) = waiting {
+            let _ = tx.send(answer(n));
+        }
+    }
 }
 
 struct Route {
@@ -63,6 +100,7 @@ pub struct NatsBus {
     sessions: OnceLock<Arc<Sessions>>,
     routes: Mutex<HashMap<String, Route>>,
     outgoing: mpsc::UnboundedSender<Outgoing>,
+    offers: Arc<Offers>,
     reconnects: watch::Sender<u64>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -111,13 +149,20 @@ impl NatsBus {
                 cause: e.to_string(),
             })?;
         let (outgoing, rx) = mpsc::unbounded_channel();
-        let publisher = tokio::spawn(publish_loop(client.clone(), node_id.to_string(), rx));
+        let offers = Arc::new(Offers::default());
+        let publisher = tokio::spawn(publish_loop(
+            client.clone(),
+            node_id.to_string(),
+            offers.clone(),
+            rx,
+        ));
         Ok(Self {
             client,
             node_id: node_id.to_string(),
             sessions: OnceLock::new(),
             routes: Mutex::new(HashMap::new()),
             outgoing,
+            offers,
             reconnects,
             tasks: Mutex::new(vec![publisher]),
         })
@@ -169,6 +214,37 @@ impl NatsBus {
         }));
         self.client.flush().await.map_err(|e| request_err(&e))
     }
+
+    /// Takes the answers to this node's offers of handed-off texts.
+    async fn serve_offer_answers(&self) -> Result<(), BusError> {
+        let mut answers = self
+            .client
+            .subscribe(format!("fastchat.offered.{}.*", hex::encode(&self.node_id)))
+            .await
+            .map_err(|e| BusError::Request(e.to_string()))?;
+        let offers = self.offers.clone();
+        self.spawn(tokio::spawn(async move {
+            while let Some(msg) = answers.next().await {
+                let Some(id) = msg
+                    .subject
+                    .rsplit('.')
+                    .next()
+                    .and_then(|id| id.parse::<u64>().ok())
+                else {
+                    continue;
+                };
+                if msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+                    offers.answer(id, |_| None);
+                } else {
+                    // A malformed answer counts as no ack: the texts are stored.
+                    offers.answer(id, |n| {
+                        Some(wire::decode_acks(&msg.payload, n).unwrap_or_else(|| vec![false; n]))
+                    });
+                }
+            }
+        }));
+        Ok(())
+    }
 }
 
 impl Drop for NatsBus {
@@ -184,8 +260,14 @@ impl Drop for NatsBus {
 
 /// Publishes what the node hands over, grouping whatever is waiting: one
 /// bus message per user carries all of that user's waiting deliveries, in
-/// queue order, so the bus costs per batch and not per text under load.
-async fn publish_loop(client: Client, origin: String, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
+/// queue order, so the bus costs per batch and not per text under load. An
+/// offer goes after what was published for its user before it.
+async fn publish_loop(
+    client: Client,
+    origin: String,
+    offers: Arc<Offers>,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+) {
     let mut waiting = Vec::new();
     while rx.recv_many(&mut waiting, 1024).await > 0 {
         let mut users: Vec<(String, Vec<Live>)> = Vec::new();
@@ -203,27 +285,55 @@ async fn publish_loop(client: Client, origin: String, mut rx: mpsc::UnboundedRec
                     let payload = Bytes::copy_from_slice(&blob.to_be_bytes());
                     send(&client, drop_subject(&owner), payload).await;
                 }
+                Outgoing::Offer {
+                    user,
+                    envelopes,
+                    id,
+                } => {
+                    if let Some(i) = at.remove(&user) {
+                        let lives = std::mem::take(&mut users[i].1);
+                        publish_lives(&client, &origin, &user, &lives).await;
+                    }
+                    let payload =
+                        wire::encode_lives(&origin, envelopes.iter().map(|e| (0, &e[..])));
+                    let sent = client
+                        .publish_with_reply(
+                            user_subject(&user),
+                            offer_reply_subject(&origin, id),
+                            payload.into(),
+                        )
+                        .await;
+                    if let Err(e) = sent {
+                        tracing::warn!(error = %e, "cannot offer texts on the bus; storing them");
+                        offers.answer(id, |n| Some(vec![false; n]));
+                    }
+                }
             }
         }
         for (user, lives) in users {
-            let subject = user_subject(&user);
-            let mut rest = &lives[..];
-            while !rest.is_empty() {
-                let mut bytes = 0;
-                let n = rest
-                    .iter()
-                    .take_while(|l| {
-                        bytes += l.envelope.len();
-                        bytes <= wire::LIVE_BATCH_BYTES
-                    })
-                    .count()
-                    .max(1);
-                let payload =
-                    wire::encode_lives(&origin, rest[..n].iter().map(|l| (l.seq, &l.envelope[..])));
-                send(&client, subject.clone(), payload.into()).await;
-                rest = &rest[n..];
-            }
+            publish_lives(&client, &origin, &user, &lives).await;
         }
+    }
+}
+
+/// Publishes `lives` for `user` in as few messages as their size allows.
+async fn publish_lives(client: &Client, origin: &str, user: &str, lives: &[Live]) {
+    let subject = user_subject(user);
+    let mut rest = lives;
+    while !rest.is_empty() {
+        let mut bytes = 0;
+        let n = rest
+            .iter()
+            .take_while(|l| {
+                bytes += l.envelope.len();
+                bytes <= wire::LIVE_BATCH_BYTES
+            })
+            .count()
+            .max(1);
+        let payload =
+            wire::encode_lives(origin, rest[..n].iter().map(|l| (l.seq, &l.envelope[..])));
+        send(client, subject.clone(), payload.into()).await;
+        rest = &rest[n..];
     }
 }
 
@@ -239,25 +349,75 @@ async fn forward(
     user: String,
     me: String,
     sessions: Arc<Sessions>,
+    client: Client,
 ) {
     while let Some(msg) = sub.next().await {
-        match wire::decode_lives(&msg.payload) {
-            // Our own publishes were pushed locally already.
-            Some((origin, _)) if origin == me => {}
-            Some((_, lives)) => {
+        let Some((origin, lives)) = wire::decode_lives(&msg.payload) else {
+            tracing::warn!("malformed delivery on the bus");
+            continue;
+        };
+        // Our own publishes were pushed locally already.
+        if origin == me {
+            continue;
+        }
+        match msg.reply {
+            None => {
                 for (seq, envelope) in lives {
                     sessions.push(&user, Live::new(seq, Arc::new(envelope.to_vec())));
                 }
             }
-            None => tracing::warn!("malformed delivery on the bus"),
+            Some(reply) => take_offer(&client, &sessions, &user, lives, reply).await,
         }
     }
+}
+
+/// Hands offered texts to `user`'s sessions here and answers, once they
+/// acknowledged them or the wait ran out, which they did.
+async fn take_offer(
+    client: &Client,
+    sessions: &Arc<Sessions>,
+    user: &str,
+    lives: Vec<(u64, &[u8])>,
+    reply: async_nats::Subject,
+) {
+    let n = lives.len();
+    if !sessions.takes_handoffs(user) {
+        // No live session here: the offering node stores them at once.
+        let _ = client
+            .publish(reply, wire::encode_acks(&vec![false; n]).into())
+            .await;
+        return;
+    }
+    let batch = Handoffs::new(n);
+    for (i, (_, envelope)) in lives.into_iter().enumerate() {
+        sessions.push(
+            user,
+            Live {
+                seq: next_transient(),
+                envelope: Arc::new(envelope.to_vec()),
+                handoff: Some(batch.ticket(i)),
+            },
+        );
+    }
+    let (client, sessions, user) = (client.clone(), sessions.clone(), user.to_string());
+    // One task per offered batch (not per text), so this user's next
+    // deliveries are not held up behind the wait.
+    tokio::spawn(async move {
+        let acked = batch.wait(HANDOFF_WAIT).await;
+        if acked.contains(&false) {
+            sessions.unresponsive(&user);
+        }
+        let _ = client
+            .publish(reply, wire::encode_acks(&acked).into())
+            .await;
+    });
 }
 
 #[async_trait]
 impl Bus for NatsBus {
     async fn start(&self, blobs: Arc<Blobs>, sessions: Arc<Sessions>) -> Result<(), BusError> {
         let _ = self.sessions.set(sessions);
+        self.serve_offer_answers().await?;
         self.serve_blobs(blobs).await
     }
 
@@ -289,6 +449,7 @@ impl Bus for NatsBus {
             user.to_string(),
             self.node_id.clone(),
             sessions,
+            self.client.clone(),
         ));
         let mut routes = self.routes.lock().expect("routes lock");
         match routes.get_mut(user) {
@@ -345,6 +506,60 @@ impl Bus for NatsBus {
                 "node {owner} sent a malformed reply"
             ))),
         }
+    }
+
+    async fn hand_off(&self, user: &str, envelopes: Vec<Arc<Vec<u8>>>) -> Option<Vec<bool>> {
+        // Off the bus, an offer would only wait out its time: store at once.
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            return None;
+        }
+        // One offer per bus message's worth of texts, all in flight at once.
+        let mut chunks = Vec::new();
+        let mut rest = &envelopes[..];
+        while !rest.is_empty() {
+            let mut bytes = 0;
+            let n = rest
+                .iter()
+                .take_while(|e| {
+                    bytes += e.len();
+                    bytes <= wire::LIVE_BATCH_BYTES
+                })
+                .count()
+                .max(1);
+            let id = self.offers.next.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = oneshot::channel();
+            self.offers
+                .waiting
+                .lock()
+                .expect("offers lock")
+                .insert(id, (n, tx));
+            let _ = self.outgoing.send(Outgoing::Offer {
+                user: user.to_string(),
+                envelopes: rest[..n].to_vec(),
+                id,
+            });
+            chunks.push((id, n, rx));
+            rest = &rest[n..];
+        }
+        let mut flags = Vec::with_capacity(envelopes.len());
+        let mut anyone = false;
+        for (id, n, rx) in chunks {
+            // The answering node waits HANDOFF_WAIT for its session; a
+            // second more covers the way back.
+            match tokio::time::timeout(HANDOFF_WAIT + Duration::from_secs(1), rx).await {
+                Ok(Ok(Some(acked))) => {
+                    anyone = true;
+                    flags.extend(acked);
+                }
+                Ok(Ok(None)) => flags.extend(std::iter::repeat_n(false, n)),
+                Ok(Err(_)) | Err(_) => {
+                    self.offers.waiting.lock().expect("offers lock").remove(&id);
+                    anyone = true;
+                    flags.extend(std::iter::repeat_n(false, n));
+                }
+            }
+        }
+        anyone.then_some(flags)
     }
 
     fn drop_blob(&self, owner: &str, blob_id: u64) {

@@ -16,6 +16,7 @@ use fastchat_proto::limits::{MAX_BATCH, MAX_BATCH_BYTES, MAX_MESSAGE_FRAME, MAX_
 use fastchat_proto::{ErrorCode, FrameError, ProtoError};
 use fastchat_transport::quinn::{RecvStream, SendStream};
 use fastchat_transport::{StreamError, read_frame, write_frames};
+use futures::future::BoxFuture;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::handoff::{HANDOFF_WAIT, Handoffs, next_transient};
@@ -183,19 +184,26 @@ pub(crate) async fn serve(
     if queue.is_empty() {
         return write_frames(send, &acks, MAX_MESSAGE_FRAME).await;
     }
-    let handed = hand_off(shared, user, &mut queue, &mut slots).await;
+    let offers = hand_off(shared, user, &mut queue, &mut slots).await;
     let mut done = 0;
     if !queue.is_empty() {
         done += store(shared, user, queue, slots, &mut acks).await;
     }
-    if let Some((batch, items)) = handed {
-        let acked = batch.wait(HANDOFF_WAIT).await;
+    if !offers.is_empty() {
+        let (offered, answers): (Vec<_>, Vec<_>) = offers
+            .into_iter()
+            .map(|o| ((o.items, o.local), o.answer))
+            .unzip();
+        let answers = futures::future::join_all(answers).await;
         let (mut late, mut late_slots) = (Vec::new(), Vec::new());
-        for ((slot, item), acked) in items.into_iter().zip(acked) {
-            if acked {
-                done += 1;
-            } else {
-                if let Target::Direct(to) = &item.to {
+        for ((items, local), answer) in offered.into_iter().zip(answers) {
+            let acked = answer.unwrap_or_else(|| vec![false; items.len()]);
+            for ((slot, item), acked) in items.into_iter().zip(acked) {
+                if acked {
+                    done += 1;
+                    continue;
+                }
+                if let (true, Target::Direct(to)) = (local, &item.to) {
                     shared.sessions.unresponsive(to);
                 }
                 late_slots.push(slot);
@@ -210,40 +218,58 @@ pub(crate) async fn serve(
     write_frames(send, &acks, MAX_MESSAGE_FRAME).await
 }
 
-/// Takes the direct texts whose recipient has a session on this node and
-/// is the sender's friend out of `queue` and hands them to those sessions
-/// (see `crate::handoff`); returns them with their ack slots.
-async fn hand_off(
-    shared: &Shared,
+/// Texts handed off together, and the answer saying which a session of
+/// their recipient acknowledged (`None`: nobody took them).
+struct Offer<'a> {
+    items: Vec<(usize, TextToQueue)>,
+    /// Handed to sessions on this node, rather than offered over the bus.
+    local: bool,
+    answer: BoxFuture<'a, Option<Vec<bool>>>,
+}
+
+/// Takes the direct texts for the sender's friends out of `queue` and
+/// hands them off (see `crate::handoff`): to the friend's sessions on this
+/// node, else to its sessions on other nodes over the bus. Returns them
+/// with their ack slots.
+async fn hand_off<'a>(
+    shared: &'a Shared,
     user: &str,
     queue: &mut Vec<TextToQueue>,
     slots: &mut Vec<usize>,
-) -> Option<(Arc<Handoffs>, Vec<(usize, TextToQueue)>)> {
-    let mut online: Vec<&str> = Vec::new();
+) -> Vec<Offer<'a>> {
+    let mut recipients: Vec<&str> = Vec::new();
     for item in queue.iter() {
         if let Target::Direct(to) = &item.to
-            && !online.contains(&to.as_str())
-            && shared.sessions.takes_handoffs(to)
+            && !recipients.contains(&to.as_str())
         {
-            online.push(to);
+            recipients.push(to);
         }
     }
     // The store would refuse a text to a non-friend; such texts go to it.
     let mut friends: Vec<String> = Vec::new();
-    for to in online {
+    for to in recipients {
         if let Ok(Relation::Friends) = shared.store.relation(user, to).await {
             friends.push(to.to_string());
         }
     }
     if friends.is_empty() {
-        return None;
+        return Vec::new();
     }
-    let mut handed = Vec::new();
+    let mut here = Vec::new();
+    let mut elsewhere: Vec<(String, Vec<(usize, TextToQueue)>)> = Vec::new();
     let mut rest = Vec::with_capacity(queue.len());
     let mut rest_slots = Vec::with_capacity(slots.len());
     for (item, slot) in queue.drain(..).zip(slots.drain(..)) {
         match &item.to {
-            Target::Direct(to) if friends.contains(to) => handed.push((slot, item)),
+            Target::Direct(to) if friends.contains(to) => {
+                if shared.sessions.takes_handoffs(to) {
+                    here.push((slot, item));
+                } else if let Some(at) = elsewhere.iter().position(|(u, _)| u == to) {
+                    elsewhere[at].1.push((slot, item));
+                } else {
+                    elsewhere.push((to.clone(), vec![(slot, item)]));
+                }
+            }
             _ => {
                 rest.push(item);
                 rest_slots.push(slot);
@@ -252,20 +278,36 @@ async fn hand_off(
     }
     *queue = rest;
     *slots = rest_slots;
-    let batch = Handoffs::new(handed.len());
-    for (i, (_, item)) in handed.iter().enumerate() {
-        if let Target::Direct(to) = &item.to {
-            shared.sessions.push(
-                to,
-                Live {
-                    seq: next_transient(),
-                    envelope: item.envelope.clone(),
-                    handoff: Some(batch.ticket(i)),
-                },
-            );
+    let mut offers = Vec::new();
+    if !here.is_empty() {
+        let batch = Handoffs::new(here.len());
+        for (i, (_, item)) in here.iter().enumerate() {
+            if let Target::Direct(to) = &item.to {
+                shared.sessions.push(
+                    to,
+                    Live {
+                        seq: next_transient(),
+                        envelope: item.envelope.clone(),
+                        handoff: Some(batch.ticket(i)),
+                    },
+                );
+            }
         }
+        offers.push(Offer {
+            items: here,
+            local: true,
+            answer: Box::pin(async move { Some(batch.wait(HANDOFF_WAIT).await) }),
+        });
     }
-    Some((batch, handed))
+    for (to, items) in elsewhere {
+        let envelopes = items.iter().map(|(_, t)| t.envelope.clone()).collect();
+        offers.push(Offer {
+            items,
+            local: false,
+            answer: Box::pin(async move { shared.bus.hand_off(&to, envelopes).await }),
+        });
+    }
+    offers
 }
 
 /// Stores texts in one transaction, pushes each stored one to its online
