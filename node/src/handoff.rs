@@ -12,6 +12,7 @@
 //! channel as everything stored for that recipient before it (a friend's
 //! accept, which its key depends on, was pushed there at its commit).
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -95,6 +96,37 @@ impl Handoff {
     }
 }
 
+/// Most friend pairs remembered; past it the memory starts over.
+const KNOWN_FRIENDS: usize = 100_000;
+
+/// Pairs of users known to be friends, so a hand-off checks a friendship
+/// in the store once, not once per batch. Only friendships are remembered:
+/// nothing undoes one (there is no unfriending), so an entry never goes
+/// stale; were that to change, it must forget the pair too.
+#[derive(Default)]
+pub(crate) struct KnownFriends {
+    pairs: Mutex<HashSet<(String, String)>>,
+}
+
+impl KnownFriends {
+    /// Whether `from` and `to` are known to be friends.
+    pub fn contains(&self, from: &str, to: &str) -> bool {
+        self.pairs
+            .lock()
+            .expect("friends lock")
+            .contains(&(from.to_string(), to.to_string()))
+    }
+
+    /// Remembers that `from` and `to` are friends.
+    pub fn insert(&self, from: &str, to: &str) {
+        let mut pairs = self.pairs.lock().expect("friends lock");
+        if pairs.len() >= KNOWN_FRIENDS {
+            pairs.clear();
+        }
+        pairs.insert((from.to_string(), to.to_string()));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +147,10 @@ mod tests {
         // All acknowledged: no wait at all.
         assert_eq!(batch.wait(HANDOFF_WAIT * 100).await, vec![true; 3]);
         assert!(is_transient(next_transient()));
+        let known = KnownFriends::default();
+        known.insert("alice", "bob");
+        assert!(known.contains("alice", "bob"));
+        assert!(!known.contains("bob", "alice"), "remembered as asked");
         assert!(!is_transient(u64::MAX >> 1));
     }
 }

@@ -39,6 +39,8 @@ pub(crate) struct Shared {
     /// Image ciphertext kept until every recipient has it.
     pub blobs: Arc<Blobs>,
     pub stats: Stats,
+    /// Friendships a hand-off already checked.
+    pub known_friends: crate::handoff::KnownFriends,
     pub images: ImageLimits,
     /// How much may wait for one user.
     pub queue_limits: QueueLimits,
@@ -61,6 +63,7 @@ impl Shared {
             sessions: Arc::new(Sessions::default()),
             blobs: Arc::new(Blobs::new(blob_dir, fsync)),
             stats: Stats::default(),
+            known_friends: Default::default(),
             images,
             queue_limits,
             friend_requests: crate::limits::RateLimit::new(

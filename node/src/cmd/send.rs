@@ -248,7 +248,10 @@ async fn hand_off<'a>(
     // The store would refuse a text to a non-friend; such texts go to it.
     let mut friends: Vec<String> = Vec::new();
     for to in recipients {
-        if let Ok(Relation::Friends) = shared.store.relation(user, to).await {
+        if shared.known_friends.contains(user, to) {
+            friends.push(to.to_string());
+        } else if let Ok(Relation::Friends) = shared.store.relation(user, to).await {
+            shared.known_friends.insert(user, to);
             friends.push(to.to_string());
         }
     }
