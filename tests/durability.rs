@@ -247,14 +247,11 @@ async fn sigkill_inside_group_commits_loses_no_acknowledged_text() {
     balancer.shutdown().await;
 }
 
-/// A recipient killed after its keystore committed a batch and before it
-/// acknowledged it: the node delivers the batch again, and each text is
-/// still shown once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_recipient_killed_between_commit_and_ack_shows_each_text_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_up, server, ca) = common::start_up(dir.path());
-    let home = |u: &str| dir.path().join("homes").join(u);
+/// A local cluster (`fastchat up` in `dir`) with alice and bob registered
+/// under `dir/homes` and befriended, bob offline; returns it and alice.
+async fn alice_and_offline_bob(dir: &std::path::Path) -> (ChildGuard, Client) {
+    let (up, server, ca) = common::start_up(dir);
+    let home = |u: &str| dir.join("homes").join(u);
     let ca = std::path::PathBuf::from(ca);
     let alice = Client::register(&home("alice"), "alice", &server, &ca)
         .await
@@ -264,6 +261,17 @@ async fn a_recipient_killed_between_commit_and_ack_shows_each_text_once() {
         .unwrap();
     befriend(&alice, &bob).await;
     bob.close().await;
+    (up, alice)
+}
+
+/// A recipient killed after its keystore committed a batch and before it
+/// acknowledged it: the node delivers the batch again, and each text is
+/// still shown once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recipient_killed_between_commit_and_ack_shows_each_text_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = |u: &str| dir.path().join("homes").join(u);
+    let (_up, alice) = alice_and_offline_bob(dir.path()).await;
     for i in 0..50 {
         alice.send_text("bob", &format!("t{i:02}")).await.unwrap();
     }
@@ -312,17 +320,8 @@ async fn a_recipient_killed_between_commit_and_ack_shows_each_text_once() {
 async fn an_online_recipient_killed_between_commit_and_ack_shows_each_text_once() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
-    let (_up, server, ca) = common::start_up(dir.path());
     let home = |u: &str| dir.path().join("homes").join(u);
-    let ca = std::path::PathBuf::from(ca);
-    let alice = Client::register(&home("alice"), "alice", &server, &ca)
-        .await
-        .unwrap();
-    let bob = Client::register(&home("bob"), "bob", &server, &ca)
-        .await
-        .unwrap();
-    befriend(&alice, &bob).await;
-    bob.close().await;
+    let (_up, alice) = alice_and_offline_bob(dir.path()).await;
     alice.send_text("bob", "warm-up").await.unwrap();
 
     // Bob's `recv` shows the warm-up (its first commit) and stays online;

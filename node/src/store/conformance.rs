@@ -21,6 +21,12 @@ pub fn text(to: Target, n: u8, body: &[u8]) -> TextToQueue {
 }
 
 /// Login keys: stored at registration, absent for older accounts, bound later.
+/// The queue positions of the first `limit` envelopes waiting for `user`.
+async fn positions(s: &dyn Store, user: &str, limit: usize) -> Vec<u64> {
+    let page = s.pending(user, 0, limit).await.unwrap();
+    page.iter().map(|(seq, _)| *seq).collect()
+}
+
 pub async fn login_keys_are_stored_and_rebound(s: &dyn Store) {
     s.create_user("carol", b"kc", Some([7; 32])).await.unwrap();
     s.create_user("dave", b"kd", None).await.unwrap();
@@ -316,13 +322,7 @@ pub async fn queues_are_bounded_per_recipient(s: &dyn Store) {
     let r = s.enqueue_texts("alice", vec![big], roomy).await.unwrap();
     assert!(matches!(&r[0], Queuing::Refused(e) if e.code == ErrorCode::QuotaExceeded));
     // Bob reads two: two more fit, and a resend of one stored is no new text.
-    let seqs: Vec<u64> = s
-        .pending("bob", 0, 2)
-        .await
-        .unwrap()
-        .iter()
-        .map(|(seq, _)| *seq)
-        .collect();
+    let seqs = positions(s, "bob", 2).await;
     s.ack("bob", &seqs).await.unwrap();
     let r = s
         .enqueue_texts("alice", vec![to_bob(5), to_bob(6), to_bob(1)], limits)
@@ -337,22 +337,10 @@ pub async fn queues_are_bounded_per_recipient(s: &dyn Store) {
         "{r:?}"
     );
     // An ack with a gap deletes only what it names, and the usage follows.
-    let left: Vec<u64> = s
-        .pending("bob", 0, 10)
-        .await
-        .unwrap()
-        .iter()
-        .map(|(seq, _)| *seq)
-        .collect();
+    let left = positions(s, "bob", 10).await;
     assert_eq!(left.len(), 4, "{left:?}");
     s.ack("bob", &[left[0], left[2]]).await.unwrap();
-    let rest: Vec<u64> = s
-        .pending("bob", 0, 10)
-        .await
-        .unwrap()
-        .iter()
-        .map(|(seq, _)| *seq)
-        .collect();
+    let rest = positions(s, "bob", 10).await;
     assert_eq!(rest, vec![left[1], left[3]]);
     assert_eq!(s.queued_for("bob").await.unwrap(), 2);
     // The whole run acked again, with two already gone, deletes the rest.
