@@ -151,3 +151,45 @@ async fn many_concurrent_sends_each_get_their_own_ack() {
     want.sort();
     assert_eq!(texts, want);
 }
+
+/// A text to a friend online on the node is handed to its session, and the
+/// node's ack says it was delivered (no receipt follows); a text to a friend
+/// offline is stored, shows "sent", and turns "delivered" when the friend's
+/// receipt comes back after it was received.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_state_comes_from_the_ack_or_the_receipt() {
+    use fastchat_client::{Conversation, MessageState};
+    let cluster = Cluster::start().await;
+    let alice = cluster.register("alice").await;
+    let bob = cluster.register("bob").await;
+    befriend(&alice, &bob).await;
+    let state = |text: &str| {
+        alice
+            .history(&Conversation::Friend("bob".into()), 100)
+            .unwrap()
+            .into_iter()
+            .find(|e| e.outgoing && e.text == text)
+            .map(|e| e.state)
+    };
+
+    alice.send_text("bob", "online").await.unwrap();
+    assert_eq!(state("online"), Some(MessageState::Delivered));
+    assert!(
+        bob.unshown().unwrap().iter().any(|i| i.text == "online"),
+        "acknowledged as delivered, so already in bob's keystore"
+    );
+
+    bob.close().await;
+    alice.send_text("bob", "offline").await.unwrap();
+    assert_eq!(state("offline"), Some(MessageState::Sent));
+    let bob = Client::connect(&cluster.home("bob")).await.unwrap();
+    bob.sync().await.unwrap();
+    // The receipt travels back on its own, shortly after.
+    for _ in 0..500 {
+        if state("offline") == Some(MessageState::Delivered) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(state("offline"), Some(MessageState::Delivered));
+}

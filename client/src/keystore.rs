@@ -607,13 +607,21 @@ impl Keystore {
         group: Option<&str>,
         text: &str,
         sent_at_ms: u64,
+        state: MessageState,
     ) -> Result<(), ClientError> {
         self.conn
             .prepare_cached(
                 "INSERT OR IGNORE INTO messages(id, peer, outgoing, kind, grp, body, sent_at, received_at, state, shown)
-                 VALUES (?1, ?2, 1, 'text', ?3, ?4, ?5, ?5, 'sent', 1)",
+                 VALUES (?1, ?2, 1, 'text', ?3, ?4, ?5, ?5, ?6, 1)",
             )?
-            .execute(params![&id[..], to, group, text, sent_at_ms as i64])?;
+            .execute(params![
+                &id[..],
+                to,
+                group,
+                text,
+                sent_at_ms as i64,
+                state.as_str()
+            ])?;
         Ok(())
     }
 

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use fastchat_crypto::sha256;
-use fastchat_proto::envelope::{Delivery, DeliveryAck, Envelope, Outgoing};
+use fastchat_proto::envelope::{Delivery, DeliveryAck, Envelope, Outgoing, is_handed_off};
 use fastchat_proto::limits::{MAX_CONTROL_FRAME, MAX_MESSAGE_FRAME};
 use fastchat_proto::stream::StreamKind;
 use fastchat_proto::{decode, error::close};
@@ -50,12 +50,17 @@ async fn serve(
         deliveries.push(d);
     }
     let seqs: Vec<u64> = deliveries.iter().map(|d| d.seq).collect();
-    let (fresh, downloads) = process(core, deliveries).map_err(StreamError::service)?;
+    let (fresh, downloads, handed_off) = process(core, deliveries).map_err(StreamError::service)?;
     // Committed, not yet acknowledged: the node will deliver it again.
     crate::fault::crash_at(crate::fault::AFTER_KEYSTORE_COMMIT);
     write_frame(&mut send, &DeliveryAck { seqs }, MAX_CONTROL_FRAME).await?;
     let _ = send.finish();
-    send_receipts(core, &fresh);
+    // A handed-off text's sender learns of its delivery from its own ack.
+    let stored: Vec<&InboxItem> = fresh
+        .iter()
+        .filter(|i| !handed_off.contains(&i.id))
+        .collect();
+    send_receipts(core, &stored);
     let _ = core.changes.send(());
     for item in fresh {
         core.events.send(item);
@@ -68,8 +73,8 @@ async fn serve(
 
 /// Tells each friend which of their texts we just stored (sent → delivered
 /// on their side). Best effort: a lost receipt only leaves "sent" showing.
-fn send_receipts(core: &Core, fresh: &[InboxItem]) {
-    match texts::receipts(fresh) {
+fn send_receipts(core: &Core, fresh: &[&InboxItem]) {
+    match texts::receipts(fresh.iter().copied()) {
         Ok(receipts) => {
             for r in receipts {
                 crate::sender::send_best_effort(core, Outgoing::Receipt(r));
@@ -79,14 +84,20 @@ fn send_receipts(core: &Core, fresh: &[InboxItem]) {
     }
 }
 
-type Processed = (Vec<InboxItem>, Vec<DownloadRecord>);
+/// A batch taken in: the items new to the keystore, the downloads to
+/// start, and the ids of texts that were handed off (no receipt for them).
+type Processed = (Vec<InboxItem>, Vec<DownloadRecord>, Vec<[u8; 16]>);
 
 fn process(core: &Core, deliveries: Vec<Delivery>) -> Result<Processed, ClientError> {
     // Decoded before the keystore is locked.
     let mut envelopes = Vec::with_capacity(deliveries.len());
+    let mut handed_off = Vec::new();
     for d in deliveries {
         match decode::<Envelope>(&d.envelope) {
             Ok(envelope) => {
+                if let (true, Envelope::Text { id, .. }) = (is_handed_off(d.seq), &envelope) {
+                    handed_off.push(id.0);
+                }
                 // Texts and images carry their own ids; only events (friend
                 // and group changes) are named by a hash of their envelope.
                 let event_id = match &envelope {
@@ -115,17 +126,21 @@ fn process(core: &Core, deliveries: Vec<Delivery>) -> Result<Processed, ClientEr
     });
     let multi_thread = tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if unwraps && multi_thread {
-        tokio::task::block_in_place(|| apply(core, envelopes))
+    let (fresh, downloads) = if unwraps && multi_thread {
+        tokio::task::block_in_place(|| apply(core, envelopes))?
     } else {
-        apply(core, envelopes)
-    }
+        apply(core, envelopes)?
+    };
+    Ok((fresh, downloads, handed_off))
 }
 
 /// Takes a batch in, in one transaction: a key that arrives in the same
 /// batch as the texts it opens is visible to them, and nothing is
 /// half-applied on a crash.
-fn apply(core: &Core, envelopes: Vec<(u64, Envelope, [u8; 16])>) -> Result<Processed, ClientError> {
+fn apply(
+    core: &Core,
+    envelopes: Vec<(u64, Envelope, [u8; 16])>,
+) -> Result<(Vec<InboxItem>, Vec<DownloadRecord>), ClientError> {
     core.keystore().transaction(|ks| {
         let mut items = Vec::with_capacity(envelopes.len());
         let mut downloads = Vec::new();

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use fastchat_proto::envelope::{Outgoing, SendAck};
+use fastchat_proto::envelope::{Accepted, Outgoing, SendAck};
 use fastchat_proto::limits::{MAX_BATCH, MAX_BATCH_BYTES, MAX_MESSAGE_FRAME};
 use fastchat_proto::stream::StreamKind;
 use fastchat_proto::{MessageId, ProtoError};
@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::core::{Core, Pending};
 use crate::error::ClientError;
 use crate::texts::History;
+use crate::types::MessageState;
 
 /// Starts the sender task, fed by `rx`.
 pub(crate) fn start(core: Arc<Core>, rx: mpsc::UnboundedReceiver<Pending>) {
@@ -106,7 +107,7 @@ async fn send_batch(core: Arc<Core>, mut batch: Vec<Pending>) {
     loop {
         let seen = core.generation();
         let conn = core.conn();
-        let acks: HashMap<MessageId, Result<(), ProtoError>> = exchange(&conn, &batch)
+        let acks: HashMap<MessageId, Result<Accepted, ProtoError>> = exchange(&conn, &batch)
             .await
             .into_iter()
             .map(|a| (a.id, a.result))
@@ -137,16 +138,26 @@ async fn send_batch(core: Arc<Core>, mut batch: Vec<Pending>) {
 
 /// Records what the node accepted in the history (one transaction) and
 /// tells each sender its message's fate.
-fn settle(core: &Core, batch: Vec<Pending>, mut acks: HashMap<MessageId, Result<(), ProtoError>>) {
+fn settle(
+    core: &Core,
+    batch: Vec<Pending>,
+    mut acks: HashMap<MessageId, Result<Accepted, ProtoError>>,
+) {
     let recorded = core.keystore().transaction(|ks| {
         for o in &batch {
-            if let (Some(h), Some(Ok(()))) = (&o.history, acks.get(&o.message.id())) {
+            if let (Some(h), Some(Ok(accepted))) = (&o.history, acks.get(&o.message.id())) {
+                // Handed off: the recipient holds it already, and no receipt will come.
+                let state = match accepted {
+                    Accepted::Stored => MessageState::Sent,
+                    Accepted::Delivered => MessageState::Delivered,
+                };
                 ks.record_sent(
                     &o.message.id().0,
                     &h.peer,
                     h.group.as_deref(),
                     &h.text,
                     h.sent_at_ms,
+                    state,
                 )?;
             }
         }
@@ -157,7 +168,7 @@ fn settle(core: &Core, batch: Vec<Pending>, mut acks: HashMap<MessageId, Result<
     }
     for o in batch {
         let result = match acks.remove(&o.message.id()) {
-            Some(Ok(())) => Ok(()),
+            Some(Ok(_)) => Ok(()),
             Some(Err(e)) => Err(ClientError::Refused(e)),
             None => Err(ClientError::Disconnected),
         };

@@ -244,10 +244,12 @@ pub(crate) fn on_delivered(from: String, ids: Vec<MessageId>) -> Outcome {
 
 /// One receipt per friend for the direct texts just stored (sent →
 /// delivered on their side). Best effort: a lost one only leaves "sent".
-pub(crate) fn receipts(fresh: &[InboxItem]) -> Result<Vec<Receipt>, ClientError> {
+pub(crate) fn receipts<'a>(
+    fresh: impl IntoIterator<Item = &'a InboxItem>,
+) -> Result<Vec<Receipt>, ClientError> {
     let mut by_sender: Vec<(String, Vec<MessageId>)> = Vec::new();
     for item in fresh
-        .iter()
+        .into_iter()
         .filter(|i| i.kind == InboxKind::Text && i.group.is_none())
     {
         match by_sender.iter_mut().find(|(s, _)| *s == item.from) {

@@ -192,7 +192,8 @@ pub struct HistoryEntry {
 pub enum MessageState {
     /// Ours, stored by the node.
     Sent,
-    /// Ours, stored by the friend's client (a best-effort receipt said so).
+    /// Ours, stored by the friend's client (the node's ack of a handed-off
+    /// text, or a best-effort receipt, said so).
     Delivered,
     /// Theirs, stored here.
     Received,

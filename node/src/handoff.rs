@@ -17,25 +17,23 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use fastchat_proto::envelope::{HANDED_OFF, is_handed_off};
 use tokio::sync::Notify;
 
 /// Longest a sender's batch waits for its recipients' acks before the
 /// rest of it is stored instead.
 pub(crate) const HANDOFF_WAIT: Duration = Duration::from_secs(2);
 
-/// Positions of handed-off texts have this bit set: they name no queue
-/// row, so acking one deletes nothing (store positions never get there).
-pub(crate) const TRANSIENT: u64 = 1 << 63;
-
-/// Whether `seq` names a handed-off text rather than a queue row.
+/// Whether `seq` names a handed-off text rather than a queue row (store
+/// positions never reach [`HANDED_OFF`]): acking one deletes nothing.
 pub(crate) fn is_transient(seq: u64) -> bool {
-    seq & TRANSIENT != 0
+    is_handed_off(seq)
 }
 
 /// A fresh position for a handed-off text.
 pub(crate) fn next_transient() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
-    TRANSIENT | NEXT.fetch_add(1, Ordering::Relaxed)
+    HANDED_OFF | NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// The hand-offs of one text batch: which texts a recipient acknowledged,

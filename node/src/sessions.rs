@@ -15,7 +15,7 @@ use crate::handoff::Handoff;
 #[derive(Clone)]
 pub(crate) struct Live {
     /// Queue position (0: a receipt, never stored; with
-    /// [`crate::handoff::TRANSIENT`] set: a handed-off text).
+    /// [`fastchat_proto::envelope::HANDED_OFF`] set: a handed-off text).
     pub seq: u64,
     /// Encoded envelope, shared between sessions of the same user.
     pub envelope: Arc<Vec<u8>>,

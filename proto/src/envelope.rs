@@ -89,13 +89,33 @@ pub struct OutgoingText {
     pub sealed: Sealed,
 }
 
-/// The node's answer to one [`OutgoingText`]: stored (durable) or refused.
+/// The node's answer to one [`OutgoingText`]: durable, or refused.
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct SendAck {
     /// Which message this answers.
     pub id: MessageId,
-    /// `Ok` once the message is durable; otherwise why it was refused.
-    pub result: Result<(), ProtoError>,
+    /// `Ok` once the message is durable (and where); otherwise why it was refused.
+    pub result: Result<Accepted, ProtoError>,
+}
+
+/// Where an acknowledged message is durable.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accepted {
+    /// In the node's store, to be delivered.
+    Stored,
+    /// In the recipient's keystore already (handed off to its session): no
+    /// receipt will follow, the ack is the receipt.
+    Delivered,
+}
+
+/// Queue positions with this bit set name no stored row: the node handed
+/// the text to the session directly, and its sender learns of the delivery
+/// from its own ack, so the recipient sends no receipt for it.
+pub const HANDED_OFF: u64 = 1 << 63;
+
+/// Whether a delivery's position marks a handed-off text.
+pub fn is_handed_off(seq: u64) -> bool {
+    seq & HANDED_OFF != 0
 }
 
 /// Something the node queues for a user and delivers when they are online.

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use fastchat_proto::control::Relation;
-use fastchat_proto::envelope::{Envelope, Outgoing, SendAck};
+use fastchat_proto::envelope::{Accepted, Envelope, Outgoing, SendAck};
 use fastchat_proto::frame::encode_body;
 use fastchat_proto::limits::{MAX_BATCH, MAX_BATCH_BYTES, MAX_MESSAGE_FRAME, MAX_TEXT_BYTES};
 use fastchat_proto::{ErrorCode, FrameError, ProtoError};
@@ -167,11 +167,17 @@ pub(crate) async fn serve(
             Ok(Admitted::Queue(item)) => {
                 slots.push(acks.len());
                 queue.push(item);
-                acks.push(SendAck { id, result: Ok(()) });
+                acks.push(SendAck {
+                    id,
+                    result: Ok(Accepted::Stored),
+                });
             }
             Ok(Admitted::Live { to, envelope }) => {
                 live.push((to, envelope));
-                acks.push(SendAck { id, result: Ok(()) });
+                acks.push(SendAck {
+                    id,
+                    result: Ok(Accepted::Stored),
+                });
             }
             Err(e) => acks.push(SendAck { id, result: Err(e) }),
         }
@@ -200,6 +206,7 @@ pub(crate) async fn serve(
             let acked = answer.unwrap_or_else(|| vec![false; items.len()]);
             for ((slot, item), acked) in items.into_iter().zip(acked) {
                 if acked {
+                    acks[slot].result = Ok(Accepted::Delivered);
                     done += 1;
                     continue;
                 }
