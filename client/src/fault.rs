@@ -25,10 +25,11 @@ pub(crate) fn crash_at(point: &str) {
 
 /// `point` or `point:n` (n counted from 1).
 fn parse(fault: &str) -> (String, u32) {
-    match fault.rsplit_once(':') {
-        Some((name, n)) if n.parse::<u32>().is_ok_and(|n| n > 0) => {
-            (name.to_string(), n.parse().expect("checked"))
-        }
+    match fault
+        .rsplit_once(':')
+        .map(|(name, n)| (name, n.parse::<u32>()))
+    {
+        Some((name, Ok(n))) if n > 0 => (name.to_string(), n),
         _ => (fault.to_string(), 1),
     }
 }

@@ -58,7 +58,7 @@ async fn serve(
     // A handed-off text's sender learns of its delivery from its own ack.
     let stored: Vec<&InboxItem> = fresh
         .iter()
-        .filter(|i| !handed_off.contains(&i.id))
+        .filter(|i| handed_off.binary_search(&i.id).is_err())
         .collect();
     send_receipts(core, &stored);
     let _ = core.changes.send(());
@@ -85,7 +85,8 @@ fn send_receipts(core: &Core, fresh: &[&InboxItem]) {
 }
 
 /// A batch taken in: the items new to the keystore, the downloads to
-/// start, and the ids of texts that were handed off (no receipt for them).
+/// start, and the ids of texts that were handed off (no receipt for
+/// them), sorted.
 type Processed = (Vec<InboxItem>, Vec<DownloadRecord>, Vec<[u8; 16]>);
 
 fn process(core: &Core, deliveries: Vec<Delivery>) -> Result<Processed, ClientError> {
@@ -131,6 +132,7 @@ fn process(core: &Core, deliveries: Vec<Delivery>) -> Result<Processed, ClientEr
     } else {
         apply(core, envelopes)?
     };
+    handed_off.sort_unstable();
     Ok((fresh, downloads, handed_off))
 }
 

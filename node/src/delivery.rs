@@ -282,7 +282,7 @@ async fn deliver(
     let mut ours: Vec<u64> = frames
         .iter()
         .map(|f| f.seq)
-        .filter(|s| *s != 0 && !crate::handoff::is_transient(*s))
+        .filter(|s| *s != 0 && !fastchat_proto::envelope::is_handed_off(*s))
         .collect();
     ours.sort_unstable();
     let sent: Vec<u64> = ack

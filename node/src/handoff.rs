@@ -12,25 +12,21 @@
 //! channel as everything stored for that recipient before it (a friend's
 //! accept, which its key depends on, was pushed there at its commit).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fastchat_proto::envelope::{HANDED_OFF, is_handed_off};
+use fastchat_proto::envelope::HANDED_OFF;
 use tokio::sync::Notify;
 
 /// Longest a sender's batch waits for its recipients' acks before the
 /// rest of it is stored instead.
 pub(crate) const HANDOFF_WAIT: Duration = Duration::from_secs(2);
 
-/// Whether `seq` names a handed-off text rather than a queue row (store
-/// positions never reach [`HANDED_OFF`]): acking one deletes nothing.
-pub(crate) fn is_transient(seq: u64) -> bool {
-    is_handed_off(seq)
-}
-
-/// A fresh position for a handed-off text.
+/// A fresh position for a handed-off text: [`HANDED_OFF`] set, so it
+/// names no queue row (store positions never get there) and acking it
+/// deletes nothing.
 pub(crate) fn next_transient() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     HANDED_OFF | NEXT.fetch_add(1, Ordering::Relaxed)
@@ -103,25 +99,42 @@ const KNOWN_FRIENDS: usize = 100_000;
 /// stale; were that to change, it must forget the pair too.
 #[derive(Default)]
 pub(crate) struct KnownFriends {
-    pairs: Mutex<HashSet<(String, String)>>,
+    inner: Mutex<Known>,
+}
+
+/// Per sender, the friends it was checked against (looked up by `&str`, so
+/// a check on the hot path allocates nothing), and how many pairs in all.
+#[derive(Default)]
+struct Known {
+    by_sender: HashMap<String, HashSet<String>>,
+    pairs: usize,
 }
 
 impl KnownFriends {
     /// Whether `from` and `to` are known to be friends.
     pub fn contains(&self, from: &str, to: &str) -> bool {
-        self.pairs
+        self.inner
             .lock()
             .expect("friends lock")
-            .contains(&(from.to_string(), to.to_string()))
+            .by_sender
+            .get(from)
+            .is_some_and(|friends| friends.contains(to))
     }
 
     /// Remembers that `from` and `to` are friends.
     pub fn insert(&self, from: &str, to: &str) {
-        let mut pairs = self.pairs.lock().expect("friends lock");
-        if pairs.len() >= KNOWN_FRIENDS {
-            pairs.clear();
+        let mut known = self.inner.lock().expect("friends lock");
+        if known.pairs >= KNOWN_FRIENDS {
+            *known = Known::default();
         }
-        pairs.insert((from.to_string(), to.to_string()));
+        if known
+            .by_sender
+            .entry(from.to_string())
+            .or_default()
+            .insert(to.to_string())
+        {
+            known.pairs += 1;
+        }
     }
 }
 
@@ -144,11 +157,11 @@ mod tests {
         b.acked();
         // All acknowledged: no wait at all.
         assert_eq!(batch.wait(HANDOFF_WAIT * 100).await, vec![true; 3]);
-        assert!(is_transient(next_transient()));
+        assert!(fastchat_proto::envelope::is_handed_off(next_transient()));
         let known = KnownFriends::default();
         known.insert("alice", "bob");
         assert!(known.contains("alice", "bob"));
         assert!(!known.contains("bob", "alice"), "remembered as asked");
-        assert!(!is_transient(u64::MAX >> 1));
+        assert!(!fastchat_proto::envelope::is_handed_off(u64::MAX >> 1));
     }
 }

@@ -321,20 +321,25 @@ async fn publish_lives(client: &Client, origin: &str, user: &str, lives: &[Live]
     let subject = user_subject(user);
     let mut rest = lives;
     while !rest.is_empty() {
-        let mut bytes = 0;
-        let n = rest
-            .iter()
-            .take_while(|l| {
-                bytes += l.envelope.len();
-                bytes <= wire::LIVE_BATCH_BYTES
-            })
-            .count()
-            .max(1);
+        let n = fitting(rest.iter().map(|l| l.envelope.len()));
         let payload =
             wire::encode_lives(origin, rest[..n].iter().map(|l| (l.seq, &l.envelope[..])));
         send(client, subject.clone(), payload.into()).await;
         rest = &rest[n..];
     }
+}
+
+/// How many of the envelopes ahead, of these sizes, one bus message
+/// carries: as many as fit in [`wire::LIVE_BATCH_BYTES`], and at least one.
+fn fitting(sizes: impl Iterator<Item = usize>) -> usize {
+    let mut bytes = 0;
+    sizes
+        .take_while(|len| {
+            bytes += len;
+            bytes <= wire::LIVE_BATCH_BYTES
+        })
+        .count()
+        .max(1)
 }
 
 async fn send(client: &Client, subject: String, payload: Bytes) {
@@ -517,15 +522,7 @@ impl Bus for NatsBus {
         let mut chunks = Vec::new();
         let mut rest = &envelopes[..];
         while !rest.is_empty() {
-            let mut bytes = 0;
-            let n = rest
-                .iter()
-                .take_while(|e| {
-                    bytes += e.len();
-                    bytes <= wire::LIVE_BATCH_BYTES
-                })
-                .count()
-                .max(1);
+            let n = fitting(rest.iter().map(|e| e.len()));
             let id = self.offers.next.fetch_add(1, Ordering::Relaxed);
             let (tx, rx) = oneshot::channel();
             self.offers
@@ -576,6 +573,13 @@ impl Bus for NatsBus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bus_message_carries_what_fits_and_at_least_one() {
+        let half = wire::LIVE_BATCH_BYTES / 2;
+        assert_eq!(fitting([half, half, 1].into_iter()), 2);
+        assert_eq!(fitting([wire::LIVE_BATCH_BYTES * 2, 1].into_iter()), 1);
+    }
 
     #[test]
     fn subjects_name_users_and_nodes_in_hex() {
