@@ -8,13 +8,12 @@ use fastchat_crypto::ConversationKey;
 use fastchat_crypto::chunked::ChunkCipher;
 use fastchat_proto::image::{AttachmentKind, ImageHeader, ImageTarget};
 use fastchat_proto::limits::{IMAGE_CHUNK, IMAGE_TAG};
-use serde::{Deserialize, Serialize};
 
 use crate::error::ClientError;
 
 /// An upload as saved in the keystore until the node has all of it. `key`
 /// is the file's own chunk key.
-#[derive(Serialize, Deserialize, Clone, Debug)]
+#[derive(bincode::Encode, bincode::Decode, Clone, Debug)]
 pub(crate) struct UploadRecord {
     pub id: [u8; 16],
     pub path: PathBuf,
@@ -37,7 +36,7 @@ pub(crate) struct UploadRecord {
 
 /// A download as saved in the keystore until the file is in place. `key`
 /// is the file's chunk key, from its header.
-#[derive(Serialize, Deserialize, Clone, Debug)]
+#[derive(bincode::Encode, bincode::Decode, Clone, Debug)]
 pub(crate) struct DownloadRecord {
     pub id: [u8; 16],
     pub from: String,

@@ -1,11 +1,11 @@
 //! The balancer's protocol: clients ask which node to use; nodes report.
 
-use serde::{Deserialize, Serialize};
+use bincode::{Decode, Encode};
 
 use crate::ProtoError;
 
 /// A request to the balancer, one per stream.
-#[derive(Serialize, Deserialize, Clone, Debug)]
+#[derive(Encode, Decode, Clone, Debug)]
 pub enum BalancerRequest {
     /// Which node should I connect to?
     PickNode,
@@ -17,7 +17,7 @@ pub enum BalancerRequest {
 }
 
 /// One node's report of itself.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Encode, Decode, Clone, Debug, PartialEq, Eq, Default)]
 pub struct NodeReport {
     /// Address clients should connect to.
     pub addr: String,
@@ -36,7 +36,7 @@ pub struct NodeReport {
 }
 
 /// The balancer's answer.
-#[derive(Serialize, Deserialize, Clone, Debug)]
+#[derive(Encode, Decode, Clone, Debug)]
 pub enum BalancerResponse {
     /// Connect here.
     Node {

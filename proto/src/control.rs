@@ -2,12 +2,12 @@
 //! carries an id chosen by the client; its reply echoes it, so replies may
 //! arrive in any order.
 
-use serde::{Deserialize, Serialize};
+use bincode::{Decode, Encode};
 
 use crate::ProtoError;
 
 /// A request with the id its reply will carry.
-#[derive(Serialize, Deserialize, Clone, Debug)]
+#[derive(Encode, Decode, Clone, Debug)]
 pub struct RequestFrame {
     /// Chosen by the client, echoed in the reply.
     pub id: u64,
@@ -16,7 +16,7 @@ pub struct RequestFrame {
 }
 
 /// A reply to the request with the same id.
-#[derive(Serialize, Deserialize, Clone, Debug)]
+#[derive(Encode, Decode, Clone, Debug)]
 pub struct ResponseFrame {
     /// The id of the request this answers.
     pub id: u64,
@@ -25,7 +25,7 @@ pub struct ResponseFrame {
 }
 
 /// Everything a client can ask of a node on the control stream.
-#[derive(Serialize, Deserialize, Clone, Debug)]
+#[derive(Encode, Decode, Clone, Debug)]
 pub enum Request {
     /// Creates an account. `proof` is the identity key's signature over
     /// `fastchat_crypto::transcript::register(name, public_key, login_key)`,
@@ -125,7 +125,7 @@ pub enum Request {
 }
 
 /// How a looked-up user relates to the caller, as the node sees it.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Encode, Decode, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Relation {
     /// No request either way.
     None,
@@ -138,7 +138,7 @@ pub enum Relation {
 }
 
 /// Successful answers on the control stream.
-#[derive(Serialize, Deserialize, Clone, Debug)]
+#[derive(Encode, Decode, Clone, Debug)]
 pub enum Response {
     /// The account was created.
     Registered,

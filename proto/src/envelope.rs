@@ -1,23 +1,21 @@
 //! What travels on text and delivery streams: messages from a sender, the
 //! envelopes a node queues and delivers, and the acknowledgements.
 
-use serde::{Deserialize, Serialize};
+use bincode::{Decode, Encode};
 
 use crate::{MessageId, ProtoError};
 
 /// AES-256-GCM output: the nonce it used and ciphertext with its tag.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Encode, Decode, Clone, Debug, PartialEq, Eq)]
 pub struct Sealed {
     /// 96-bit nonce, unique per key.
     pub nonce: [u8; 12],
     /// Ciphertext followed by the 16-byte tag.
-    // As bytes, not a sequence of u8: the same encoding, decoded in one copy.
-    #[serde(with = "serde_bytes")]
     pub ciphertext: Vec<u8>,
 }
 
 /// One message as a sender puts it on a [`crate::stream::StreamKind::Text`] stream.
-#[derive(Serialize, Deserialize, Clone, Debug)]
+#[derive(Encode, Decode, Clone, Debug)]
 pub enum Outgoing {
     /// To one friend.
     Direct(OutgoingText),
@@ -28,7 +26,7 @@ pub enum Outgoing {
 }
 
 /// Which of a friend's texts the sender of the receipt has stored.
-#[derive(Serialize, Deserialize, Clone, Debug)]
+#[derive(Encode, Decode, Clone, Debug)]
 pub struct Receipt {
     /// Id of the receipt itself.
     pub id: MessageId,
@@ -63,7 +61,7 @@ impl Outgoing {
 }
 
 /// A group text as its sender sends it.
-#[derive(Serialize, Deserialize, Clone, Debug)]
+#[derive(Encode, Decode, Clone, Debug)]
 pub struct OutgoingGroupText {
     /// The sender's id for it.
     pub id: MessageId,
@@ -74,12 +72,11 @@ pub struct OutgoingGroupText {
     /// The encrypted content.
     pub sealed: Sealed,
     /// The sender's Ed25519 signature over `transcript::group_text_signature`.
-    #[serde(with = "serde_bytes")]
     pub signature: Vec<u8>,
 }
 
 /// One text message to a friend.
-#[derive(Serialize, Deserialize, Clone, Debug)]
+#[derive(Encode, Decode, Clone, Debug)]
 pub struct OutgoingText {
     /// The sender's id for it.
     pub id: MessageId,
@@ -90,7 +87,7 @@ pub struct OutgoingText {
 }
 
 /// The node's answer to one [`OutgoingText`]: durable, or refused.
-#[derive(Serialize, Deserialize, Clone, Debug)]
+#[derive(Encode, Decode, Clone, Debug)]
 pub struct SendAck {
     /// Which message this answers.
     pub id: MessageId,
@@ -99,7 +96,7 @@ pub struct SendAck {
 }
 
 /// Where an acknowledged message is durable.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Encode, Decode, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Accepted {
     /// In the node's store, to be delivered.
     Stored,
@@ -119,7 +116,7 @@ pub fn is_handed_off(seq: u64) -> bool {
 }
 
 /// Something the node queues for a user and delivers when they are online.
-#[derive(Serialize, Deserialize, Clone, Debug)]
+#[derive(Encode, Decode, Clone, Debug)]
 pub enum Envelope {
     /// An end-to-end encrypted text from a friend.
     Text {
@@ -206,42 +203,39 @@ pub enum Envelope {
         /// The encrypted content.
         sealed: Sealed,
         /// The sender's Ed25519 signature.
-        #[serde(with = "serde_bytes")]
         signature: Vec<u8>,
     },
 }
 
 /// One queued envelope with its position in the recipient's queue.
-#[derive(Serialize, Deserialize, Clone, Debug)]
+#[derive(Encode, Decode, Clone, Debug)]
 pub struct Delivery {
     /// Queue position; increases with every envelope queued.
     pub seq: u64,
     /// The envelope, as bincode bytes (kept encoded so the node never re-encodes).
-    #[serde(with = "serde_bytes")]
     pub envelope: Vec<u8>,
 }
 
 /// A [`Delivery`] as the node writes it, borrowing the envelope so one
 /// stored envelope can go to many recipients without a copy each. Encodes
 /// exactly like [`Delivery`].
-#[derive(Serialize, Clone, Copy, Debug)]
+#[derive(Encode, Clone, Copy, Debug)]
 pub struct DeliveryRef<'a> {
     /// Queue position.
     pub seq: u64,
     /// The envelope's bincode bytes.
-    #[serde(with = "serde_bytes")]
     pub envelope: &'a [u8],
 }
 
 /// The client's answer to a delivery batch: these may now be deleted.
-#[derive(Serialize, Deserialize, Clone, Debug)]
+#[derive(Encode, Decode, Clone, Debug)]
 pub struct DeliveryAck {
     /// Queue positions the client has stored.
     pub seqs: Vec<u64>,
 }
 
 /// The content inside a text's ciphertext.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Encode, Decode, Clone, Debug, PartialEq, Eq)]
 pub struct TextContent {
     /// The message.
     pub text: String,

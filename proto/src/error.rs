@@ -1,9 +1,9 @@
 //! Error codes carried on the wire, each with a sentence for the user.
 
-use serde::{Deserialize, Serialize};
+use bincode::{Decode, Encode};
 
 /// Why a request or message was refused.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Encode, Decode, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorCode {
     /// The frame decoded but made no sense in this state.
     BadRequest,
@@ -46,7 +46,7 @@ pub enum ErrorCode {
 }
 
 /// A refusal as it travels: a code for programs, a sentence for people.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Encode, Decode, Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct ProtoError {
     /// What kind of refusal this is.

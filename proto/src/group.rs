@@ -2,10 +2,10 @@
 //! these updates but cannot forge one: members verify the admin's signature
 //! over the update's encoding before using anything in it.
 
-use serde::{Deserialize, Serialize};
+use bincode::{Decode, Encode};
 
 /// One member and the Ed25519 key their group messages verify against.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Encode, Decode, Clone, Debug, PartialEq, Eq)]
 pub struct RosterEntry {
     /// The member's name.
     pub name: String,
@@ -14,7 +14,7 @@ pub struct RosterEntry {
 }
 
 /// What moved the group to its new epoch.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Encode, Decode, Clone, Debug, PartialEq, Eq)]
 pub enum GroupChange {
     /// These members joined (one re-key for all of them).
     Added(Vec<String>),
@@ -23,7 +23,7 @@ pub enum GroupChange {
 }
 
 /// A group at a new key epoch, as signed by its admin.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Encode, Decode, Clone, Debug, PartialEq, Eq)]
 pub struct GroupUpdate {
     /// The group's id (from the node at creation).
     pub group_id: u64,
@@ -47,7 +47,7 @@ impl GroupUpdate {
 }
 
 /// The new epoch key for one member.
-#[derive(Serialize, Deserialize, Clone, Debug)]
+#[derive(Encode, Decode, Clone, Debug)]
 pub struct MemberKey {
     /// The member.
     pub member: String,

@@ -3,12 +3,12 @@
 //! raw ciphertext bytes (fixed-size AEAD chunks), never the whole image in
 //! one frame.
 
-use serde::{Deserialize, Serialize};
+use bincode::{Decode, Encode};
 
 use crate::{MessageId, ProtoError};
 
 /// Whether the attachment is shown as an image or as a plain file.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Encode, Decode, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttachmentKind {
     /// An image (checked by the sender's client).
     Image,
@@ -17,7 +17,7 @@ pub enum AttachmentKind {
 }
 
 /// The encrypted header's content: what the recipient needs before the bytes.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Encode, Decode, Clone, Debug, PartialEq, Eq)]
 pub struct ImageHeader {
     /// The sender's file name (recipients strip any path from it).
     pub title: String,
@@ -36,7 +36,7 @@ pub struct ImageHeader {
 }
 
 /// Where an upload goes.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Encode, Decode, Clone, Debug, PartialEq, Eq)]
 pub enum ImageTarget {
     /// One friend.
     Direct(String),
@@ -50,7 +50,7 @@ pub enum ImageTarget {
 }
 
 /// First frame of an upload stream. The same id resumes an earlier upload.
-#[derive(Serialize, Deserialize, Clone, Debug)]
+#[derive(Encode, Decode, Clone, Debug)]
 pub struct ImageOffer {
     /// The sender's id for the image.
     pub id: MessageId,
@@ -70,7 +70,7 @@ pub struct ImageOffer {
 }
 
 /// The node's answer to an offer.
-#[derive(Serialize, Deserialize, Clone, Debug)]
+#[derive(Encode, Decode, Clone, Debug)]
 pub enum ImageAccept {
     /// Send the ciphertext from byte `have` on.
     Continue {
@@ -82,7 +82,7 @@ pub enum ImageAccept {
 }
 
 /// The node's answer once the whole upload is stored.
-#[derive(Serialize, Deserialize, Clone, Debug)]
+#[derive(Encode, Decode, Clone, Debug)]
 pub enum ImageStored {
     /// Durable; recipients fetch it from the node.
     Stored,
@@ -91,7 +91,7 @@ pub enum ImageStored {
 }
 
 /// First frame of a fetch stream: the recipient asks for one image's ciphertext.
-#[derive(Serialize, Deserialize, Clone, Debug)]
+#[derive(Encode, Decode, Clone, Debug)]
 pub struct ImageFetch {
     /// Who sent it.
     pub from: String,
@@ -102,7 +102,7 @@ pub struct ImageFetch {
 }
 
 /// The node's answer to a fetch, before the bytes.
-#[derive(Serialize, Deserialize, Clone, Debug)]
+#[derive(Encode, Decode, Clone, Debug)]
 pub enum ImageFetchReply {
     /// The bytes from `offset` to the end follow, as they arrive at the node.
     Sending {

@@ -14,6 +14,8 @@ pub mod image;
 pub mod limits;
 pub mod stream;
 
+/// What a frame body must be: bincode's own traits, derived on every protocol type.
+pub use bincode::{Decode, Encode};
 pub use error::{ErrorCode, ProtoError};
 pub use frame::{FrameError, decode, encode_frame, frame_len};
 
@@ -34,9 +36,7 @@ pub fn now_ms() -> u64 {
 
 /// A message identifier chosen by the sender; unique per message, used for
 /// de-duplication end to end.
-#[derive(
-    serde::Serialize, serde::Deserialize, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord,
-)]
+#[derive(bincode::Encode, bincode::Decode, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MessageId(pub [u8; 16]);
 
 impl MessageId {

@@ -1,10 +1,10 @@
 //! The first frame on every stream after the control stream says what the
 //! stream carries, so new kinds (images, ...) can be added without guessing.
 
-use serde::{Deserialize, Serialize};
+use bincode::{Decode, Encode};
 
 /// What a freshly opened stream carries.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Encode, Decode, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StreamKind {
     /// The long-lived request/reply stream (client-opened, first stream).
     Control,

@@ -3,10 +3,9 @@
 
 use std::time::Duration;
 
+use fastchat_proto::{Decode, Encode};
 use fastchat_proto::{FrameError, decode, encode_frame, frame_len};
 use quinn::{ReadExactError, RecvStream, SendStream};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +57,7 @@ pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// Reads one frame into `buf` and decodes it. `Ok(None)` means the peer
 /// finished the stream cleanly between frames. Waiting for a frame to start
 /// has no limit (streams may be idle); finishing one has [`FRAME_TIMEOUT`].
-pub async fn read_frame<T: DeserializeOwned>(
+pub async fn read_frame<T: Decode<()>>(
     recv: &mut RecvStream,
     limit: usize,
     buf: &mut Vec<u8>,
@@ -92,7 +91,7 @@ pub async fn read_frame<T: DeserializeOwned>(
 }
 
 /// Writes one frame.
-pub async fn write_frame<T: Serialize>(
+pub async fn write_frame<T: Encode>(
     send: &mut SendStream,
     value: &T,
     limit: usize,
@@ -104,7 +103,7 @@ pub async fn write_frame<T: Serialize>(
 }
 
 /// Writes many frames with one write, so a batch costs one syscall path.
-pub async fn write_frames<'a, T: Serialize + 'a>(
+pub async fn write_frames<'a, T: Encode + 'a>(
     send: &mut SendStream,
     values: impl IntoIterator<Item = &'a T>,
     limit: usize,
