@@ -73,10 +73,11 @@ pub(crate) async fn run(
                 why: format!("it changed while being sent ({e})"),
             })?;
         let sealed = cipher.seal(i as u32, i + 1 == chunks, &plain[..len])?;
-        send.write_all(&sealed[skip..])
+        sent += (sealed.len() - skip) as u64;
+        // Handed over as it is: `write_all` would copy the chunk once more.
+        send.write_chunk(bytes::Bytes::from(sealed).slice(skip..))
             .await
             .map_err(|_| ClientError::Disconnected)?;
-        sent += (sealed.len() - skip) as u64;
         skip = 0;
         progress(
             (i * fastchat_proto::limits::IMAGE_CHUNK as u64 + len as u64).min(rec.size),

@@ -98,11 +98,12 @@ pub async fn write_frame<T: Encode>(
 ) -> Result<(), StreamError> {
     let mut out = Vec::with_capacity(128);
     encode_frame(value, limit, &mut out)?;
-    send.write_all(&out).await?;
+    send.write_chunk(out.into()).await?;
     Ok(())
 }
 
 /// Writes many frames with one write, so a batch costs one syscall path.
+/// The buffer is handed to quinn as it is: `write_all` copied it once more.
 pub async fn write_frames<'a, T: Encode + 'a>(
     send: &mut SendStream,
     values: impl IntoIterator<Item = &'a T>,
@@ -112,6 +113,6 @@ pub async fn write_frames<'a, T: Encode + 'a>(
     for value in values {
         encode_frame(value, limit, &mut out)?;
     }
-    send.write_all(&out).await?;
+    send.write_chunk(out.into()).await?;
     Ok(())
 }

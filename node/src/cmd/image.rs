@@ -260,8 +260,9 @@ async fn send_local(
     while pos < total_len {
         // A stalled upload ends this fetch; the recipient resumes later.
         let bytes = reader.next(READ_CHUNK, STALL).await.map_err(blob_err)?;
-        send.write_all(&bytes).await?;
         pos += bytes.len() as u64;
+        // Handed over as it is: `write_all` would copy it into quinn again.
+        send.write_chunk(bytes.into()).await?;
     }
     Ok(())
 }
@@ -293,7 +294,7 @@ async fn send_remote(
         stalled_since = tokio::time::Instant::now();
         let next = pos + bytes.len() as u64;
         // Ask for the next chunk while this one goes out.
-        let (sent, ahead) = tokio::join!(send.write_all(&bytes), async {
+        let (sent, ahead) = tokio::join!(send.write_chunk(bytes.into()), async {
             if next < blob.total_len {
                 Some(fetch(next).await)
             } else {
@@ -306,8 +307,8 @@ async fn send_remote(
             let bytes = ahead.map_err(bus_err)?;
             if !bytes.is_empty() {
                 stalled_since = tokio::time::Instant::now();
-                send.write_all(&bytes).await?;
                 pos += bytes.len() as u64;
+                send.write_chunk(bytes.into()).await?;
             }
         }
     }
