@@ -91,6 +91,10 @@ async fn sizes_around_the_chunk_boundary_arrive_identical_one_to_one_and_in_grou
     let sizes = [
         0,
         1,
+        // The trailer (digest, and a signature in a group) after the file:
+        // ending a chunk exactly, and split across two.
+        IMAGE_CHUNK - 96,
+        IMAGE_CHUNK - 32,
         IMAGE_CHUNK - 1,
         IMAGE_CHUNK,
         IMAGE_CHUNK + 1,
@@ -269,7 +273,8 @@ async fn a_cut_upload_resumes_without_resending_what_arrived() {
     let reports = alice.resume_uploads(&no_progress).await.unwrap();
     assert_eq!(reports.len(), 1);
     let r = &reports[0];
-    let total = fastchat_proto::limits::image_ciphertext_len(bytes.len() as u64).unwrap();
+    // The file, then its 32-byte digest, sealed.
+    let total = fastchat_proto::limits::image_ciphertext_len(bytes.len() as u64 + 32).unwrap();
     assert!(r.resumed_from > 0, "nothing had arrived before the cut?");
     assert_eq!(r.resumed_from + r.sent, total, "resent what had arrived");
 

@@ -14,7 +14,7 @@ use fastchat_proto::limits::image_ciphertext_len;
 
 use crate::error::ClientError;
 use crate::room::{Change, EpochKeys, Invalid, Me, MemberCheck, Outcome, invalid};
-use crate::transfer::{DownloadRecord, UploadRecord};
+use crate::transfer::{DownloadRecord, FileStamp, GroupSigner, UploadRecord, stream_len};
 use crate::types::GroupState;
 
 /// Whom an upload is sealed for, with the key that seals it.
@@ -33,14 +33,15 @@ pub(crate) struct Attaching {
     pub path: PathBuf,
     pub title: String,
     pub size: u64,
-    pub sha256: [u8; 32],
+    pub stamp: FileStamp,
     pub kind: AttachmentKind,
 }
 
 /// The saved record of a new upload: a fresh random key for the file's
-/// chunks, carried inside the header (title, size, hash, kind), which alone
-/// is sealed for the recipient under the conversation or group key; in a
-/// group, signed by us so members know who sent it.
+/// chunks, carried inside the header (title, size, kind), which alone is
+/// sealed for the recipient under the conversation or group key; in a
+/// group, signed by us so members know who sent it. The file's digest
+/// follows its bytes (`transfer::trailer_len`).
 pub(crate) fn plan_upload(
     me: &Me,
     to: SealFor<'_>,
@@ -73,7 +74,6 @@ pub(crate) fn plan_upload(
     let header = ImageHeader {
         title: file.title,
         size: file.size,
-        sha256: file.sha256,
         kind: file.kind,
         sent_at_ms: fastchat_proto::now_ms(),
         file_key: *file_key.as_bytes(),
@@ -81,10 +81,12 @@ pub(crate) fn plan_upload(
     let sealed = key.seal(&aad, &encode_body(&header)?)?;
     let mut sealed_header = sealed.nonce.to_vec();
     sealed_header.extend_from_slice(&sealed.ciphertext);
-    let total_len = image_ciphertext_len(file.size).ok_or_else(|| ClientError::Unusable {
-        path: file.path.clone(),
-        why: "it is too large".into(),
-    })?;
+    let total_len = stream_len(file.size, group.is_some())
+        .and_then(image_ciphertext_len)
+        .ok_or_else(|| ClientError::Unusable {
+            path: file.path.clone(),
+            why: "it is too large".into(),
+        })?;
     let signature = match group {
         Some((gid, epoch)) => me.signing.sign(&transcript::group_image_signature(
             gid,
@@ -109,7 +111,7 @@ pub(crate) fn plan_upload(
         signature,
         size: file.size,
         total_len,
-        sha256: file.sha256,
+        stamp: file.stamp,
         kind: file.kind,
     })
 }
@@ -144,11 +146,16 @@ pub(crate) struct Announced<'a> {
 /// records it to fetch.
 pub(crate) fn on_announced(me: &Me, with: OpenWith, a: &Announced<'_>) -> Result<Outcome, Invalid> {
     let from = a.from;
-    let (key, aad, group_name) = match (with, a.group) {
+    let (key, aad, group_name, signer) = match (with, a.group) {
         (OpenWith::Friend(key), None) => {
             let key =
                 key.ok_or_else(|| invalid(format!("an image from {from}, who is not a friend")))?;
-            (key, transcript::image_aad(from, &me.name, &a.id, 0), None)
+            (
+                key,
+                transcript::image_aad(from, &me.name, &a.id, 0),
+                None,
+                None,
+            )
         }
         (OpenWith::Group { group, at_epoch }, Some((gid, epoch))) => {
             let name = group.ok_or_else(|| invalid("an image for a group we do not know"))?;
@@ -174,7 +181,16 @@ pub(crate) fn on_announced(me: &Me, with: OpenWith, a: &Announced<'_>) -> Result
                 })?;
             let key = &keys.key;
             let aad = transcript::image_aad(from, &format!("group:{gid}"), &a.id, epoch);
-            (key.clone(), aad, Some(name))
+            let signer = keys
+                .roster
+                .iter()
+                .find(|r| r.name == from)
+                .map(|r| GroupSigner {
+                    key: r.signing_key,
+                    group_id: gid,
+                    epoch,
+                });
+            (key.clone(), aad, Some(name), signer)
         }
         _ => return Err(invalid("an image whose target does not match its keys")),
     };
@@ -187,7 +203,8 @@ pub(crate) fn on_announced(me: &Me, with: OpenWith, a: &Announced<'_>) -> Result
     let plain = key.open(&aad, &sealed).map_err(|_| unauthentic())?;
     let header: ImageHeader =
         decode(&plain).map_err(|_| invalid(format!("an image header from {from} is malformed")))?;
-    if image_ciphertext_len(header.size) != Some(a.total_len) {
+    let group = a.group.is_some();
+    if stream_len(header.size, group).and_then(image_ciphertext_len) != Some(a.total_len) {
         return Err(invalid(format!(
             "an image from {from} has an inconsistent length"
         )));
@@ -201,6 +218,7 @@ pub(crate) fn on_announced(me: &Me, with: OpenWith, a: &Announced<'_>) -> Result
         aad,
         nonce_prefix: a.nonce_prefix,
         total_len: a.total_len,
+        signer,
     })))
 }
 
@@ -220,7 +238,7 @@ mod tests {
             path: "cat.png".into(),
             title: "cat.png".into(),
             size,
-            sha256: [7; 32],
+            stamp: FileStamp::default(),
             kind: AttachmentKind::Image,
         }
     }
@@ -312,7 +330,6 @@ mod tests {
         let header = ImageHeader {
             title: "x".into(),
             size,
-            sha256: [0; 32],
             kind: AttachmentKind::File,
             sent_at_ms: 0,
             file_key: [1; 32],

@@ -24,7 +24,7 @@ use crate::failover;
 use crate::keystore::{Keystore, Profile, TransferState, Transfers};
 use crate::room::Me;
 use crate::sender::{self, submit};
-use crate::transfer::{UploadRecord, hash_file};
+use crate::transfer::{FileStamp, UploadRecord};
 use crate::types::{
     Conversation, Direction, FriendAdd, GroupState, HistoryEntry, InboxItem, Peer, PeerState,
     Progress, Recipient, UploadReport,
@@ -517,7 +517,7 @@ impl Client {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "file".into()),
             size: meta.len(),
-            sha256: hash_file(path).await?,
+            stamp: FileStamp::of(path).await?,
             kind,
         };
         let id = crate::ids::new_message_id()?.0;
@@ -570,7 +570,7 @@ impl Client {
         let mut tries = 0;
         let outcome = loop {
             let seen = self.core.generation();
-            match crate::upload::run(&self.core.conn(), rec, &report).await {
+            match crate::upload::run(&self.core.conn(), &self.core.me, rec, &report).await {
                 // The node went away: continue on the next one from where it stopped.
                 Err(ClientError::Disconnected)
                     if tries < 5 && self.core.wait_relink(seen).await =>
@@ -599,14 +599,26 @@ impl Client {
             .keystore()
             .transfers(Transfers::Uploads, TransferState::Uploading)?;
         let mut out = Vec::with_capacity(records.len());
-        for record in records {
-            let rec: UploadRecord = fastchat_proto::decode(&record)
-                .map_err(|_| ClientError::Damaged("a saved upload does not decode".into()))?;
+        for (_, id, record) in records {
+            let Ok(rec) = fastchat_proto::decode::<UploadRecord>(&record) else {
+                // Saved by a version with another attachment format: it
+                // cannot go on, and would be tried at every start.
+                tracing::warn!(
+                    "an upload saved by an older version cannot be resumed; send the file again"
+                );
+                self.keystore().set_transfer_state(
+                    Transfers::Uploads,
+                    self.name(),
+                    &id,
+                    TransferState::Failed,
+                )?;
+                continue;
+            };
             // Going on re-encrypts under the same key and nonces: safe only
             // for the very bytes sent before. A changed file starts over
             // under a new key (the node drops the stale part with its quota
             // in time; the recipient never hears of it).
-            if hash_file(&rec.path).await? == rec.sha256 {
+            if FileStamp::of(&rec.path).await.ok() == Some(rec.stamp) {
                 out.push(self.upload(&rec, progress).await?);
                 continue;
             }

@@ -20,7 +20,8 @@ use crate::core::Core;
 use crate::error::ClientError;
 use crate::keystore::{TransferState, Transfers};
 use crate::transfer::{
-    DownloadRecord, SEALED_CHUNK, candidate, chunk_count, chunk_len, safe_file_name,
+    DownloadRecord, SEALED_CHUNK, candidate, chunk_count, chunk_len, safe_file_name, stream_len,
+    trailer_len,
 };
 use crate::types::{Attachment, Direction, InboxItem, InboxKind, Progress};
 
@@ -77,7 +78,14 @@ async fn run(
         MessageId(rec.id).to_hex()
     ));
     let size = rec.header.size;
-    let chunks = chunk_count(size);
+    let group = rec.group.is_some();
+    // The sealed stream is the file, then its trailer (digest, signature).
+    let stream = stream_len(size, group).ok_or_else(|| ClientError::Corrupt {
+        title: rec.header.title.clone(),
+        from: rec.from.clone(),
+        why: "its length does not fit".into(),
+    })?;
+    let chunks = chunk_count(stream);
 
     // Keep only whole chunks of an earlier attempt, and re-hash them.
     let mut file = crate::private::file_options()
@@ -93,11 +101,12 @@ async fn run(
         .await
         .map_err(ClientError::io(&partial))?
         .len();
-    let mut index = (existing / IMAGE_CHUNK as u64).min(chunks - 1);
-    if size == 0 {
-        index = 0;
-    }
-    let kept = (index * IMAGE_CHUNK as u64).min(size);
+    // Only chunks wholly inside the file: a chunk that also held trailer
+    // bytes is fetched again for them.
+    let index = (existing / IMAGE_CHUNK as u64)
+        .min(size / IMAGE_CHUNK as u64)
+        .min(chunks - 1);
+    let kept = index * IMAGE_CHUNK as u64;
     file.set_len(kept)
         .await
         .map_err(ClientError::io(&partial))?;
@@ -162,8 +171,10 @@ async fn run(
     };
     report(kept);
     let mut pending: Vec<u8> = Vec::with_capacity(2 * SEALED_CHUNK as usize);
+    let mut trailer = Vec::with_capacity(trailer_len(group) as usize);
+    let mut index = index;
     while index < chunks {
-        let want = chunk_len(size, index) + fastchat_proto::limits::IMAGE_TAG;
+        let want = chunk_len(stream, index) + fastchat_proto::limits::IMAGE_TAG;
         while pending.len() < want {
             match recv.read_chunk(usize::MAX, true).await {
                 Ok(Some(c)) => pending.extend_from_slice(&c.bytes),
@@ -176,10 +187,13 @@ async fn run(
             Err(_) => return Err(fail(core, rec, &partial, "a chunk failed authentication").await),
         };
         pending.drain(..want);
-        file.write_all(&plain)
+        let begin = index * IMAGE_CHUNK as u64;
+        let in_file = size.saturating_sub(begin).min(plain.len() as u64) as usize;
+        file.write_all(&plain[..in_file])
             .await
             .map_err(ClientError::io(&partial))?;
-        hasher.update(&plain);
+        hasher.update(&plain[..in_file]);
+        trailer.extend_from_slice(&plain[in_file..]);
         index += 1;
         report((index * IMAGE_CHUNK as u64).min(size));
     }
@@ -187,14 +201,8 @@ async fn run(
     file.sync_all().await.map_err(ClientError::io(&partial))?;
     drop(file);
     let digest = hasher.finish();
-    if digest != rec.header.sha256 {
-        return Err(fail(
-            core,
-            rec,
-            &partial,
-            "the SHA-256 does not match the sender's",
-        )
-        .await);
+    if let Err(why) = check_trailer(rec, &digest, &trailer) {
+        return Err(fail(core, rec, &partial, why).await);
     }
 
     let path = place(&dir, &partial, &rec.header.title).await?;
@@ -242,6 +250,35 @@ async fn run(
     Ok(item)
 }
 
+/// The trailer must carry the digest of the bytes we got, and in a group
+/// the sender's signature over it: any member could seal chunks under the
+/// file key, only the sender can sign.
+fn check_trailer(
+    rec: &DownloadRecord,
+    digest: &[u8; 32],
+    trailer: &[u8],
+) -> Result<(), &'static str> {
+    let (sent, signature) = trailer.split_at(32.min(trailer.len()));
+    if sent != digest {
+        return Err("the SHA-256 does not match the sender's");
+    }
+    if rec.group.is_none() {
+        return Ok(());
+    }
+    let Some(signer) = &rec.signer else {
+        return Err("the sender's signing key is unknown");
+    };
+    let signed = fastchat_crypto::transcript::group_image_digest(
+        signer.group_id,
+        signer.epoch,
+        &rec.from,
+        &rec.id,
+        digest,
+    );
+    fastchat_crypto::signing::verify(&signer.key, &signed, signature)
+        .map_err(|_| "the file is not signed by its sender")
+}
+
 fn hex_string(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -281,5 +318,66 @@ async fn fail(core: &Core, rec: &DownloadRecord, partial: &Path, why: &str) -> C
         title: rec.header.title.clone(),
         from: rec.from.clone(),
         why: why.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fastchat_crypto::signing::SigningIdentity;
+    use fastchat_proto::image::{AttachmentKind, ImageHeader};
+
+    use super::*;
+    use crate::transfer::GroupSigner;
+
+    fn record(signer: Option<GroupSigner>) -> DownloadRecord {
+        DownloadRecord {
+            id: [1; 16],
+            from: "alice".into(),
+            group: signer.as_ref().map(|_| "team".into()),
+            header: ImageHeader {
+                title: "f".into(),
+                size: 3,
+                kind: AttachmentKind::File,
+                sent_at_ms: 0,
+                file_key: [2; 32],
+            },
+            key: [2; 32],
+            aad: Vec::new(),
+            nonce_prefix: [0; 7],
+            total_len: 0,
+            signer,
+        }
+    }
+
+    #[test]
+    fn the_trailer_must_hold_the_digest_and_in_a_group_the_senders_signature() {
+        let digest = fastchat_crypto::sha256(b"abc");
+        let direct = record(None);
+        assert!(check_trailer(&direct, &digest, &digest).is_ok());
+        let other = fastchat_crypto::sha256(b"abd");
+        assert!(check_trailer(&direct, &digest, &other).is_err());
+
+        let alice = SigningIdentity::generate().unwrap();
+        let mallory = SigningIdentity::generate().unwrap();
+        let group = record(Some(GroupSigner {
+            key: alice.public(),
+            group_id: 7,
+            epoch: 2,
+        }));
+        let signed = |by: &SigningIdentity, epoch: u64| {
+            let message = fastchat_crypto::transcript::group_image_digest(
+                7, epoch, "alice", &[1; 16], &digest,
+            );
+            [&digest[..], &by.sign(&message)].concat()
+        };
+        assert!(check_trailer(&group, &digest, &signed(&alice, 2)).is_ok());
+        // Any member could seal chunks and a digest under the file key; only
+        // the sender's signature, for this group and epoch, is accepted.
+        assert!(check_trailer(&group, &digest, &signed(&mallory, 2)).is_err());
+        assert!(check_trailer(&group, &digest, &signed(&alice, 3)).is_err());
+        assert!(check_trailer(&group, &digest, &digest).is_err());
+        let mut unknown = group.clone();
+        unknown.signer = None;
+        assert!(check_trailer(&unknown, &digest, &signed(&alice, 2)).is_err());
     }
 }

@@ -69,9 +69,20 @@ pub(crate) fn resume_downloads(core: &Arc<Core>, conn: &Connection) -> Result<()
     let records = core
         .keystore()
         .transfers(Transfers::Downloads, TransferState::Pending)?;
-    for record in records {
-        if let Ok(rec) = fastchat_proto::decode(&record) {
-            crate::download::spawn(core.clone(), conn.clone(), rec);
+    for (sender, id, record) in records {
+        match fastchat_proto::decode(&record) {
+            Ok(rec) => crate::download::spawn(core.clone(), conn.clone(), rec),
+            // Saved by a version with another attachment format: the sender
+            // has to send it again.
+            Err(_) => {
+                tracing::warn!(%sender, "a download saved by an older version cannot be resumed");
+                core.keystore().set_transfer_state(
+                    Transfers::Downloads,
+                    &sender,
+                    &id,
+                    TransferState::Failed,
+                )?;
+            }
         }
     }
     Ok(())

@@ -151,6 +151,9 @@ fn history_sql(filter: &str) -> String {
 const HISTORY_COLUMNS: &str =
     "id, peer, outgoing, kind, body, sent_at, state, att_path, grp, member";
 
+/// A saved transfer: its sender (empty for our uploads), id and record.
+pub type SavedTransfer = (String, [u8; 16], Vec<u8>);
+
 /// Which transfer table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transfers {
@@ -713,29 +716,31 @@ impl Keystore {
         Ok(())
     }
 
-    /// Records of transfers in `state`.
+    /// Transfers in `state`: the sender (ours for uploads), id and record.
     pub fn transfers(
         &self,
         table: Transfers,
         state: TransferState,
-    ) -> Result<Vec<Vec<u8>>, ClientError> {
+    ) -> Result<Vec<SavedTransfer>, ClientError> {
         let state = state.as_str();
         let sql = match table {
-            Transfers::Uploads => "SELECT id, record FROM uploads WHERE state = ?1",
-            Transfers::Downloads => "SELECT id, record FROM downloads WHERE state = ?1",
+            Transfers::Uploads => "SELECT '', id, record FROM uploads WHERE state = ?1",
+            Transfers::Downloads => "SELECT sender, id, record FROM downloads WHERE state = ?1",
         };
         let mut stmt = self.conn.prepare(sql)?;
         let rows = stmt.query_map(params![state], |r| {
-            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+            ))
         })?;
-        let rows: Vec<(Vec<u8>, Vec<u8>)> = rows.collect::<Result<_, _>>()?;
+        let rows: Vec<(String, Vec<u8>, Vec<u8>)> = rows.collect::<Result<_, _>>()?;
         rows.into_iter()
-            .map(|(id, record)| {
+            .map(|(sender, id, record)| {
                 let id: [u8; 16] = id.try_into().unwrap_or([0; 16]);
-                Ok(self
-                    .vault
-                    .open(&transfer_label(table, &id), &record)?
-                    .to_vec())
+                let record = self.vault.open(&transfer_label(table, &id), &record)?;
+                Ok((sender, id, record.to_vec()))
             })
             .collect()
     }

@@ -27,11 +27,42 @@ pub(crate) struct UploadRecord {
     pub signature: Vec<u8>,
     pub size: u64,
     pub total_len: u64,
-    /// The file's SHA-256 when the upload started: a resume re-reads the
-    /// file under the same key and nonces, so it goes on only if the file
-    /// is unchanged (else it starts over under a new key).
-    pub sha256: [u8; 32],
+    /// The file as the upload found it: a resume re-encrypts under the same
+    /// key and nonces, so it goes on only if the file is unchanged (else it
+    /// starts over under a new key).
+    pub stamp: FileStamp,
     pub kind: AttachmentKind,
+}
+
+/// What changes when a file's content does: its length, modification and
+/// status-change times, and which file it is. The status-change time is
+/// set by the kernel on every write and no tool can set it back, so an
+/// edited file never passes for the one an upload began with (the check
+/// git and rsync make, without a second read of the whole file).
+#[derive(bincode::Encode, bincode::Decode, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct FileStamp {
+    len: u64,
+    modified: (i64, i64),
+    changed: (i64, i64),
+    device: u64,
+    inode: u64,
+}
+
+impl FileStamp {
+    /// The stamp of the file at `path` now.
+    pub async fn of(path: &Path) -> Result<Self, ClientError> {
+        use std::os::unix::fs::MetadataExt;
+        let m = tokio::fs::metadata(path)
+            .await
+            .map_err(ClientError::io(path))?;
+        Ok(Self {
+            len: m.len(),
+            modified: (m.mtime(), m.mtime_nsec()),
+            changed: (m.ctime(), m.ctime_nsec()),
+            device: m.dev(),
+            inode: m.ino(),
+        })
+    }
 }
 
 /// A download as saved in the keystore until the file is in place. `key`
@@ -46,6 +77,16 @@ pub(crate) struct DownloadRecord {
     pub aad: Vec<u8>,
     pub nonce_prefix: [u8; 7],
     pub total_len: u64,
+    /// In a group, who must have signed the trailer's digest.
+    pub signer: Option<GroupSigner>,
+}
+
+/// A group file's sender as the group knew them at the file's epoch.
+#[derive(bincode::Encode, bincode::Decode, Clone, Debug)]
+pub(crate) struct GroupSigner {
+    pub key: [u8; 32],
+    pub group_id: u64,
+    pub epoch: u64,
 }
 
 impl UploadRecord {
@@ -68,24 +109,19 @@ impl DownloadRecord {
     }
 }
 
-/// The SHA-256 of the file at `path`, read off the async workers.
-pub(crate) async fn hash_file(path: &Path) -> Result<[u8; 32], ClientError> {
-    let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        use std::io::Read;
-        let mut f = std::fs::File::open(&path).map_err(ClientError::io(&path))?;
-        let mut hasher = fastchat_crypto::Hasher::default();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = f.read(&mut buf).map_err(ClientError::io(&path))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-        Ok(hasher.finish())
-    })
-    .await?
+/// Bytes after the file in its sealed stream: the file's SHA-256, hashed
+/// while it is encrypted, and in a group the sender's signature over it
+/// (any member holds the file key, so only a signature says who sent
+/// these bytes). The header, sent first, cannot hold a digest the sender
+/// has not computed yet.
+pub(crate) fn trailer_len(group: bool) -> u64 {
+    if group { 32 + 64 } else { 32 }
+}
+
+/// Plaintext bytes sealed for a file of `size` bytes: the file, then its
+/// trailer. `None` past 64 bits (a size a peer made up).
+pub(crate) fn stream_len(size: u64, group: bool) -> Option<u64> {
+    size.checked_add(trailer_len(group))
 }
 
 /// Number of chunks for `size` plaintext bytes (an empty file has one).

@@ -2,22 +2,26 @@
 //! any byte moves, then the chunks from wherever the node says it already
 //! is. The file is read and encrypted one chunk at a time.
 
+use fastchat_crypto::{Hasher, transcript};
 use fastchat_proto::MessageId;
-use fastchat_proto::image::{ImageAccept, ImageOffer, ImageStored};
+use fastchat_proto::image::{ImageAccept, ImageOffer, ImageStored, ImageTarget};
+use fastchat_proto::limits::IMAGE_CHUNK;
 use fastchat_proto::limits::MAX_CONTROL_FRAME;
 use fastchat_proto::stream::StreamKind;
 use fastchat_transport::quinn::Connection;
 use fastchat_transport::{read_frame, write_frame};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::io::AsyncReadExt;
 
 use crate::error::ClientError;
-use crate::transfer::{SEALED_CHUNK, UploadRecord, chunk_count, chunk_len};
+use crate::room::Me;
+use crate::transfer::{SEALED_CHUNK, UploadRecord, chunk_count, chunk_len, stream_len};
 use crate::types::UploadReport;
 
 /// Uploads `rec`, resuming where the node is; `progress(done, total)` gets
 /// plaintext bytes.
 pub(crate) async fn run(
     conn: &Connection,
+    me: &Me,
     rec: &UploadRecord,
     progress: &(dyn Fn(u64, u64) + Send + Sync),
 ) -> Result<UploadReport, ClientError> {
@@ -53,25 +57,52 @@ pub(crate) async fn run(
     let mut file = tokio::fs::File::open(&rec.path)
         .await
         .map_err(ClientError::io(&rec.path))?;
+    let changed = |e: std::io::Error| ClientError::Unusable {
+        path: rec.path.clone(),
+        why: format!("it changed while being sent ({e})"),
+    };
     let cipher = rec.cipher();
-    let chunks = chunk_count(rec.size);
+    let group = match rec.to {
+        ImageTarget::Group { id, epoch } => Some((id, epoch)),
+        ImageTarget::Direct(_) => None,
+    };
+    let stream = stream_len(rec.size, group.is_some()).ok_or_else(|| ClientError::Unusable {
+        path: rec.path.clone(),
+        why: "it is too large".into(),
+    })?;
+    let chunks = chunk_count(stream);
     let first = have / SEALED_CHUNK;
     let mut skip = (have % SEALED_CHUNK) as usize;
-    file.seek(std::io::SeekFrom::Start(
-        first * fastchat_proto::limits::IMAGE_CHUNK as u64,
-    ))
-    .await
-    .map_err(ClientError::io(&rec.path))?;
-    let mut plain = vec![0u8; fastchat_proto::limits::IMAGE_CHUNK];
+    let mut plain = vec![0u8; IMAGE_CHUNK];
+    // The digest covers the whole file: a resumed upload hashes again what
+    // went before the chunk it resumes at (a fresh one reads nothing twice).
+    let mut hasher = Hasher::default();
+    let mut left = (first * IMAGE_CHUNK as u64).min(rec.size);
+    while left > 0 {
+        let n = (left as usize).min(plain.len());
+        file.read_exact(&mut plain[..n]).await.map_err(changed)?;
+        hasher.update(&plain[..n]);
+        left -= n as u64;
+    }
+    let mut trailer: Option<Vec<u8>> = None;
     let mut sent = 0u64;
     for i in first..chunks {
-        let len = chunk_len(rec.size, i);
-        file.read_exact(&mut plain[..len])
+        let len = chunk_len(stream, i);
+        let begin = i * IMAGE_CHUNK as u64;
+        let from_file = rec.size.saturating_sub(begin).min(len as u64) as usize;
+        file.read_exact(&mut plain[..from_file])
             .await
-            .map_err(|e| ClientError::Unusable {
-                path: rec.path.clone(),
-                why: format!("it changed while being sent ({e})"),
-            })?;
+            .map_err(changed)?;
+        hasher.update(&plain[..from_file]);
+        if from_file < len {
+            // The file has ended inside this chunk: its trailer follows.
+            let t = match &mut trailer {
+                Some(t) => t,
+                None => trailer.insert(seal_trailer(me, rec, group, hasher.clone().finish())),
+            };
+            let at = (begin + from_file as u64 - rec.size) as usize;
+            plain[from_file..len].copy_from_slice(&t[at..at + len - from_file]);
+        }
         let sealed = cipher.seal(i as u32, i + 1 == chunks, &plain[..len])?;
         sent += (sealed.len() - skip) as u64;
         // Handed over as it is: `write_all` would copy the chunk once more.
@@ -79,10 +110,7 @@ pub(crate) async fn run(
             .await
             .map_err(|_| ClientError::Disconnected)?;
         skip = 0;
-        progress(
-            (i * fastchat_proto::limits::IMAGE_CHUNK as u64 + len as u64).min(rec.size),
-            rec.size,
-        );
+        progress((begin + from_file as u64).min(rec.size), rec.size);
     }
     if rec.size == 0 {
         progress(0, 0);
@@ -101,4 +129,21 @@ pub(crate) async fn run(
         Some(ImageStored::Failed(e)) => Err(ClientError::Refused(e)),
         None => Err(ClientError::Disconnected),
     }
+}
+
+/// The trailer after the file's bytes: its digest, and in a group our
+/// signature over it (`transfer::trailer_len`).
+fn seal_trailer(
+    me: &Me,
+    rec: &UploadRecord,
+    group: Option<(u64, u64)>,
+    digest: [u8; 32],
+) -> Vec<u8> {
+    let mut trailer = digest.to_vec();
+    if let Some((gid, epoch)) = group {
+        trailer.extend(me.signing.sign(&transcript::group_image_digest(
+            gid, epoch, &me.name, &rec.id, &digest,
+        )));
+    }
+    trailer
 }

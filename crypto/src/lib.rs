@@ -44,20 +44,29 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
     sha2::Sha256::digest(data).into()
 }
 
-/// Incremental SHA-256, for hashing files chunk by chunk.
-#[derive(Default, Clone)]
-pub struct Hasher(sha2::Sha256);
+/// Incremental SHA-256, for hashing files chunk by chunk (ring's, which
+/// uses the CPU's SHA instructions: a file is hashed as it is encrypted).
+#[derive(Clone)]
+pub struct Hasher(ring::digest::Context);
+
+impl Default for Hasher {
+    fn default() -> Self {
+        Self(ring::digest::Context::new(&ring::digest::SHA256))
+    }
+}
 
 impl Hasher {
     /// Adds bytes.
     pub fn update(&mut self, data: &[u8]) {
-        use sha2::Digest;
         self.0.update(data);
     }
 
     /// The digest of everything added.
     pub fn finish(self) -> [u8; 32] {
-        use sha2::Digest;
-        self.0.finalize().into()
+        self.0
+            .finish()
+            .as_ref()
+            .try_into()
+            .expect("SHA-256 is 32 bytes")
     }
 }

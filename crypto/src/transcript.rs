@@ -90,8 +90,8 @@ pub fn image_aad(from: &str, to: &str, id: &[u8; 16], epoch: u64) -> Vec<u8> {
     )
 }
 
-/// What a group image's sender signs: the group, epoch, sender, image id,
-/// nonce prefix, sealed header (which holds the plaintext's SHA-256) and length.
+/// What a group image's sender signs before the bytes: the group, epoch,
+/// sender, image id, nonce prefix, sealed header and length.
 pub fn group_image_signature(
     group_id: u64,
     epoch: u64,
@@ -111,6 +111,27 @@ pub fn group_image_signature(
             nonce_prefix,
             header,
             &total_len.to_be_bytes(),
+        ],
+    )
+}
+
+/// What a group image's sender signs after the bytes, in the trailer: the
+/// plaintext's SHA-256, computed while the file was encrypted.
+pub fn group_image_digest(
+    group_id: u64,
+    epoch: u64,
+    from: &str,
+    id: &[u8; 16],
+    digest: &[u8; 32],
+) -> Vec<u8> {
+    build(
+        "group-image-digest",
+        &[
+            &group_id.to_be_bytes(),
+            &epoch.to_be_bytes(),
+            from.as_bytes(),
+            id,
+            digest,
         ],
     )
 }

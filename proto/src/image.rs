@@ -23,8 +23,6 @@ pub struct ImageHeader {
     pub title: String,
     /// Plaintext size in bytes.
     pub size: u64,
-    /// SHA-256 of the plaintext, checked before the file is put in place.
-    pub sha256: [u8; 32],
     /// Image or file.
     pub kind: AttachmentKind,
     /// When the sender sent it, milliseconds since the Unix epoch.
