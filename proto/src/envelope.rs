@@ -60,6 +60,62 @@ impl Outgoing {
     }
 }
 
+/// An [`Outgoing::Direct`] read in place from its frame: what a node checks
+/// and routes by, with the sealed bytes left where they are. A relayed text
+/// becomes its [`Envelope::Text`] by one copy, the sender's name in place
+/// of the recipient's (the two encodings differ in nothing else), instead
+/// of a decode that copies the ciphertext and an encode that copies it back.
+pub struct DirectTextFrame<'a> {
+    /// The sender's id for it.
+    pub id: MessageId,
+    /// The recipient's name.
+    pub to: &'a str,
+    /// Ciphertext length, tag included.
+    pub ciphertext_len: usize,
+    /// The encoded [`Sealed`], to the end of the frame.
+    sealed: &'a [u8],
+}
+
+impl<'a> DirectTextFrame<'a> {
+    /// Reads `frame` if it holds an [`Outgoing::Direct`]; `None` for the
+    /// other kinds, which are decoded whole.
+    pub fn parse(frame: &'a [u8]) -> Result<Option<Self>, crate::FrameError> {
+        use crate::frame::decode_prefix;
+        let (variant, tag_len): (u32, usize) = decode_prefix(frame)?;
+        // `Outgoing::Direct` is the first variant.
+        if variant != 0 {
+            return Ok(None);
+        }
+        let ((id, to), head_len): (([u8; 16], &str), usize) = decode_prefix(&frame[tag_len..])?;
+        let sealed = &frame[tag_len + head_len..];
+        let ((_nonce, ciphertext), sealed_len): (([u8; 12], &[u8]), usize) = decode_prefix(sealed)?;
+        if sealed_len != sealed.len() {
+            return Err(crate::FrameError::Malformed(format!(
+                "{} trailing bytes",
+                sealed.len() - sealed_len
+            )));
+        }
+        Ok(Some(Self {
+            id: MessageId(id),
+            to,
+            ciphertext_len: ciphertext.len(),
+            sealed,
+        }))
+    }
+
+    /// The encoded [`Envelope::Text`] its recipient gets, from `from`.
+    pub fn envelope_from(&self, from: &str) -> Result<Vec<u8>, crate::FrameError> {
+        use crate::frame::append_body;
+        let mut out = Vec::with_capacity(1 + 16 + 10 + from.len() + self.sealed.len());
+        // `Envelope::Text` is the first variant.
+        append_body(&0u32, &mut out)?;
+        append_body(&self.id, &mut out)?;
+        append_body(&from, &mut out)?;
+        out.extend_from_slice(self.sealed);
+        Ok(out)
+    }
+}
+
 /// A group text as its sender sends it.
 #[derive(Encode, Decode, Clone, Debug)]
 pub struct OutgoingGroupText {

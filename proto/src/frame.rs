@@ -2,7 +2,7 @@
 //! The length is checked against the stream's limit before anything is
 //! allocated, so a peer cannot make us reserve memory by lying about it.
 
-use bincode::{Decode, Encode};
+use bincode::{BorrowDecode, Decode, Encode};
 
 /// Why a frame could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +65,22 @@ pub fn decode<T: Decode<()>>(body: &[u8]) -> Result<T, FrameError> {
         )));
     }
     Ok(value)
+}
+
+/// Decodes a value at the start of `body`, borrowing strings and bytes
+/// from it; returns it with the bytes it took (the rest may follow).
+pub fn decode_prefix<'a, T: BorrowDecode<'a, ()>>(
+    body: &'a [u8],
+) -> Result<(T, usize), FrameError> {
+    bincode::borrow_decode_from_slice(body, config())
+        .map_err(|e| FrameError::Malformed(e.to_string()))
+}
+
+/// Appends `value`'s encoding, without a length prefix, to `out`.
+pub fn append_body<T: Encode>(value: &T, out: &mut Vec<u8>) -> Result<(), FrameError> {
+    bincode::encode_into_std_write(value, out, config())
+        .map(|_| ())
+        .map_err(|e| FrameError::Malformed(e.to_string()))
 }
 
 /// Encodes a value on its own, without a length prefix (for storage).
@@ -165,5 +181,50 @@ mod tests {
             envelope: &[9, 9],
         };
         assert_eq!(encode_body(&delivery).unwrap(), [251, 44, 1, 2, 9, 9]);
+    }
+
+    /// A relayed text's envelope made in place is the very bytes its
+    /// decode and re-encode gave; other kinds and damaged frames are told apart.
+    #[test]
+    fn a_direct_text_becomes_its_envelope_in_place() {
+        use crate::MessageId;
+        use crate::envelope::{DirectTextFrame, Envelope, Outgoing, OutgoingText, Receipt, Sealed};
+        for (to, len) in [("b", 0), ("bob", 216), (&*"x".repeat(300), 70_000)] {
+            let sealed = Sealed {
+                nonce: [9; 12],
+                ciphertext: (0..len).map(|i| i as u8).collect(),
+            };
+            let frame = encode_body(&Outgoing::Direct(OutgoingText {
+                id: MessageId([4; 16]),
+                to: to.to_string(),
+                sealed: sealed.clone(),
+            }))
+            .unwrap();
+            let view = DirectTextFrame::parse(&frame).unwrap().unwrap();
+            assert_eq!(
+                (view.id, view.to, view.ciphertext_len),
+                (MessageId([4; 16]), to, len)
+            );
+            for from in ["al", &*"y".repeat(260)] {
+                let want = encode_body(&Envelope::Text {
+                    id: MessageId([4; 16]),
+                    from: from.to_string(),
+                    sealed: sealed.clone(),
+                })
+                .unwrap();
+                assert_eq!(view.envelope_from(from).unwrap(), want);
+            }
+            assert!(DirectTextFrame::parse(&frame[..frame.len() - 1]).is_err());
+            let mut longer = frame.clone();
+            longer.push(0);
+            assert!(DirectTextFrame::parse(&longer).is_err());
+        }
+        let receipt = encode_body(&Outgoing::Receipt(Receipt {
+            id: MessageId([1; 16]),
+            to: "bob".into(),
+            ids: vec![MessageId([2; 16])],
+        }))
+        .unwrap();
+        assert!(DirectTextFrame::parse(&receipt).unwrap().is_none());
     }
 }

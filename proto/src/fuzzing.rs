@@ -4,7 +4,9 @@
 
 use crate::balancer::{BalancerRequest, BalancerResponse};
 use crate::control::{RequestFrame, ResponseFrame};
-use crate::envelope::{Delivery, DeliveryAck, Envelope, Outgoing, SendAck, TextContent};
+use crate::envelope::{
+    Delivery, DeliveryAck, DirectTextFrame, Envelope, Outgoing, SendAck, TextContent,
+};
 use crate::group::{GroupUpdate, MemberKey, RosterEntry};
 use crate::image::{
     ImageAccept, ImageFetch, ImageFetchReply, ImageHeader, ImageOffer, ImageStored,
@@ -44,6 +46,23 @@ pub fn control(data: &[u8]) {
 pub fn envelope(data: &[u8]) {
     frames(data, |b| {
         let _ = decode::<Outgoing>(b);
+        // What a node reads a direct text as, in place: it must agree with
+        // the whole decode, and re-address to the same envelope.
+        if let Ok(Some(text)) = DirectTextFrame::parse(b) {
+            let Ok(Outgoing::Direct(whole)) = decode::<Outgoing>(b) else {
+                panic!("a direct text read in place does not decode whole");
+            };
+            assert_eq!((text.id, text.to), (whole.id, whole.to.as_str()));
+            let envelope = Envelope::Text {
+                id: whole.id,
+                from: "fuzz".into(),
+                sealed: whole.sealed,
+            };
+            assert_eq!(
+                text.envelope_from("fuzz").ok(),
+                crate::frame::encode_body(&envelope).ok()
+            );
+        }
         let _ = decode::<SendAck>(b);
         let _ = decode::<Delivery>(b);
         let _ = decode::<DeliveryAck>(b);

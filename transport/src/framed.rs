@@ -62,12 +62,28 @@ pub async fn read_frame<T: Decode<()>>(
     limit: usize,
     buf: &mut Vec<u8>,
 ) -> Result<Option<T>, StreamError> {
+    buf.clear();
+    match append_frame(recv, limit, buf).await? {
+        Some(_) => Ok(Some(decode(buf)?)),
+        None => Ok(None),
+    }
+}
+
+/// Reads one frame's body onto the end of `buf`, undecoded, and returns
+/// where it lies there (several frames can then be read in place, without
+/// a copy each); otherwise as [`read_frame`].
+pub async fn append_frame(
+    recv: &mut RecvStream,
+    limit: usize,
+    buf: &mut Vec<u8>,
+) -> Result<Option<std::ops::Range<usize>>, StreamError> {
     let mut prefix = [0u8; 4];
     match recv.read(&mut prefix[..1]).await? {
         None => return Ok(None),
         Some(0) => return Err(StreamError::Truncated),
         Some(_) => {}
     }
+    let start = buf.len();
     let rest = async {
         match recv.read_exact(&mut prefix[1..]).await {
             Ok(()) => {}
@@ -75,9 +91,8 @@ pub async fn read_frame<T: Decode<()>>(
             Err(ReadExactError::ReadError(e)) => return Err(e.into()),
         }
         let len = frame_len(prefix, limit)?;
-        buf.clear();
-        buf.resize(len, 0);
-        match recv.read_exact(buf).await {
+        buf.resize(start + len, 0);
+        match recv.read_exact(&mut buf[start..]).await {
             Ok(()) => Ok(()),
             Err(ReadExactError::FinishedEarly(_)) => Err(StreamError::Truncated),
             Err(ReadExactError::ReadError(e)) => Err(e.into()),
@@ -87,7 +102,7 @@ pub async fn read_frame<T: Decode<()>>(
         Ok(r) => r?,
         Err(_) => return Err(StreamError::Stalled),
     }
-    Ok(Some(decode(buf)?))
+    Ok(Some(start..buf.len()))
 }
 
 /// Writes one frame.

@@ -10,12 +10,12 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use fastchat_proto::control::Relation;
-use fastchat_proto::envelope::{Accepted, Envelope, Outgoing, SendAck};
+use fastchat_proto::envelope::{Accepted, DirectTextFrame, Envelope, Outgoing, SendAck};
 use fastchat_proto::frame::encode_body;
 use fastchat_proto::limits::{MAX_BATCH, MAX_BATCH_BYTES, MAX_MESSAGE_FRAME, MAX_TEXT_BYTES};
-use fastchat_proto::{ErrorCode, FrameError, ProtoError};
+use fastchat_proto::{ErrorCode, FrameError, MessageId, ProtoError, decode};
 use fastchat_transport::quinn::{RecvStream, SendStream};
-use fastchat_transport::{StreamError, read_frame, write_frames};
+use fastchat_transport::{StreamError, append_frame, write_frames};
 use futures::future::BoxFuture;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
@@ -35,21 +35,53 @@ enum Admitted {
     Live { to: String, envelope: Arc<Vec<u8>> },
 }
 
-/// Checks one message and turns it into what the store queues (or, for a
-/// receipt, what goes live only).
-fn admit(user: &str, message: Outgoing) -> Result<Admitted, ProtoError> {
-    let (to, id, sealed_len, envelope) = match message {
-        Outgoing::Direct(t) => {
-            fastchat_proto::validate_name(&t.to)
-                .map_err(|_| ProtoError::new(ErrorCode::BadRequest, "invalid recipient name"))?;
-            let len = t.sealed.ciphertext.len();
-            let envelope = Envelope::Text {
-                id: t.id,
-                from: user.to_string(),
-                sealed: t.sealed,
-            };
-            (Target::Direct(t.to), t.id, len, envelope)
-        }
+/// Reads one message from its frame: its id, and what it becomes or why
+/// it is refused. A frame that is not a message fails the stream.
+fn admit(
+    user: &str,
+    frame: &[u8],
+) -> Result<(MessageId, Result<Admitted, ProtoError>), FrameError> {
+    if let Some(text) = DirectTextFrame::parse(frame)? {
+        return Ok((text.id, admit_direct(user, &text)));
+    }
+    let message: Outgoing = decode(frame)?;
+    Ok((message.id(), admit_decoded(user, message)))
+}
+
+/// A direct text, the bulk of the traffic: checked and re-addressed in
+/// place (`DirectTextFrame`).
+fn admit_direct(user: &str, text: &DirectTextFrame<'_>) -> Result<Admitted, ProtoError> {
+    fastchat_proto::validate_name(text.to)
+        .map_err(|_| ProtoError::new(ErrorCode::BadRequest, "invalid recipient name"))?;
+    check_text_len(text.ciphertext_len)?;
+    let envelope = text
+        .envelope_from(user)
+        .map_err(|e| ProtoError::new(ErrorCode::TooLarge, e.to_string()))?;
+    Ok(Admitted::Queue(TextToQueue {
+        to: Target::Direct(text.to.to_string()),
+        id: text.id,
+        envelope: Arc::new(envelope),
+    }))
+}
+
+fn check_text_len(sealed_len: usize) -> Result<(), ProtoError> {
+    if sealed_len > MAX_TEXT_BYTES + SEAL_OVERHEAD {
+        return Err(ProtoError::new(
+            ErrorCode::TooLarge,
+            format!("a text may be at most {MAX_TEXT_BYTES} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// Group texts and receipts, decoded whole.
+fn admit_decoded(user: &str, message: Outgoing) -> Result<Admitted, ProtoError> {
+    match message {
+        // `DirectTextFrame::parse` takes every direct text.
+        Outgoing::Direct(_) => Err(ProtoError::new(
+            ErrorCode::BadRequest,
+            "a direct text that did not parse in place",
+        )),
         Outgoing::Receipt(r) => {
             fastchat_proto::validate_name(&r.to)
                 .map_err(|_| ProtoError::new(ErrorCode::BadRequest, "invalid recipient name"))?;
@@ -65,10 +97,10 @@ fn admit(user: &str, message: Outgoing) -> Result<Admitted, ProtoError> {
             };
             let envelope = encode_body(&envelope)
                 .map_err(|e| ProtoError::new(ErrorCode::TooLarge, e.to_string()))?;
-            return Ok(Admitted::Live {
+            Ok(Admitted::Live {
                 to: r.to,
                 envelope: Arc::new(envelope),
-            });
+            })
         }
         Outgoing::Group(t) => {
             if t.signature.len() != 64 {
@@ -77,7 +109,14 @@ fn admit(user: &str, message: Outgoing) -> Result<Admitted, ProtoError> {
                     "a group text needs an Ed25519 signature",
                 ));
             }
-            let len = t.sealed.ciphertext.len();
+            check_text_len(t.sealed.ciphertext.len())?;
+            let (to, id) = (
+                Target::Group {
+                    id: t.group_id,
+                    epoch: t.epoch,
+                },
+                t.id,
+            );
             let envelope = Envelope::GroupText {
                 id: t.id,
                 group_id: t.group_id,
@@ -86,30 +125,15 @@ fn admit(user: &str, message: Outgoing) -> Result<Admitted, ProtoError> {
                 sealed: t.sealed,
                 signature: t.signature,
             };
-            (
-                Target::Group {
-                    id: t.group_id,
-                    epoch: t.epoch,
-                },
-                t.id,
-                len,
-                envelope,
-            )
+            let envelope = encode_body(&envelope)
+                .map_err(|e| ProtoError::new(ErrorCode::TooLarge, e.to_string()))?;
+            Ok(Admitted::Queue(TextToQueue {
+                to,
+                id,
+                envelope: Arc::new(envelope),
+            }))
         }
-    };
-    if sealed_len > MAX_TEXT_BYTES + SEAL_OVERHEAD {
-        return Err(ProtoError::new(
-            ErrorCode::TooLarge,
-            format!("a text may be at most {MAX_TEXT_BYTES} bytes"),
-        ));
     }
-    let envelope =
-        encode_body(&envelope).map_err(|e| ProtoError::new(ErrorCode::TooLarge, e.to_string()))?;
-    Ok(Admitted::Queue(TextToQueue {
-        to,
-        id,
-        envelope: Arc::new(envelope),
-    }))
 }
 
 /// Longest wait for the next frame of a text batch.
@@ -121,8 +145,9 @@ pub(crate) async fn serve(
     (send, recv): (&mut SendStream, &mut RecvStream),
     budget: &Semaphore,
 ) -> Result<(), StreamError> {
-    let mut messages: Vec<Outgoing> = Vec::new();
-    let mut buf = Vec::new();
+    // Every frame of the batch, one after the other: read in place below.
+    let mut frames: Vec<u8> = Vec::new();
+    let mut spans: Vec<std::ops::Range<usize>> = Vec::new();
     // What this stream holds counts against its connection's budget until
     // the batch is answered: a client cannot make the node buffer more than
     // MAX_CONNECTION_TEXT_BYTES across all its streams (plus one frame each).
@@ -133,13 +158,14 @@ pub(crate) async fn serve(
         // would hold its buffers forever.
         let frame = tokio::time::timeout(
             FRAME_GAP,
-            read_frame::<Outgoing>(recv, MAX_MESSAGE_FRAME, &mut buf),
+            append_frame(recv, MAX_MESSAGE_FRAME, &mut frames),
         )
         .await
         .map_err(|_| StreamError::Timeout("the next frame of a text batch"))??;
-        let Some(message) = frame else { break };
-        bytes += buf.len() + 4;
-        if messages.len() == MAX_BATCH || bytes > MAX_BATCH_BYTES {
+        let Some(span) = frame else { break };
+        let len = span.len();
+        bytes += len + 4;
+        if spans.len() == MAX_BATCH || bytes > MAX_BATCH_BYTES {
             return Err(FrameError::TooLarge {
                 len: bytes,
                 limit: MAX_BATCH_BYTES,
@@ -147,23 +173,23 @@ pub(crate) async fn serve(
             .into());
         }
         let permit = budget
-            .acquire_many(buf.len() as u32 + 4)
+            .acquire_many(len as u32 + 4)
             .await
             .map_err(|_| StreamError::Protocol("the connection is closing"))?;
         match &mut held {
             Some(h) => h.merge(permit),
             None => held = Some(permit),
         }
-        messages.push(message);
+        spans.push(span);
     }
 
-    let mut acks: Vec<SendAck> = Vec::with_capacity(messages.len());
-    let mut queue: Vec<TextToQueue> = Vec::with_capacity(messages.len());
-    let mut slots: Vec<usize> = Vec::with_capacity(messages.len());
+    let mut acks: Vec<SendAck> = Vec::with_capacity(spans.len());
+    let mut queue: Vec<TextToQueue> = Vec::with_capacity(spans.len());
+    let mut slots: Vec<usize> = Vec::with_capacity(spans.len());
     let mut live: Vec<(String, Arc<Vec<u8>>)> = Vec::new();
-    for message in messages {
-        let id = message.id();
-        match admit(user, message) {
+    for span in spans {
+        let (id, admitted) = admit(user, &frames[span])?;
+        match admitted {
             Ok(Admitted::Queue(item)) => {
                 slots.push(acks.len());
                 queue.push(item);
@@ -182,6 +208,7 @@ pub(crate) async fn serve(
             Err(e) => acks.push(SendAck { id, result: Err(e) }),
         }
     }
+    drop(frames);
 
     // Position 0: never stored, so nothing to delete when acknowledged.
     for (to, envelope) in live {
