@@ -103,7 +103,7 @@ async fn run(
         .len();
     // Only chunks wholly inside the file: a chunk that also held trailer
     // bytes is fetched again for them.
-    let index = (existing / IMAGE_CHUNK as u64)
+    let mut index = (existing / IMAGE_CHUNK as u64)
         .min(size / IMAGE_CHUNK as u64)
         .min(chunks - 1);
     let kept = index * IMAGE_CHUNK as u64;
@@ -172,7 +172,6 @@ async fn run(
     report(kept);
     let mut pending: Vec<u8> = Vec::with_capacity(2 * SEALED_CHUNK as usize);
     let mut trailer = Vec::with_capacity(trailer_len(group) as usize);
-    let mut index = index;
     while index < chunks {
         let want = chunk_len(stream, index) + fastchat_proto::limits::IMAGE_TAG;
         while pending.len() < want {

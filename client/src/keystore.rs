@@ -716,7 +716,7 @@ impl Keystore {
         Ok(())
     }
 
-    /// Transfers in `state`: the sender (ours for uploads), id and record.
+    /// Transfers in `state`: the sender (empty for our uploads), id and record.
     pub fn transfers(
         &self,
         table: Transfers,
