@@ -34,8 +34,7 @@ pub fn encode_frame<T: Encode>(
 ) -> Result<(), FrameError> {
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
-    bincode::encode_into_std_write(value, out, config())
-        .map_err(|e| FrameError::Malformed(e.to_string()))?;
+    append_body(value, out)?;
     let len = out.len() - start - 4;
     if len > limit {
         out.truncate(start);
@@ -87,11 +86,11 @@ pub fn append_body<T: Encode>(value: &T, out: &mut Vec<u8>) -> Result<(), FrameE
 pub fn encode_body<T: Encode>(value: &T) -> Result<Vec<u8>, FrameError> {
     // Sized first: an empty Vec regrew four or five times for a ~300-byte
     // envelope, a third of the node's allocations per relayed text.
-    let malformed = |e: bincode::error::EncodeError| FrameError::Malformed(e.to_string());
     let mut size = bincode::enc::write::SizeWriter::default();
-    bincode::encode_into_writer(value, &mut size, config()).map_err(malformed)?;
+    bincode::encode_into_writer(value, &mut size, config())
+        .map_err(|e| FrameError::Malformed(e.to_string()))?;
     let mut out = Vec::with_capacity(size.bytes_written);
-    bincode::encode_into_std_write(value, &mut out, config()).map_err(malformed)?;
+    append_body(value, &mut out)?;
     Ok(out)
 }
 
