@@ -309,7 +309,8 @@ async fn a_full_queue_refuses_texts_with_one_sentence_until_read() {
 }
 
 /// A text stream that goes quiet between frames is cut off after the gap
-/// it is allowed, and one that carries more than a batch may is refused:
+/// it is allowed, one that stops inside a frame after the frame deadline,
+/// and one that carries more than a batch may is refused:
 /// neither holds the node's buffers, and the connection's others go on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_text_stream_too_slow_or_too_long_is_cut_off() {
@@ -354,16 +355,35 @@ async fn a_text_stream_too_slow_or_too_long_is_cut_off() {
         "a stream past the batch limit was served: {answer:?}"
     );
 
-    // Too slow: one frame, then silence past the gap allowed.
+    // Too slow: one frame, then silence past the gap allowed; and, at the
+    // same time, a frame started and never finished.
     let (mut send, mut recv) = raw.conn.open_bi().await.unwrap();
     write_frame(&mut send, &StreamKind::Text, 64).await.unwrap();
     write_frame(&mut send, &text(1_000), MAX_MESSAGE_FRAME)
         .await
         .unwrap();
-    let cut = tokio::time::timeout(Duration::from_secs(25), recv.read(&mut buf))
+    let (mut half_send, mut half_recv) = raw.conn.open_bi().await.unwrap();
+    write_frame(&mut half_send, &StreamKind::Text, 64)
         .await
-        .expect("the silent stream was not cut off");
+        .unwrap();
+    let mut whole = Vec::new();
+    fastchat_proto::encode_frame(&text(1_001), MAX_MESSAGE_FRAME, &mut whole).unwrap();
+    half_send
+        .write_all(&whole[..whole.len() / 2])
+        .await
+        .unwrap();
+    let mut half_buf = [0u8; 1];
+    let (cut, half_cut) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(25), recv.read(&mut buf)),
+        tokio::time::timeout(Duration::from_secs(25), half_recv.read(&mut half_buf)),
+    );
+    let cut = cut.expect("the silent stream was not cut off");
     assert!(cut.is_err(), "the silent stream got an answer: {cut:?}");
+    let half_cut = half_cut.expect("the half-sent frame was waited on for ever");
+    assert!(
+        half_cut.is_err(),
+        "a half-sent frame got an answer: {half_cut:?}"
+    );
     still_served(&alice, &bob, "unbothered").await;
     assert!(
         raw.conn.close_reason().is_none(),

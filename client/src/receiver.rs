@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use fastchat_crypto::sha256;
 use fastchat_proto::envelope::{Delivery, DeliveryAck, Envelope, Outgoing, is_handed_off};
-use fastchat_proto::limits::{MAX_CONTROL_FRAME, MAX_MESSAGE_FRAME};
+use fastchat_proto::limits::{MAX_BATCH, MAX_CONTROL_FRAME, MAX_MESSAGE_FRAME};
 use fastchat_proto::stream::StreamKind;
 use fastchat_proto::{decode, error::close};
 use fastchat_transport::quinn::{Connection, RecvStream, SendStream};
-use fastchat_transport::{StreamError, read_frame, write_frame};
+use fastchat_transport::{StreamError, read_frame, read_frames_to_end, write_frame};
 
 use crate::core::Core;
 use crate::error::ClientError;
@@ -45,10 +45,12 @@ async fn serve(
         let _ = send.reset(close::PROTOCOL.into());
         return Ok(());
     }
-    let mut deliveries = Vec::new();
-    while let Some(d) = read_frame::<Delivery>(&mut recv, MAX_MESSAGE_FRAME, &mut buf).await? {
-        deliveries.push(d);
-    }
+    let frames = read_frames_to_end(&mut recv, MAX_MESSAGE_FRAME, MAX_BATCH).await?;
+    let deliveries = frames
+        .frames()
+        .map(decode::<Delivery>)
+        .collect::<Result<Vec<_>, _>>()?;
+    drop(frames);
     let seqs: Vec<u64> = deliveries.iter().map(|d| d.seq).collect();
     let (fresh, downloads, handed_off) = process(core, deliveries).map_err(StreamError::service)?;
     // Committed, not yet acknowledged: the node will deliver it again.

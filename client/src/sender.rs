@@ -10,9 +10,9 @@ use std::sync::Arc;
 use fastchat_proto::envelope::{Accepted, Outgoing, SendAck};
 use fastchat_proto::limits::{MAX_BATCH, MAX_BATCH_BYTES, MAX_MESSAGE_FRAME};
 use fastchat_proto::stream::StreamKind;
-use fastchat_proto::{MessageId, ProtoError};
+use fastchat_proto::{MessageId, ProtoError, decode};
 use fastchat_transport::quinn::Connection;
-use fastchat_transport::{read_frame, write_frame, write_frames};
+use fastchat_transport::{FrameReader, write_headed_frames};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
@@ -183,21 +183,28 @@ async fn exchange(conn: &Connection, batch: &[Pending]) -> Vec<SendAck> {
     let Ok((mut send, mut recv)) = conn.open_bi().await else {
         return acks;
     };
-    if write_frame(&mut send, &StreamKind::Text, 64).await.is_err()
-        || write_frames(
-            &mut send,
-            batch.iter().map(|o| &o.message),
-            MAX_MESSAGE_FRAME,
-        )
-        .await
-        .is_err()
+    let size = batch.iter().map(|o| o.message.wire_size_bound()).sum();
+    if write_headed_frames(
+        &mut send,
+        &StreamKind::Text,
+        batch.iter().map(|o| &o.message),
+        MAX_MESSAGE_FRAME,
+        size,
+    )
+    .await
+    .is_err()
         || send.finish().is_err()
     {
         return acks;
     }
-    let mut buf = Vec::new();
-    while let Ok(Some(ack)) = read_frame::<SendAck>(&mut recv, MAX_MESSAGE_FRAME, &mut buf).await {
-        acks.push(ack);
+    // Acks come as the node settles them; those read before a failure
+    // still count.
+    let mut frames = FrameReader::new(MAX_MESSAGE_FRAME);
+    while let Ok(Some(_)) = frames.fill(&mut recv, None).await {
+        if frames.len() > batch.len() {
+            break;
+        }
     }
+    acks.extend(frames.frames().map_while(|f| decode::<SendAck>(f).ok()));
     acks
 }

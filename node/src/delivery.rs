@@ -12,7 +12,7 @@ use fastchat_proto::envelope::{DeliveryAck, DeliveryRef};
 use fastchat_proto::limits::{MAX_BATCH, MAX_CONTROL_FRAME, MAX_MESSAGE_FRAME};
 use fastchat_proto::stream::StreamKind;
 use fastchat_transport::quinn::{Connection, RecvStream, SendStream};
-use fastchat_transport::{StreamError, read_frame, write_frame, write_frames};
+use fastchat_transport::{StreamError, read_frame, write_headed_frames};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -108,6 +108,7 @@ async fn run(
         // Batches sent and not yet acknowledged; what arrives meanwhile
         // waits and goes in the next one, so batches grow with load.
         let mut flights = FuturesUnordered::new();
+        let mut waiting = Vec::new();
         loop {
             tokio::select! {
                 done = flights.next(), if !flights.is_empty() => {
@@ -115,15 +116,11 @@ async fn run(
                         r?;
                     }
                 }
-                first = live.recv(), if flights.len() < IN_FLIGHT => {
-                    let Some(first) = first else { break };
-                    let mut batch = vec![first];
-                    while batch.len() < MAX_BATCH {
-                        match live.try_recv() {
-                            Ok(l) => batch.push(l),
-                            Err(_) => break,
-                        }
+                taken = live.recv_many(&mut waiting, MAX_BATCH), if flights.len() < IN_FLIGHT => {
+                    if taken == 0 {
+                        break;
                     }
+                    let mut batch = std::mem::take(&mut waiting);
                     // A store read may already have delivered what was pushed meanwhile.
                     batch.retain(|l| !recent.contains(l.seq));
                     if batch.is_empty() {
@@ -252,8 +249,16 @@ async fn deliver(
             envelope: &l.envelope,
         })
         .collect::<Vec<_>>();
-    write_frame(&mut send, &StreamKind::Delivery, 64).await?;
-    write_frames(&mut send, &frames, MAX_MESSAGE_FRAME).await?;
+    // Each frame: its prefix, its position and the envelope's length.
+    let size = batch.iter().map(|l| l.envelope.len() + 16).sum();
+    write_headed_frames(
+        &mut send,
+        &StreamKind::Delivery,
+        &frames,
+        MAX_MESSAGE_FRAME,
+        size,
+    )
+    .await?;
     send.finish()?;
     let mut buf = Vec::new();
     let ack: DeliveryAck = tokio::time::timeout(

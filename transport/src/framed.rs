@@ -1,11 +1,14 @@
 //! Length-prefixed frames on quinn streams, with the limit checked before
 //! the body is read.
 
+use std::ops::Range;
 use std::time::Duration;
 
+use bytes::Bytes;
 use fastchat_proto::{Decode, Encode};
 use fastchat_proto::{FrameError, decode, encode_frame, frame_len};
 use quinn::{ReadExactError, RecvStream, SendStream};
+use tokio::time::Instant;
 
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -69,14 +72,12 @@ pub async fn read_frame<T: Decode<()>>(
     }
 }
 
-/// Reads one frame's body onto the end of `buf`, undecoded, and returns
-/// where it lies there (several frames can then be read in place, without
-/// a copy each); otherwise as [`read_frame`].
-pub async fn append_frame(
+/// Reads one frame's body onto the end of `buf`; otherwise as [`read_frame`].
+async fn append_frame(
     recv: &mut RecvStream,
     limit: usize,
     buf: &mut Vec<u8>,
-) -> Result<Option<std::ops::Range<usize>>, StreamError> {
+) -> Result<Option<Range<usize>>, StreamError> {
     let mut prefix = [0u8; 4];
     match recv.read(&mut prefix[..1]).await? {
         None => return Ok(None),
@@ -105,6 +106,135 @@ pub async fn append_frame(
     Ok(Some(start..buf.len()))
 }
 
+/// Chunks taken from quinn by one read of a [`FrameReader`].
+const CHUNKS_PER_READ: usize = 16;
+/// A [`FrameReader`]'s first buffer, in bytes.
+const FIRST_CAPACITY: usize = 8192;
+
+/// The frames of a stream that carries many, one after another (a batch of
+/// texts, of deliveries, of acks), read as many chunks at a time as have
+/// arrived. Reading each frame's prefix and body apart, each read under a
+/// timer of its own, cost the node more per text than the rest of its
+/// relaying did. The bodies stay where they were read, for decoding in
+/// place.
+pub struct FrameReader {
+    /// The stream's bytes as read, length prefixes included.
+    buf: Vec<u8>,
+    /// Where the first byte not yet in a complete frame lies.
+    parsed: usize,
+    /// The bodies of the complete frames, in order.
+    spans: Vec<Range<usize>>,
+    limit: usize,
+    /// When the frame now partly read began to arrive.
+    started: Option<Instant>,
+}
+
+impl FrameReader {
+    /// A reader refusing any frame over `limit` bytes as soon as its prefix
+    /// arrives.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            // Most batches fit: fewer regrowths, each a copy of all read so far.
+            buf: Vec::with_capacity(FIRST_CAPACITY),
+            parsed: 0,
+            spans: Vec::new(),
+            limit,
+            started: None,
+        }
+    }
+
+    /// Waits for more of the stream, takes all that has arrived, and splits
+    /// off the frames it completes; returns how many bytes came, or `None`
+    /// once the peer finished the stream between frames. Between frames
+    /// the wait is limited by `idle` when given; a frame, once started,
+    /// must be complete within [`FRAME_TIMEOUT`].
+    pub async fn fill(
+        &mut self,
+        recv: &mut RecvStream,
+        idle: Option<Duration>,
+    ) -> Result<Option<usize>, StreamError> {
+        let mut chunks: [Bytes; CHUNKS_PER_READ] = Default::default();
+        let read = recv.read_chunks(&mut chunks);
+        let got = match (self.started, idle) {
+            (Some(at), _) => tokio::time::timeout_at(at + FRAME_TIMEOUT, read)
+                .await
+                .map_err(|_| StreamError::Stalled)??,
+            (None, Some(idle)) => tokio::time::timeout(idle, read)
+                .await
+                .map_err(|_| StreamError::Timeout("the next frame"))??,
+            (None, None) => read.await?,
+        };
+        let Some(n) = got else {
+            return match self.parsed == self.buf.len() {
+                true => Ok(None),
+                false => Err(StreamError::Truncated),
+            };
+        };
+        let mut bytes = 0;
+        for chunk in &chunks[..n] {
+            bytes += chunk.len();
+            self.buf.extend_from_slice(chunk);
+        }
+        self.split()?;
+        self.started = match self.parsed == self.buf.len() {
+            true => None,
+            false => self.started.or_else(|| Some(Instant::now())),
+        };
+        Ok(Some(bytes))
+    }
+
+    fn split(&mut self) -> Result<(), FrameError> {
+        while let Some(prefix) = self.buf.get(self.parsed..self.parsed + 4) {
+            let len = frame_len(prefix.try_into().expect("four bytes"), self.limit)?;
+            let start = self.parsed + 4;
+            if self.buf.len() < start + len {
+                break;
+            }
+            self.spans.push(start..start + len);
+            self.parsed = start + len;
+        }
+        Ok(())
+    }
+
+    /// How many complete frames have been read.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Whether no frame is complete yet.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Bytes read so far, prefixes and any partial frame included.
+    pub fn held(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The bodies of the complete frames, in order.
+    pub fn frames(&self) -> impl ExactSizeIterator<Item = &[u8]> {
+        self.spans.iter().map(|s| &self.buf[s.clone()])
+    }
+}
+
+/// Reads every frame until the peer finishes the stream, refusing more
+/// than `max_frames` of them; no limit on waiting between frames.
+pub async fn read_frames_to_end(
+    recv: &mut RecvStream,
+    limit: usize,
+    max_frames: usize,
+) -> Result<FrameReader, StreamError> {
+    let mut reader = FrameReader::new(limit);
+    while reader.fill(recv, None).await?.is_some() {
+        if reader.len() > max_frames {
+            return Err(StreamError::Protocol(
+                "more frames on a stream than a batch may hold",
+            ));
+        }
+    }
+    Ok(reader)
+}
+
 /// Writes one frame.
 pub async fn write_frame<T: Encode>(
     send: &mut SendStream,
@@ -119,12 +249,32 @@ pub async fn write_frame<T: Encode>(
 
 /// Writes many frames with one write, so a batch costs one syscall path.
 /// The buffer is handed to quinn as it is: `write_all` copied it once more.
+/// `size` is about how many bytes they take, so the buffer is allocated once.
 pub async fn write_frames<'a, T: Encode + 'a>(
     send: &mut SendStream,
     values: impl IntoIterator<Item = &'a T>,
     limit: usize,
+    size: usize,
 ) -> Result<(), StreamError> {
-    let mut out = Vec::with_capacity(4096);
+    let mut out = Vec::with_capacity(size);
+    for value in values {
+        encode_frame(value, limit, &mut out)?;
+    }
+    send.write_chunk(out.into()).await?;
+    Ok(())
+}
+
+/// Opens a stream's contents: its kind (`head`), then `values`, all with one
+/// write; otherwise as [`write_frames`].
+pub async fn write_headed_frames<'a, H: Encode, T: Encode + 'a>(
+    send: &mut SendStream,
+    head: &H,
+    values: impl IntoIterator<Item = &'a T>,
+    limit: usize,
+    size: usize,
+) -> Result<(), StreamError> {
+    let mut out = Vec::with_capacity(size + 16);
+    encode_frame(head, limit, &mut out)?;
     for value in values {
         encode_frame(value, limit, &mut out)?;
     }

@@ -10,6 +10,9 @@ mod liveness;
 
 pub use binding::session_binding;
 pub use endpoint::{ClientAuth, TransportError, client_endpoint, connect, server_endpoint};
-pub use framed::{FRAME_TIMEOUT, StreamError, append_frame, read_frame, write_frame, write_frames};
+pub use framed::{
+    FRAME_TIMEOUT, FrameReader, StreamError, read_frame, read_frames_to_end, write_frame,
+    write_frames, write_headed_frames,
+};
 pub use liveness::{PEER_SILENCE, closed_or_silent};
 pub use quinn;

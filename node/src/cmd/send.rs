@@ -15,7 +15,7 @@ use fastchat_proto::frame::encode_body;
 use fastchat_proto::limits::{MAX_BATCH, MAX_BATCH_BYTES, MAX_MESSAGE_FRAME, MAX_TEXT_BYTES};
 use fastchat_proto::{ErrorCode, FrameError, MessageId, ProtoError, decode};
 use fastchat_transport::quinn::{RecvStream, SendStream};
-use fastchat_transport::{StreamError, append_frame, write_frames};
+use fastchat_transport::{FrameReader, StreamError, write_frames};
 use futures::future::BoxFuture;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
@@ -25,6 +25,8 @@ use crate::store::{Queuing, Target, TextToQueue};
 
 /// AEAD tag plus the plaintext's own framing.
 const SEAL_OVERHEAD: usize = 256;
+/// An accepting ack's frame, in bytes, about (a refusal's sentence is more).
+const ACK_SIZE: usize = 24;
 
 /// What an admitted message becomes.
 enum Admitted {
@@ -146,49 +148,37 @@ pub(crate) async fn serve(
     budget: &Semaphore,
 ) -> Result<(), StreamError> {
     // Every frame of the batch, one after the other: read in place below.
-    let mut frames: Vec<u8> = Vec::new();
-    let mut spans: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut frames = FrameReader::new(MAX_MESSAGE_FRAME);
     // What this stream holds counts against its connection's budget until
     // the batch is answered: a client cannot make the node buffer more than
-    // MAX_CONNECTION_TEXT_BYTES across all its streams (plus one frame each).
+    // MAX_CONNECTION_TEXT_BYTES across all its streams (plus one read each).
     let mut held: Option<SemaphorePermit<'_>> = None;
-    let mut bytes = 0usize;
-    loop {
-        // Frames follow each other promptly; a stream left open and silent
-        // would hold its buffers forever.
-        let frame = tokio::time::timeout(
-            FRAME_GAP,
-            append_frame(recv, MAX_MESSAGE_FRAME, &mut frames),
-        )
-        .await
-        .map_err(|_| StreamError::Timeout("the next frame of a text batch"))??;
-        let Some(span) = frame else { break };
-        let len = span.len();
-        bytes += len + 4;
-        if spans.len() == MAX_BATCH || bytes > MAX_BATCH_BYTES {
+    // Frames follow each other promptly; a stream left open and silent
+    // would hold its buffers forever.
+    while let Some(read) = frames.fill(recv, Some(FRAME_GAP)).await? {
+        if frames.len() > MAX_BATCH || frames.held() > MAX_BATCH_BYTES {
             return Err(FrameError::TooLarge {
-                len: bytes,
+                len: frames.held(),
                 limit: MAX_BATCH_BYTES,
             }
             .into());
         }
         let permit = budget
-            .acquire_many(len as u32 + 4)
+            .acquire_many(read as u32)
             .await
             .map_err(|_| StreamError::Protocol("the connection is closing"))?;
         match &mut held {
             Some(h) => h.merge(permit),
             None => held = Some(permit),
         }
-        spans.push(span);
     }
 
-    let mut acks: Vec<SendAck> = Vec::with_capacity(spans.len());
-    let mut queue: Vec<TextToQueue> = Vec::with_capacity(spans.len());
-    let mut slots: Vec<usize> = Vec::with_capacity(spans.len());
+    let mut acks: Vec<SendAck> = Vec::with_capacity(frames.len());
+    let mut queue: Vec<TextToQueue> = Vec::with_capacity(frames.len());
+    let mut slots: Vec<usize> = Vec::with_capacity(frames.len());
     let mut live: Vec<(String, Arc<Vec<u8>>)> = Vec::new();
-    for span in spans {
-        let (id, admitted) = admit(user, &frames[span])?;
+    for frame in frames.frames() {
+        let (id, admitted) = admit(user, frame)?;
         match admitted {
             Ok(Admitted::Queue(item)) => {
                 slots.push(acks.len());
@@ -215,7 +205,7 @@ pub(crate) async fn serve(
         shared.push(&to, Live::new(0, envelope));
     }
     if queue.is_empty() {
-        return write_frames(send, &acks, MAX_MESSAGE_FRAME).await;
+        return write_frames(send, &acks, MAX_MESSAGE_FRAME, acks.len() * ACK_SIZE).await;
     }
     let offers = hand_off(shared, user, &mut queue, &mut slots).await;
     let mut done = 0;
@@ -249,7 +239,7 @@ pub(crate) async fn serve(
         }
     }
     shared.stats.messages.fetch_add(done, Ordering::Relaxed);
-    write_frames(send, &acks, MAX_MESSAGE_FRAME).await
+    write_frames(send, &acks, MAX_MESSAGE_FRAME, acks.len() * ACK_SIZE).await
 }
 
 /// Texts handed off together, and the answer saying which a session of
@@ -292,7 +282,7 @@ async fn hand_off<'a>(
     if friends.is_empty() {
         return Vec::new();
     }
-    let mut here = Vec::new();
+    let mut here = Vec::with_capacity(queue.len());
     let mut elsewhere: Vec<(String, Vec<(usize, TextToQueue)>)> = Vec::new();
     let mut rest = Vec::with_capacity(queue.len());
     let mut rest_slots = Vec::with_capacity(slots.len());
