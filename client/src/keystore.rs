@@ -15,6 +15,9 @@ pub use crate::types::{
 use fastchat_crypto::{ConversationKey, Identity, SigningIdentity};
 use fastchat_proto::group::RosterEntry;
 use rusqlite::{Connection, OptionalExtension, params};
+use std::sync::LazyLock;
+
+use crate::sql_rows::{self, SHAPES};
 
 // Group history has its own index, holding group rows only: direct texts,
 // most of the traffic, no longer write a page of it each commit (an older
@@ -80,6 +83,38 @@ CREATE TABLE IF NOT EXISTS downloads(
 );
 CREATE INDEX IF NOT EXISTS messages_unshown ON messages(pos) WHERE shown = 0 AND outgoing = 0;
 ";
+
+/// Our texts the node accepted, into the history (see [`sql_rows`]).
+static SENT_SQL: LazyLock<[String; SHAPES]> = LazyLock::new(|| {
+    sql_rows::statements(
+        "INSERT OR IGNORE INTO messages(id, peer, outgoing, kind, grp, body, sent_at, received_at, state, shown) VALUES ",
+        "(?1, ?2, 1, 'text', ?3, ?4, ?5, ?5, ?6, 1)",
+        6,
+        "",
+    )
+});
+
+/// Our texts to one friend, marked delivered. `?1` is the friend, in the
+/// head; the ids are `?2` on. `+peer` keeps SQLite on the id index: by the
+/// friend's index it would walk all of their history.
+static DELIVERED_SQL: LazyLock<[String; SHAPES]> = LazyLock::new(|| {
+    sql_rows::statements(
+        "UPDATE messages SET state = 'delivered' WHERE outgoing = 1 AND grp IS NULL AND +peer = ?1 AND id IN (",
+        "?2",
+        1,
+        ")",
+    )
+});
+
+/// Received items, skipping ids already stored.
+static INBOX_SQL: LazyLock<[String; SHAPES]> = LazyLock::new(|| {
+    sql_rows::statements(
+        "INSERT OR IGNORE INTO messages(id, peer, outgoing, kind, grp, member, body, sent_at, received_at, state, shown, att_path, att_bytes, att_sha256) VALUES ",
+        "(?1, ?2, 0, ?3, ?4, ?5, ?6, ?7, ?8, 'received', 0, ?9, ?10, ?11)",
+        11,
+        "",
+    )
+});
 
 /// The schema's fingerprint, kept in the file's `user_version`: any edit
 /// of [`SCHEMA`] changes it, so the next open applies the edit.
@@ -150,6 +185,22 @@ fn history_sql(filter: &str) -> String {
 
 const HISTORY_COLUMNS: &str =
     "id, peer, outgoing, kind, body, sent_at, state, att_path, grp, member";
+
+/// A message the node has accepted from us, for the history.
+pub struct SentRecord<'a> {
+    /// Its id.
+    pub id: [u8; 16],
+    /// The friend it went to, or the group's name.
+    pub to: &'a str,
+    /// The group's name, for a group text.
+    pub group: Option<&'a str>,
+    /// What it said.
+    pub text: &'a str,
+    /// When we sent it.
+    pub sent_at_ms: u64,
+    /// Stored on the node, or already in the recipient's hands.
+    pub state: MessageState,
+}
 
 /// A saved transfer: its sender (empty for our uploads), id and record.
 pub type SavedTransfer = (String, [u8; 16], Vec<u8>);
@@ -271,6 +322,9 @@ fn open_conn(path: &Path) -> Result<(Connection, fastchat_sqlite::Checkpointer),
         crate::private::restrict(Path::new(&side));
     }
     let mut conn = Connection::open(path)?;
+    // Room for every shape of the many-row statements (`sql_rows`) beside
+    // the others.
+    conn.set_prepared_statement_cache_capacity(64);
     // The log and its index stay between sessions (emptied on close): made
     // anew at each start they were a third of a client's start, the file
     // system searching for a free inode each time.
@@ -602,71 +656,110 @@ impl Keystore {
         Ok(())
     }
 
-    /// Records a message the node has accepted from us.
-    pub fn record_sent(
-        &self,
-        id: &[u8; 16],
-        to: &str,
-        group: Option<&str>,
-        text: &str,
-        sent_at_ms: u64,
-        state: MessageState,
-    ) -> Result<(), ClientError> {
-        self.conn
-            .prepare_cached(
-                "INSERT OR IGNORE INTO messages(id, peer, outgoing, kind, grp, body, sent_at, received_at, state, shown)
-                 VALUES (?1, ?2, 1, 'text', ?3, ?4, ?5, ?5, ?6, 1)",
-            )?
-            .execute(params![
-                &id[..],
-                to,
-                group,
-                text,
-                sent_at_ms as i64,
-                state.as_str()
-            ])?;
+    /// Records messages the node has accepted from us.
+    pub fn record_sent(&self, rows: &[SentRecord<'_>]) -> Result<(), ClientError> {
+        for chunk in sql_rows::statement_chunks(rows) {
+            let mut stmt = self
+                .conn
+                .prepare_cached(sql_rows::shape(&SENT_SQL, chunk.len()))?;
+            for (i, r) in chunk.iter().enumerate() {
+                let p = i * 6;
+                stmt.raw_bind_parameter(p + 1, &r.id[..])?;
+                stmt.raw_bind_parameter(p + 2, r.to)?;
+                stmt.raw_bind_parameter(p + 3, r.group)?;
+                stmt.raw_bind_parameter(p + 4, r.text)?;
+                stmt.raw_bind_parameter(p + 5, r.sent_at_ms as i64)?;
+                stmt.raw_bind_parameter(p + 6, r.state.as_str())?;
+            }
+            stmt.raw_execute()?;
+        }
         Ok(())
     }
 
     /// Marks our texts to `peer` with these ids as delivered.
     pub fn mark_delivered(&self, peer: &str, ids: &[[u8; 16]]) -> Result<(), ClientError> {
-        let mut stmt = self.conn.prepare_cached(
-            "UPDATE messages SET state = 'delivered' WHERE id = ?1 AND outgoing = 1 AND peer = ?2 AND grp IS NULL",
-        )?;
-        for id in ids {
-            stmt.execute(params![&id[..], peer])?;
+        for chunk in sql_rows::statement_chunks(ids) {
+            let mut stmt = self
+                .conn
+                .prepare_cached(sql_rows::shape(&DELIVERED_SQL, chunk.len()))?;
+            stmt.raw_bind_parameter(1, peer)?;
+            for (i, id) in chunk.iter().enumerate() {
+                stmt.raw_bind_parameter(i + 2, &id[..])?;
+            }
+            stmt.raw_execute()?;
         }
         Ok(())
     }
 
-    /// Stores received items, skipping ids already stored; returns the new ones.
+    /// Stores received items, skipping ids already stored (and an id's
+    /// repeats within `items`); returns the new ones, in order.
     pub fn insert_inbox(&self, items: Vec<InboxItem>) -> Result<Vec<InboxItem>, ClientError> {
-        let mut fresh = Vec::with_capacity(items.len());
-        let mut stmt = self.conn.prepare_cached(
-            "INSERT OR IGNORE INTO messages(id, peer, outgoing, kind, grp, member, body, sent_at, received_at, state, shown, att_path, att_bytes, att_sha256)
-             VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6, ?7, ?8, 'received', 0, ?9, ?10, ?11)",
-        )?;
         let now = fastchat_proto::now_ms() as i64;
-        for item in items {
-            let att = item.attachment.as_ref();
-            let n = stmt.execute(params![
-                &item.id[..],
-                item.from,
-                item.kind.as_str(),
-                item.group,
-                item.member,
-                item.text,
-                item.sent_at_ms as i64,
-                now,
-                att.map(|a| a.path.clone()),
-                att.map(|a| a.bytes as i64),
-                att.map(|a| a.sha256.clone()),
-            ])?;
-            if n == 1 {
-                fresh.push(item);
+        let mut fresh = Vec::with_capacity(items.len());
+        for chunk in sql_rows::statement_chunks(&items) {
+            let mut stmt = self
+                .conn
+                .prepare_cached(sql_rows::shape(&INBOX_SQL, chunk.len()))?;
+            for (i, item) in chunk.iter().enumerate() {
+                let p = i * 11;
+                let att = item.attachment.as_ref();
+                stmt.raw_bind_parameter(p + 1, &item.id[..])?;
+                stmt.raw_bind_parameter(p + 2, &item.from)?;
+                stmt.raw_bind_parameter(p + 3, item.kind.as_str())?;
+                stmt.raw_bind_parameter(p + 4, &item.group)?;
+                stmt.raw_bind_parameter(p + 5, &item.member)?;
+                stmt.raw_bind_parameter(p + 6, &item.text)?;
+                stmt.raw_bind_parameter(p + 7, item.sent_at_ms as i64)?;
+                stmt.raw_bind_parameter(p + 8, now)?;
+                stmt.raw_bind_parameter(p + 9, att.map(|a| a.path.as_str()))?;
+                stmt.raw_bind_parameter(p + 10, att.map(|a| a.bytes as i64))?;
+                stmt.raw_bind_parameter(p + 11, att.map(|a| a.sha256.as_str()))?;
+            }
+            let stored = stmt.raw_execute()?;
+            if stored == chunk.len() {
+                fresh.resize(fresh.len() + stored, true);
+            } else {
+                self.which_were_stored(chunk, stored, &mut fresh)?;
             }
         }
-        Ok(fresh)
+        let mut fresh = fresh.into_iter();
+        Ok(items
+            .into_iter()
+            .filter(|_| fresh.next().unwrap_or(false))
+            .collect())
+    }
+
+    /// After a statement stored only `stored` of `chunk` (the others were
+    /// there already, or repeated an id), pushes which of them it stored.
+    /// The statement gave its rows the positions after the last one, one
+    /// by one, ending at the last row it inserted: those positions hold
+    /// exactly the ids it stored; each marks the first item carrying it.
+    fn which_were_stored(
+        &self,
+        chunk: &[InboxItem],
+        stored: usize,
+        fresh: &mut Vec<bool>,
+    ) -> Result<(), ClientError> {
+        let mut ids: Vec<[u8; 16]> = match stored {
+            0 => Vec::new(),
+            _ => {
+                let last = self.conn.last_insert_rowid();
+                self.conn
+                    .prepare_cached("SELECT id FROM messages WHERE pos > ?1 AND pos <= ?2")?
+                    .query_map(params![last - stored as i64, last], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?
+            }
+        };
+        ids.sort_unstable();
+        let mut taken = vec![false; ids.len()];
+        fresh.extend(chunk.iter().map(|item| match ids.binary_search(&item.id) {
+            Ok(k) if !taken[k] => {
+                taken[k] = true;
+                true
+            }
+            _ => false,
+        }));
+        Ok(())
     }
 
     /// Saves (or replaces) a record of a transfer, `uploads` or `downloads`.
@@ -1075,6 +1168,97 @@ mod tests {
             attachment: None,
             text: format!("message {n}"),
             sent_at_ms: n as u64,
+        }
+    }
+
+    fn fresh_keystore(dir: &Path) -> Keystore {
+        let profile = Profile {
+            name: "alice".into(),
+            server: "127.0.0.1:7700".into(),
+            ca_pem: Vec::new(),
+        };
+        Keystore::create(
+            &dir.join(crate::KEYSTORE_FILE),
+            &profile,
+            &Identity::generate().unwrap(),
+            &SigningIdentity::generate().unwrap(),
+            None,
+        )
+        .unwrap()
+    }
+
+    /// Batches larger than one statement carries, with ids stored before
+    /// and ids repeated inside the batch: each id is new once, in order;
+    /// and marks of delivery reach exactly the ids named, to that peer.
+    #[test]
+    fn many_rows_at_once_keep_each_id_once_and_mark_only_those_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = fresh_keystore(dir.path());
+        let first: Vec<InboxItem> = (0..40).map(|n| item(n, "bob", None)).collect();
+        let fresh = ks.insert_inbox(first).unwrap();
+        assert_eq!(fresh.len(), 40);
+
+        let mut again: Vec<InboxItem> = (30..70).map(|n| item(n, "bob", None)).collect();
+        again.insert(5, item(50, "bob", None));
+        again.push(item(69, "bob", None));
+        again.push(item(3, "bob", None));
+        let fresh: Vec<String> = ks
+            .insert_inbox(again)
+            .unwrap()
+            .into_iter()
+            .map(|i| i.text)
+            .collect();
+        // 50 goes in where it first appears, ahead of 40.
+        let expected: Vec<String> = std::iter::once(50)
+            .chain((40..70).filter(|n| *n != 50))
+            .map(|n| format!("message {n}"))
+            .collect();
+        assert_eq!(fresh, expected);
+        assert_eq!(ks.unshown().unwrap().len(), 70);
+
+        let ids: Vec<[u8; 16]> = (0..45u32)
+            .map(|n| {
+                let mut id = [0xee; 16];
+                id[..4].copy_from_slice(&n.to_be_bytes());
+                id
+            })
+            .collect();
+        let rows: Vec<SentRecord<'_>> = ids
+            .iter()
+            .enumerate()
+            .map(|(n, id)| SentRecord {
+                id: *id,
+                to: if n % 2 == 0 { "bob" } else { "carol" },
+                group: None,
+                text: "hello",
+                sent_at_ms: n as u64,
+                state: MessageState::Sent,
+            })
+            .collect();
+        ks.record_sent(&rows).unwrap();
+        let mut explain = ks
+            .conn
+            .prepare(&format!(
+                "EXPLAIN QUERY PLAN {}",
+                sql_rows::shape(&DELIVERED_SQL, sql_rows::MAX_ROWS)
+            ))
+            .unwrap();
+        let plan: String = explain.raw_query().next().unwrap().unwrap().get(3).unwrap();
+        drop(explain);
+        assert!(plan.contains("(id=?)"), "{plan}");
+        // Every id told as bob's: only bob's texts among them change.
+        ks.mark_delivered("bob", &ids[..41]).unwrap();
+        for (peer, sent, delivered) in [("bob", 23, 21), ("carol", 22, 0)] {
+            let history = ks
+                .history("alice", &Conversation::Friend(peer.into()), 100)
+                .unwrap();
+            let outgoing: Vec<_> = history.iter().filter(|h| h.outgoing).collect();
+            assert_eq!(outgoing.len(), sent, "{peer}");
+            let marked = outgoing
+                .iter()
+                .filter(|h| h.state == MessageState::Delivered)
+                .count();
+            assert_eq!(marked, delivered, "{peer}");
         }
     }
 

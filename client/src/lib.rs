@@ -29,6 +29,7 @@ pub mod keystore;
 pub mod private;
 mod receiver;
 mod sender;
+mod sql_rows;
 mod transfer;
 mod upload;
 

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::core::{Core, Pending};
 use crate::error::ClientError;
+use crate::keystore::SentRecord;
 use crate::texts::History;
 use crate::types::MessageState;
 
@@ -143,26 +144,29 @@ fn settle(
     batch: Vec<Pending>,
     mut acks: HashMap<MessageId, Result<Accepted, ProtoError>>,
 ) {
-    let recorded = core.keystore().transaction(|ks| {
-        for o in &batch {
-            if let (Some(h), Some(Ok(accepted))) = (&o.history, acks.get(&o.message.id())) {
-                // Handed off: the recipient holds it already, and no receipt will come.
-                let state = match accepted {
-                    Accepted::Stored => MessageState::Sent,
-                    Accepted::Delivered => MessageState::Delivered,
-                };
-                ks.record_sent(
-                    &o.message.id().0,
-                    &h.peer,
-                    h.group.as_deref(),
-                    &h.text,
-                    h.sent_at_ms,
-                    state,
-                )?;
-            }
-        }
-        Ok(())
-    });
+    let rows: Vec<SentRecord<'_>> = batch
+        .iter()
+        .filter_map(|o| {
+            let (h, accepted) = (
+                o.history.as_ref()?,
+                acks.get(&o.message.id())?.as_ref().ok()?,
+            );
+            Some((&o.message, h, accepted))
+        })
+        .map(|(message, h, accepted)| SentRecord {
+            id: message.id().0,
+            to: &h.peer,
+            group: h.group.as_deref(),
+            text: &h.text,
+            sent_at_ms: h.sent_at_ms,
+            // Handed off: the recipient holds it already, and no receipt will come.
+            state: match accepted {
+                Accepted::Stored => MessageState::Sent,
+                Accepted::Delivered => MessageState::Delivered,
+            },
+        })
+        .collect();
+    let recorded = core.keystore().transaction(|ks| ks.record_sent(&rows));
     if let Err(e) = recorded {
         tracing::warn!(error = %e, "cannot record sent messages in the history");
     }
