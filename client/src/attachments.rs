@@ -122,7 +122,7 @@ pub(crate) fn plan_upload(
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum OpenWith {
     /// From a friend: our conversation key, if they are one.
-    Friend(Option<ConversationKey>),
+    Friend(Option<Arc<ConversationKey>>),
     /// In a group: the group, and the key and roster of the epoch it claims.
     Group {
         group: Option<String>,
@@ -151,7 +151,7 @@ pub(crate) fn on_announced(me: &Me, with: OpenWith, a: &Announced<'_>) -> Result
             let key =
                 key.ok_or_else(|| invalid(format!("an image from {from}, who is not a friend")))?;
             (
-                key,
+                ConversationKey::clone(&key),
                 transcript::image_aad(from, &me.name, &a.id, 0),
                 None,
                 None,
@@ -269,7 +269,7 @@ mod tests {
         let rec = plan_upload(&alice, to, [1; 16], [2; 7], file(5000)).unwrap();
         let outcome = on_announced(
             &bob,
-            OpenWith::Friend(Some(key.clone())),
+            OpenWith::Friend(Some(Arc::new(key.clone()))),
             &announced(&rec, "alice"),
         )
         .unwrap();
@@ -302,14 +302,15 @@ mod tests {
         assert!(
             on_announced(
                 &bob,
-                OpenWith::Friend(Some(key.clone())),
+                OpenWith::Friend(Some(Arc::new(key.clone()))),
                 &announced(&rec, "carol")
             )
             .is_err()
         );
         let mut longer = announced(&rec, "alice");
         longer.total_len += 1;
-        let refused = on_announced(&bob, OpenWith::Friend(Some(key)), &longer).unwrap_err();
+        let refused =
+            on_announced(&bob, OpenWith::Friend(Some(Arc::new(key))), &longer).unwrap_err();
         assert!(refused.0.contains("inconsistent length"), "{refused}");
     }
 
@@ -337,8 +338,12 @@ mod tests {
         let sealed = key.seal(&rec.aad, &encode_body(&header).unwrap()).unwrap();
         rec.header = [&sealed.nonce[..], &sealed.ciphertext].concat();
         rec.total_len = wrapped;
-        let refused =
-            on_announced(&bob, OpenWith::Friend(Some(key)), &announced(&rec, "alice")).unwrap_err();
+        let refused = on_announced(
+            &bob,
+            OpenWith::Friend(Some(Arc::new(key))),
+            &announced(&rec, "alice"),
+        )
+        .unwrap_err();
         assert!(refused.0.contains("inconsistent length"), "{refused}");
     }
 

@@ -301,7 +301,7 @@ impl Client {
     fn friend_key(
         &self,
         name: &str,
-    ) -> Result<Option<fastchat_crypto::ConversationKey>, ClientError> {
+    ) -> Result<Option<Arc<fastchat_crypto::ConversationKey>>, ClientError> {
         let ks = self.keystore();
         if let Some(k) = ks.friend_key(name)? {
             return Ok(Some(k));
@@ -319,7 +319,7 @@ impl Client {
     async fn friend_key_synced(
         &self,
         name: &str,
-    ) -> Result<fastchat_crypto::ConversationKey, ClientError> {
+    ) -> Result<Arc<fastchat_crypto::ConversationKey>, ClientError> {
         match self.friend_key(name) {
             Ok(Some(k)) => Ok(k),
             Ok(None) | Err(ClientError::AwaitingAcceptance(_)) => {

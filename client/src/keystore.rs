@@ -246,7 +246,7 @@ pub struct Keystore {
     vault: Vault,
     /// Friends' keys with their ciphers ready, so a text costs no lookup.
     /// Dropped for a peer whenever it is written, and whole on rollback.
-    friend_keys: std::cell::RefCell<std::collections::HashMap<String, ConversationKey>>,
+    friend_keys: std::cell::RefCell<std::collections::HashMap<String, Arc<ConversationKey>>>,
     /// Groups' keys (ciphers ready) and rosters by (group, epoch), and
     /// groups' names: a group text costs no roster decode. An epoch never
     /// changes once written; both are dropped on rollback.
@@ -581,7 +581,9 @@ impl Keystore {
 
     /// The conversation key of friend `name`, or `None` if they are not
     /// (yet) a friend.
-    pub fn friend_key(&self, name: &str) -> Result<Option<ConversationKey>, ClientError> {
+    /// Shared, not copied: a copy of the expanded cipher cost a thousand
+    /// instructions per text.
+    pub fn friend_key(&self, name: &str) -> Result<Option<Arc<ConversationKey>>, ClientError> {
         if let Some(k) = self.friend_keys.borrow().get(name) {
             return Ok(Some(k.clone()));
         }
@@ -591,6 +593,7 @@ impl Keystore {
                 key: Some(k),
                 ..
             }) => {
+                let k = Arc::new(k);
                 self.friend_keys
                     .borrow_mut()
                     .insert(name.to_string(), k.clone());

@@ -242,7 +242,7 @@ fn take(
         Envelope::Delivered { from, ids } => Ok(texts::on_delivered(from, ids)),
         Envelope::Text { id, from, sealed } => {
             let key = ks.friend_key(&from)?;
-            texts::open_direct(me, &from, key.as_ref(), id, &sealed)
+            texts::open_direct(me, &from, key.as_deref(), id, &sealed)
         }
         Envelope::GroupText { .. } => match group_text(&envelope) {
             Some(text) => texts::open_group(
