@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
-    ChildGuard, befriend, bin, cli_ok, free_port, next_text, start_up_with, wait_for_balancer,
+    ChildGuard, LoggedChild, befriend, bin, cli_ok, free_port, next_text, start_up_with,
+    wait_for_balancer,
 };
 use fastchat_balancer::{BalancerConfig, BalancerHandle, Strategy};
 use fastchat_client::{AttachmentKind, Client, Conversation, InboxItem, InboxKind, Recipient};
@@ -625,17 +626,15 @@ async fn with_two_balancers_losing_one_stops_no_login_and_no_failover() {
     let nats =
         NatsServer::start(&dir.path().join("nats"), 0, &role_dir(&certs, Role::Bus)).unwrap();
     let ports = [free_port(), free_port()];
-    let mut balancers: Vec<ChildGuard> = ports
+    let mut balancers: Vec<LoggedChild> = ports
         .iter()
         .map(|p| {
-            ChildGuard(
+            LoggedChild::spawn(
                 Command::new(bin())
                     .args(["balancer", "--listen", &format!("127.0.0.1:{p}"), "--certs"])
                     .arg(role_dir(&certs, Role::Balancer))
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap(),
+                    .stdout(Stdio::null()),
+                dir.path().join(format!("balancer-{p}.log")),
             )
         })
         .collect();
@@ -643,10 +642,10 @@ async fn with_two_balancers_losing_one_stops_no_login_and_no_failover() {
     let servers = addrs.join(",");
     let store = dir.path().join("cluster.db").display().to_string();
     let node_ports = [free_port(), free_port()];
-    let mut nodes: Vec<Option<ChildGuard>> = (1..=2u16)
+    let mut nodes: Vec<Option<LoggedChild>> = (1..=2u16)
         .zip(node_ports)
         .map(|(k, port)| {
-            Some(ChildGuard(
+            Some(LoggedChild::spawn(
                 Command::new(bin())
                     .args(["node", "--listen", &format!("127.0.0.1:{port}"), "--data"])
                     .arg(dir.path().join(format!("node-{k}")))
@@ -654,10 +653,8 @@ async fn with_two_balancers_losing_one_stops_no_login_and_no_failover() {
                     .arg(role_dir(&certs, Role::Node(k)))
                     .args(["--balancer", &servers, "--bus", &nats.url()])
                     .args(["--store", &store])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap(),
+                    .stdout(Stdio::null()),
+                dir.path().join(format!("node-{k}.log")),
             ))
         })
         .collect();
@@ -677,8 +674,8 @@ async fn with_two_balancers_losing_one_stops_no_login_and_no_failover() {
     befriend(&alice, &bob).await;
 
     // The first balancer dies; a new user gets in through the second.
-    let _ = balancers[0].0.kill();
-    let _ = balancers[0].0.wait();
+    let _ = balancers[0].guard.0.kill();
+    let _ = balancers[0].guard.0.wait();
     let carol = Client::register(&home("carol"), "carol", &servers, &ca)
         .await
         .expect("registration with one balancer of two gone");

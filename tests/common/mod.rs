@@ -377,13 +377,51 @@ pub fn start_up_with(dir: &Path, extra: &[&str]) -> (ChildGuard, String, String)
     (guard, word_after("--server "), word_after("--ca "))
 }
 
-/// A child process killed when dropped.
+/// A child process killed when dropped. When the test is failing, it
+/// says so if the child had already exited: a server that never started
+/// otherwise shows only as a wait that timed out.
 pub struct ChildGuard(pub Child);
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Ok(Some(status)) = self.0.try_wait()
+        {
+            eprintln!("child process {} had exited: {status}", self.0.id());
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A [`ChildGuard`] whose stderr goes to a file, printed (its end) when
+/// the test fails.
+pub struct LoggedChild {
+    pub guard: ChildGuard,
+    log: PathBuf,
+}
+
+impl LoggedChild {
+    /// Spawns `command` with its stderr written to `log`.
+    pub fn spawn(command: &mut Command, log: PathBuf) -> Self {
+        let file = std::fs::File::create(&log).unwrap();
+        let child = command.stderr(file).spawn().unwrap();
+        Self {
+            guard: ChildGuard(child),
+            log,
+        }
+    }
+}
+
+impl Drop for LoggedChild {
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Ok(text) = std::fs::read_to_string(&self.log)
+        {
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(20)..];
+            eprintln!("--- end of {} ---\n{}", self.log.display(), tail.join("\n"));
+        }
     }
 }
 
