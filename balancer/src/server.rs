@@ -13,7 +13,7 @@ use fastchat_proto::error::close;
 use fastchat_proto::limits::MAX_CONTROL_FRAME;
 use fastchat_proto::{ErrorCode, ProtoError};
 use fastchat_transport::quinn::{Connection, Endpoint, RecvStream, SendStream};
-use fastchat_transport::{ClientAuth, read_frame, server_endpoint, write_frame};
+use fastchat_transport::{ServerKind, read_frame, server_endpoint, write_frame};
 use tokio::task::JoinHandle;
 
 use crate::registry::{Registry, Strategy};
@@ -100,7 +100,7 @@ impl BalancerHandle {
 /// Starts a balancer on the current tokio runtime.
 pub async fn start(config: BalancerConfig) -> Result<BalancerHandle, BalancerError> {
     let identity = NodeIdentity::load(&config.certs_dir)?;
-    let endpoint = server_endpoint(config.listen, &identity, ClientAuth::OptionalClusterCert)?;
+    let endpoint = server_endpoint(config.listen, &identity, ServerKind::Balancer)?;
     let registry = Arc::new(Mutex::new(Registry::new(
         config.strategy,
         config.node_timeout,

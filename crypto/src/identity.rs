@@ -59,15 +59,14 @@ impl Identity {
         if pair.version() != pkcs1::Version::TwoPrime {
             return Err(CryptoError::BadKey);
         }
-        let public = PublicKey::try_from(pkcs1::RsaPublicKey {
+        let public = pkcs1::RsaPublicKey {
             modulus: pair.modulus,
             public_exponent: pair.public_exponent,
-        })
-        .map_err(|_| CryptoError::BadKey)?;
+        };
         Ok(Self {
             der: Zeroizing::new(der.to_vec()),
             key: OnceLock::new(),
-            public: public_of(&public)?,
+            public: PublicIdentity::ours(&public)?,
         })
     }
 
@@ -77,7 +76,7 @@ impl Identity {
             return Ok(key);
         }
         let key = PrivateKey::from_pkcs8_der(&self.der).map_err(|_| CryptoError::BadKey)?;
-        if key.to_public_key() != self.public.key {
+        if key.to_public_key() != *self.public.key()? {
             return Err(CryptoError::BadKey);
         }
         // A racing first use builds it twice; either copy is the same key.
@@ -125,9 +124,14 @@ fn public_of(key: &PublicKey) -> Result<PublicIdentity, CryptoError> {
 }
 
 /// Someone's RSA public key, kept with its DER encoding.
+///
+/// A peer's key is checked whole when parsed. Our own, read from our
+/// keystore at each start, is only encoded then: building an RSA key
+/// (its Montgomery parameters) was a tenth of a client's login, and a
+/// session that never verifies or wraps with it never needs it.
 #[derive(Clone)]
 pub struct PublicIdentity {
-    key: PublicKey,
+    key: OnceLock<PublicKey>,
     der: Vec<u8>,
 }
 
@@ -139,9 +143,39 @@ impl PublicIdentity {
             return Err(CryptoError::BadKey);
         }
         Ok(Self {
-            key,
+            key: OnceLock::from(key),
             der: der.to_vec(),
         })
+    }
+
+    /// Our own public key from the numbers in our private key's encoding:
+    /// encoded now, built on first use.
+    fn ours(public: &pkcs1::RsaPublicKeyRef<'_>) -> Result<Self, CryptoError> {
+        use rsa::pkcs8::der::Encode;
+        let pkcs1_der = public.to_der().map_err(|_| CryptoError::BadKey)?;
+        let der = rsa::pkcs8::SubjectPublicKeyInfoRef {
+            algorithm: pkcs1::ALGORITHM_ID,
+            subject_public_key: rsa::pkcs8::der::asn1::BitStringRef::new(0, &pkcs1_der)
+                .map_err(|_| CryptoError::BadKey)?,
+        }
+        .to_der()
+        .map_err(|_| CryptoError::BadKey)?;
+        Ok(Self {
+            key: OnceLock::new(),
+            der,
+        })
+    }
+
+    /// The key, built from the DER on first use (only our own is built late).
+    fn key(&self) -> Result<&PublicKey, CryptoError> {
+        if let Some(key) = self.key.get() {
+            return Ok(key);
+        }
+        let key = Self::from_der(&self.der)?
+            .key
+            .into_inner()
+            .ok_or(CryptoError::BadKey)?;
+        Ok(self.key.get_or_init(|| key))
     }
 
     /// SubjectPublicKeyInfo DER.
@@ -151,14 +185,15 @@ impl PublicIdentity {
 
     /// Verifies an RSA-PSS-SHA256 signature over `message`.
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), CryptoError> {
-        self.key
+        self.key()
+            .map_err(|_| CryptoError::BadSignature)?
             .pss_verify::<Sha256>(message, signature)
             .map_err(|_| CryptoError::BadSignature)
     }
 
     /// Wraps a conversation key for this key's owner with RSA-OAEP-SHA256.
     pub fn wrap_key(&self, key: &ConversationKey) -> Result<Vec<u8>, CryptoError> {
-        self.key
+        self.key()?
             .oaep_encrypt::<Sha256>(key.as_bytes())
             .map_err(|_| CryptoError::Random)
     }
@@ -199,6 +234,19 @@ mod tests {
         let for_alice = alice.public().wrap_key(&key).unwrap();
         assert_eq!(
             again.unwrap_key(&for_alice).unwrap().as_bytes(),
+            key.as_bytes()
+        );
+        // Its public half, encoded at load and built on first use, verifies
+        // and wraps like the original.
+        let reloaded = Identity::from_pkcs8_der(&der).unwrap();
+        reloaded
+            .public()
+            .verify(b"hello", &sig)
+            .expect("the reloaded public key verifies the original's signature");
+        assert!(reloaded.public().verify(b"hellO", &sig).is_err());
+        let wrapped = reloaded.public().wrap_key(&key).unwrap();
+        assert_eq!(
+            alice.unwrap_key(&wrapped).unwrap().as_bytes(),
             key.as_bytes()
         );
     }

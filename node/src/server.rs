@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use fastchat_certs::NodeIdentity;
 use fastchat_transport::quinn::Endpoint;
-use fastchat_transport::{ClientAuth, server_endpoint};
+use fastchat_transport::{ServerKind, server_endpoint};
 use tokio::task::JoinHandle;
 
 use crate::bus::{Bus, LocalBus, NatsBus};
@@ -181,7 +181,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     })?;
     let opened = open_store(&config).await?;
     let store = opened.handle();
-    let endpoint = server_endpoint(config.listen, &identity, ClientAuth::None)?;
+    let endpoint = server_endpoint(config.listen, &identity, ServerKind::Node)?;
     let local = endpoint.local_addr().expect("bound endpoint");
     let advertised = config.advertise.clone().unwrap_or_else(|| {
         let ip = if local.ip().is_unspecified() {

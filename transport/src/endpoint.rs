@@ -73,15 +73,25 @@ pub enum TransportError {
     },
 }
 
-/// Whether a server asks connecting peers for a certificate.
+/// What a server endpoint serves: it decides whether peers may present a
+/// certificate and whether paths are probed for a larger MTU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ClientAuth {
-    /// Clients are anonymous at the TLS level (nodes: users log in with their identity key).
-    None,
-    /// Peers may present a certificate signed by the cluster CA (the
-    /// balancer: nodes do, plain clients do not).
-    OptionalClusterCert,
+pub enum ServerKind {
+    /// A node. Clients are anonymous at the TLS level (users log in with
+    /// their identity key); connections live long and carry images, so
+    /// both sides probe the path for packets above QUIC's 1200 bytes.
+    Node,
+    /// A balancer. Peers may present a certificate signed by the cluster CA
+    /// (nodes do, plain clients do not). A client's exchange is one
+    /// question and a short answer, so neither side probes the path: the
+    /// probes (padding, parsed a byte at a time) were a tenth of a login's
+    /// CPU on both sides.
+    Balancer,
 }
+
+/// QUIC's smallest datagram, which every path must carry; a balancer
+/// announces it as its largest, so clients never probe towards it.
+const MIN_UDP_PAYLOAD: u16 = 1200;
 
 /// ring, with AES-128-GCM/SHA-256 preferred: the handshake's key schedule
 /// then hashes with SHA-256, which this class of CPU does in hardware
@@ -121,7 +131,7 @@ fn udp_socket(addr: SocketAddr) -> Result<UdpSocket, TransportError> {
     Ok(socket.into())
 }
 
-fn transport_config(client: bool) -> Arc<TransportConfig> {
+fn transport_config(client: bool, probe_mtu: bool) -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
     let idle = if client {
         CLIENT_IDLE_TIMEOUT
@@ -140,21 +150,20 @@ fn transport_config(client: bool) -> Arc<TransportConfig> {
     if client {
         t.keep_alive_interval(Some(KEEP_ALIVE));
     }
+    if !probe_mtu {
+        t.mtu_discovery_config(None);
+    }
     Arc::new(t)
 }
 
 fn endpoint_on(
     addr: SocketAddr,
+    config: EndpointConfig,
     server: Option<quinn::ServerConfig>,
 ) -> Result<Endpoint, TransportError> {
     let socket = udp_socket(addr)?;
-    Endpoint::new(
-        EndpointConfig::default(),
-        server,
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
-    .map_err(|cause| TransportError::Bind { addr, cause })
+    Endpoint::new(config, server, socket, Arc::new(quinn::TokioRuntime))
+        .map_err(|cause| TransportError::Bind { addr, cause })
 }
 
 fn client_config(
@@ -171,7 +180,7 @@ fn client_config(
     tls.alpn_protocols = vec![fastchat_proto::ALPN.to_vec()];
     let quic = QuicClientConfig::try_from(tls)?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    config.transport_config(transport_config(true));
+    config.transport_config(transport_config(true, true));
     Ok(config)
 }
 
@@ -179,13 +188,13 @@ fn client_config(
 pub fn server_endpoint(
     addr: SocketAddr,
     identity: &NodeIdentity,
-    client_auth: ClientAuth,
+    kind: ServerKind,
 ) -> Result<Endpoint, TransportError> {
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?;
-    let builder = match client_auth {
-        ClientAuth::None => builder.with_no_client_auth(),
-        ClientAuth::OptionalClusterCert => {
+    let builder = match kind {
+        ServerKind::Node => builder.with_no_client_auth(),
+        ServerKind::Balancer => {
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots(&identity.ca)?),
                 provider(),
@@ -199,8 +208,14 @@ pub fn server_endpoint(
     tls.alpn_protocols = vec![fastchat_proto::ALPN.to_vec()];
     let quic = QuicServerConfig::try_from(tls)?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    server.transport_config(transport_config(false));
-    endpoint_on(addr, Some(server))
+    let mut endpoint_config = EndpointConfig::default();
+    if kind == ServerKind::Balancer {
+        endpoint_config
+            .max_udp_payload_size(MIN_UDP_PAYLOAD)
+            .expect("QUIC's minimum datagram is a valid maximum");
+    }
+    server.transport_config(transport_config(false, kind == ServerKind::Node));
+    endpoint_on(addr, endpoint_config, Some(server))
 }
 
 /// A client endpoint that trusts only `ca`; with `client_cert` it also
@@ -209,10 +224,18 @@ pub fn client_endpoint(
     ca: &[CertificateDer<'static>],
     client_cert: Option<&NodeIdentity>,
 ) -> Result<Endpoint, TransportError> {
-    let mut endpoint = match endpoint_on(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)), None) {
+    let mut endpoint = match endpoint_on(
+        SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
+        EndpointConfig::default(),
+        None,
+    ) {
         Ok(e) => e,
         // Hosts without IPv6 still get a working IPv4 endpoint.
-        Err(_) => endpoint_on(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)), None)?,
+        Err(_) => endpoint_on(
+            SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+            EndpointConfig::default(),
+            None,
+        )?,
     };
     endpoint.set_default_client_config(client_config(ca, client_cert)?);
     Ok(endpoint)

@@ -8,7 +8,7 @@ use std::time::Duration;
 use fastchat_certs::{NodeIdentity, Role, role_dir};
 use fastchat_transport::quinn::{Connection, Endpoint, SendStream};
 use fastchat_transport::{
-    ClientAuth, FrameReader, StreamError, client_endpoint, connect, read_frames_to_end,
+    FrameReader, ServerKind, StreamError, client_endpoint, connect, read_frames_to_end,
     server_endpoint,
 };
 
@@ -26,7 +26,7 @@ async fn pair() -> (
     let server = server_endpoint(
         SocketAddr::from(([127, 0, 0, 1], 0)),
         &identity,
-        ClientAuth::None,
+        ServerKind::Node,
     )
     .unwrap();
     let port = server.local_addr().unwrap().port();

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use fastchat_certs::NodeIdentity;
 use fastchat_transport::quinn::ConnectionError;
 use fastchat_transport::{
-    ClientAuth, PEER_SILENCE, client_endpoint, closed_or_silent, connect, server_endpoint,
+    PEER_SILENCE, ServerKind, client_endpoint, closed_or_silent, connect, server_endpoint,
 };
 use tokio::net::UdpSocket;
 
@@ -74,7 +74,7 @@ fn server(certs: &std::path::Path) -> (fastchat_transport::quinn::Endpoint, Node
     ))
     .unwrap();
     let endpoint =
-        server_endpoint("127.0.0.1:0".parse().unwrap(), &identity, ClientAuth::None).unwrap();
+        server_endpoint("127.0.0.1:0".parse().unwrap(), &identity, ServerKind::Node).unwrap();
     let accepting = endpoint.clone();
     tokio::spawn(async move {
         let mut held = Vec::new();

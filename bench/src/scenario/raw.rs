@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use fastchat_transport::quinn::{Connection, Endpoint};
-use fastchat_transport::{ClientAuth, client_endpoint, connect, server_endpoint};
+use fastchat_transport::{ServerKind, client_endpoint, connect, server_endpoint};
 
 use super::{WINDOW, bar, watch};
 use crate::Options;
@@ -61,7 +61,7 @@ pub async fn run(env: &Env, options: &Options) -> anyhow::Result<ScenarioResult>
             ))?
         }
     };
-    let server = server_endpoint("127.0.0.1:0".parse()?, &identity, ClientAuth::None)?;
+    let server = server_endpoint("127.0.0.1:0".parse()?, &identity, ServerKind::Node)?;
     let addr = server.local_addr()?.to_string();
     let server_task = tokio::spawn(serve(server.clone()));
 
