@@ -1,5 +1,6 @@
 //! The `fastchat` command: parses flags and calls the libraries.
 
+mod allocator;
 mod bench;
 mod cluster;
 mod output;
