@@ -22,6 +22,16 @@ use crate::sql_rows::{self, SHAPES};
 // Group history has its own index, holding group rows only: direct texts,
 // most of the traffic, no longer write a page of it each commit (an older
 // index over every row is replaced on open).
+//
+// A friend's history is found through `peer_spans`, not an index over every
+// direct row: each statement that stores rows notes, for each friend among
+// them, the positions it filled (`first..=last`, which may hold other
+// friends' rows too). A row then costs no index entry; a statement of up
+// to 32 rows costs one span per friend in it. That index was an eighth of
+// a client's instructions per text and a page written per commit. Spans of
+// one friend never overlap (each statement fills its own positions), so
+// walking them newest first and each range backwards gives the history
+// newest first with no sort.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS settings(
     key TEXT PRIMARY KEY,
@@ -66,7 +76,12 @@ CREATE TABLE IF NOT EXISTS messages(
     state TEXT NOT NULL,
     shown INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS messages_by_peer ON messages(peer, pos);
+CREATE TABLE IF NOT EXISTS peer_spans(
+    peer TEXT NOT NULL,
+    last INTEGER NOT NULL,
+    first INTEGER NOT NULL,
+    PRIMARY KEY(peer, last)
+) WITHOUT ROWID;
 DROP INDEX IF EXISTS messages_by_group;
 CREATE INDEX IF NOT EXISTS messages_in_groups ON messages(grp, pos) WHERE grp IS NOT NULL;
 CREATE TABLE IF NOT EXISTS uploads(
@@ -177,11 +192,27 @@ fn row_to_history(r: &rusqlite::Row<'_>, me: &str) -> rusqlite::Result<HistoryEn
     })
 }
 
-/// The newest page of one conversation: walks the (peer|grp, pos) index
+/// The newest page of a group's history: walks the (grp, pos) index
 /// backwards and stops after the page, whatever the history's size.
-fn history_sql(filter: &str) -> String {
-    format!("SELECT {HISTORY_COLUMNS} FROM messages WHERE {filter} ORDER BY pos DESC LIMIT ?2")
-}
+static GROUP_HISTORY_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!("SELECT {HISTORY_COLUMNS} FROM messages WHERE grp = ?1 ORDER BY pos DESC LIMIT ?2")
+});
+
+/// The newest page of a friend's history: their spans newest first, each
+/// range of positions backwards, and stops after the page.
+static FRIEND_HISTORY_SQL: LazyLock<String> = LazyLock::new(|| {
+    let columns = HISTORY_COLUMNS
+        .split(", ")
+        .map(|c| format!("m.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "SELECT {columns} FROM peer_spans AS s \
+           JOIN messages AS m ON m.pos BETWEEN s.first AND s.last \
+         WHERE s.peer = ?1 AND m.peer = ?1 AND m.grp IS NULL \
+         ORDER BY s.last DESC, m.pos DESC LIMIT ?2"
+    )
+});
 
 const HISTORY_COLUMNS: &str =
     "id, peer, outgoing, kind, body, sent_at, state, att_path, grp, member";
@@ -339,11 +370,31 @@ fn open_conn(path: &Path) -> Result<(Connection, fastchat_sqlite::Checkpointer),
     if version != SCHEMA_VERSION {
         let tx = conn.transaction()?;
         tx.execute_batch(SCHEMA)?;
+        spans_from_peer_index(&tx)?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
     }
     let checkpointer = fastchat_sqlite::Checkpointer::start(path, &mut conn)?;
     Ok((conn, checkpointer))
+}
+
+/// A keystore made before `peer_spans` found a friend's history through an
+/// index over every direct row: each such row becomes a span of its own
+/// (exact, whatever the history's order) and the index goes.
+fn spans_from_peer_index(tx: &Connection) -> Result<(), rusqlite::Error> {
+    let indexed: i64 = tx.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = 'messages_by_peer'",
+        [],
+        |r| r.get(0),
+    )?;
+    if indexed > 0 {
+        tx.execute_batch(
+            "INSERT OR IGNORE INTO peer_spans(peer, last, first) \
+               SELECT peer, pos, pos FROM messages WHERE grp IS NULL; \
+             DROP INDEX messages_by_peer;",
+        )?;
+    }
+    Ok(())
 }
 
 impl Keystore {
@@ -674,7 +725,35 @@ impl Keystore {
                 stmt.raw_bind_parameter(p + 5, r.sent_at_ms as i64)?;
                 stmt.raw_bind_parameter(p + 6, r.state.as_str())?;
             }
-            stmt.raw_execute()?;
+            let stored = stmt.raw_execute()?;
+            let friends = chunk.iter().filter(|r| r.group.is_none());
+            self.note_spans(friends.map(|r| r.to), stored)?;
+        }
+        Ok(())
+    }
+
+    /// Notes that the direct rows of `friends` the last statement stored
+    /// lie among the `stored` positions it filled, which end at the last
+    /// row it inserted (see `peer_spans` in [`SCHEMA`]).
+    fn note_spans<'a>(
+        &self,
+        friends: impl Iterator<Item = &'a str>,
+        stored: usize,
+    ) -> Result<(), ClientError> {
+        if stored == 0 {
+            return Ok(());
+        }
+        let last = self.conn.last_insert_rowid();
+        let first = last - stored as i64 + 1;
+        let mut noted: Vec<&str> = Vec::new();
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT OR IGNORE INTO peer_spans(peer, last, first) VALUES (?1, ?2, ?3)",
+        )?;
+        for friend in friends {
+            if !noted.contains(&friend) {
+                stmt.execute(params![friend, last, first])?;
+                noted.push(friend);
+            }
         }
         Ok(())
     }
@@ -724,6 +803,8 @@ impl Keystore {
             } else {
                 self.which_were_stored(chunk, stored, &mut fresh)?;
             }
+            let friends = chunk.iter().filter(|item| item.group.is_none());
+            self.note_spans(friends.map(|item| item.from.as_str()), stored)?;
         }
         let mut fresh = fresh.into_iter();
         Ok(items
@@ -861,8 +942,13 @@ impl Keystore {
         conversation: &Conversation,
         limit: usize,
     ) -> Result<Vec<HistoryEntry>, ClientError> {
-        let (filter, key) = conversation_filter(conversation);
-        let mut stmt = self.conn.prepare_cached(&history_sql(filter))?;
+        let mut stmt = match conversation {
+            Conversation::Friend(_) => self.conn.prepare_cached(&FRIEND_HISTORY_SQL)?,
+            Conversation::Group(_) => self.conn.prepare_cached(&GROUP_HISTORY_SQL)?,
+        };
+        let key = match conversation {
+            Conversation::Friend(name) | Conversation::Group(name) => name,
+        };
         let rows = stmt.query_map(params![key, limit as i64], |r| row_to_history(r, me))?;
         let mut out: Vec<HistoryEntry> = rows.collect::<Result<_, _>>()?;
         out.reverse();
@@ -1311,6 +1397,145 @@ mod tests {
         assert_eq!(version(&raw), SCHEMA_VERSION);
     }
 
+    /// A friend's history comes out whole, in order and alone, whatever
+    /// the statements mixed: several friends and groups in one batch, sent
+    /// and received, batches over 32 rows, and a redelivery that stores
+    /// only some of its rows.
+    #[test]
+    fn a_friends_history_is_found_through_its_spans() {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = fresh_keystore(dir.path());
+        let friends = ["bob", "carol", "dave"];
+        let mut expected: std::collections::HashMap<&str, Vec<String>> = Default::default();
+        let mut n = 0u32;
+        for batch in 0..40u32 {
+            // Received: 1 to 70 items from a rotating mix of friends, with a
+            // group text in every fifth place.
+            let mut items = Vec::new();
+            for k in 0..(1 + batch * 7 % 70) {
+                n += 1;
+                let from = friends[((batch + k / 3) % 3) as usize];
+                if k % 5 == 4 {
+                    items.push(item(n, from, Some("team")));
+                } else {
+                    items.push(item(n, from, None));
+                    expected
+                        .entry(from)
+                        .or_default()
+                        .push(format!("message {n}"));
+                }
+            }
+            if batch % 7 == 3 {
+                // Redelivered: the last batch's items again, and one new one.
+                let again: Vec<InboxItem> = items.clone();
+                ks.insert_inbox(items).unwrap();
+                n += 1;
+                let mut with_new = again;
+                with_new.insert(1, item(n, "carol", None));
+                expected
+                    .entry("carol")
+                    .or_default()
+                    .push(format!("message {n}"));
+                ks.insert_inbox(with_new).unwrap();
+            } else {
+                ks.insert_inbox(items).unwrap();
+            }
+            // Sent: a few to two friends and one to the group.
+            let texts: Vec<(u32, &str)> = (0..(batch % 4))
+                .map(|k| {
+                    n += 1;
+                    (n, friends[((batch + k) % 2) as usize])
+                })
+                .collect();
+            let bodies: Vec<String> = texts.iter().map(|(n, _)| format!("sent {n}")).collect();
+            let mut rows: Vec<SentRecord<'_>> = texts
+                .iter()
+                .zip(&bodies)
+                .map(|((n, to), body)| {
+                    let mut id = [0x55; 16];
+                    id[..4].copy_from_slice(&n.to_be_bytes());
+                    SentRecord {
+                        id,
+                        to,
+                        group: None,
+                        text: body,
+                        sent_at_ms: *n as u64,
+                        state: MessageState::Sent,
+                    }
+                })
+                .collect();
+            for ((_, to), body) in texts.iter().zip(&bodies) {
+                expected.entry(to).or_default().push(body.clone());
+            }
+            rows.push(SentRecord {
+                id: [0x66; 16].map(|b| b ^ batch as u8),
+                to: "team",
+                group: Some("team"),
+                text: "to the group",
+                sent_at_ms: 0,
+                state: MessageState::Sent,
+            });
+            ks.record_sent(&rows).unwrap();
+        }
+        for friend in friends {
+            let all = &expected[friend];
+            for limit in [1, 7, 50, 10_000] {
+                let page: Vec<String> = ks
+                    .history("alice", &Conversation::Friend(friend.into()), limit)
+                    .unwrap()
+                    .into_iter()
+                    .map(|e| e.text)
+                    .collect();
+                let want = &all[all.len().saturating_sub(limit)..];
+                assert_eq!(page, want, "{friend}, the newest {limit}");
+            }
+        }
+    }
+
+    /// A keystore from before spans (an index over every direct row) is
+    /// migrated on open: every old row is in its friend's history, new
+    /// rows follow, and the old index is gone.
+    #[test]
+    fn a_keystore_indexed_by_peer_gets_spans_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = fresh_keystore(dir.path());
+        ks.insert_inbox(
+            (0..40)
+                .map(|n| item(n, ["bob", "carol"][n as usize % 2], None))
+                .collect(),
+        )
+        .unwrap();
+        drop(ks);
+        let raw = rusqlite::Connection::open(dir.path().join(crate::KEYSTORE_FILE)).unwrap();
+        // As the older schema left it.
+        raw.execute_batch(
+            "DELETE FROM peer_spans; CREATE INDEX messages_by_peer ON messages(peer, pos); \
+             PRAGMA user_version = 0;",
+        )
+        .unwrap();
+        let ks = Keystore::open(dir.path()).unwrap();
+        ks.insert_inbox(vec![item(40, "bob", None)]).unwrap();
+        let bob: Vec<String> = ks
+            .history("alice", &Conversation::Friend("bob".into()), 100)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.text)
+            .collect();
+        let want: Vec<String> = (0..=40)
+            .step_by(2)
+            .map(|n| format!("message {n}"))
+            .collect();
+        assert_eq!(bob, want);
+        let index: i64 = raw
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'messages_by_peer'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(index, 0, "the old index was dropped");
+    }
+
     /// A chat opens on the newest page of a conversation and the unread
     /// counts; with 100,000 messages stored both must come from indexes,
     /// not a scan of the history (the plan is checked, and the time printed).
@@ -1362,14 +1587,13 @@ mod tests {
         assert!(page.windows(2).all(|w| w[0].sent_at_ms < w[1].sent_at_ms));
         assert_eq!(unread.len(), 4);
 
-        for (conversation, index) in [
-            (Conversation::Friend("bob".into()), "messages_by_peer"),
-            (Conversation::Group("team".into()), "messages_in_groups"),
+        for (sql, key, index) in [
+            (&*FRIEND_HISTORY_SQL, "bob", "PRIMARY KEY (peer=?)"),
+            (&*GROUP_HISTORY_SQL, "team", "messages_in_groups"),
         ] {
-            let (filter, key) = conversation_filter(&conversation);
             let plan: Vec<String> = ks
                 .conn
-                .prepare(&format!("EXPLAIN QUERY PLAN {}", history_sql(filter)))
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
                 .unwrap()
                 .query_map(params![key, 300], |r| r.get::<_, String>(3))
                 .unwrap()
