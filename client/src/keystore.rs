@@ -942,13 +942,11 @@ impl Keystore {
         conversation: &Conversation,
         limit: usize,
     ) -> Result<Vec<HistoryEntry>, ClientError> {
-        let mut stmt = match conversation {
-            Conversation::Friend(_) => self.conn.prepare_cached(&FRIEND_HISTORY_SQL)?,
-            Conversation::Group(_) => self.conn.prepare_cached(&GROUP_HISTORY_SQL)?,
+        let (sql, key) = match conversation {
+            Conversation::Friend(name) => (&*FRIEND_HISTORY_SQL, name),
+            Conversation::Group(name) => (&*GROUP_HISTORY_SQL, name),
         };
-        let key = match conversation {
-            Conversation::Friend(name) | Conversation::Group(name) => name,
-        };
+        let mut stmt = self.conn.prepare_cached(sql)?;
         let rows = stmt.query_map(params![key, limit as i64], |r| row_to_history(r, me))?;
         let mut out: Vec<HistoryEntry> = rows.collect::<Result<_, _>>()?;
         out.reverse();
