@@ -284,6 +284,91 @@ pub async fn groups_fan_out_and_refuse(s: &dyn Store) {
     assert!(matches!(&r[0], Queuing::Refused(e) if e.code == ErrorCode::NotMember));
 }
 
+/// A group text waits for each member until that member acks it: acks by
+/// some leave it whole for the others, a resend meanwhile is a duplicate,
+/// and once every member has acked, the queues count nothing for it.
+pub async fn a_group_text_waits_for_each_member_until_each_acks(s: &dyn Store) {
+    let id = s.create_group("crew", "alice").await.unwrap();
+    let add = Membership::Add(vec!["bob".into(), "carol".into()]);
+    s.rekey(id, 1, add, vec![]).await.unwrap();
+    let to = || Target::Group { id, epoch: 1 };
+    let before = (
+        s.queued_for("alice").await.unwrap(),
+        s.queued_for("carol").await.unwrap(),
+    );
+    let sent = vec![text(to(), 1, &[1, 1, 1]), text(to(), 2, &[2, 2])];
+    let r = s
+        .enqueue_texts("bob", sent, QueueLimits::default())
+        .await
+        .unwrap();
+    assert!(
+        r.iter()
+            .all(|q| matches!(q, Queuing::Stored(to) if to.len() == 2)),
+        "{r:?}"
+    );
+    let bodies = |page: Vec<(u64, Vec<u8>)>| page.into_iter().map(|(_, b)| b).collect::<Vec<_>>();
+    let texts = vec![vec![1, 1, 1], vec![2, 2]];
+    for member in ["alice", "carol"] {
+        let page = s.pending(member, 0, 100).await.unwrap();
+        assert!(
+            bodies(page).ends_with(&texts),
+            "{member} has both texts, whole"
+        );
+    }
+    let alice: Vec<u64> = s
+        .pending("alice", 0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|(q, _)| *q)
+        .collect();
+    s.ack("alice", &alice).await.unwrap();
+    assert!(s.pending("alice", 0, 100).await.unwrap().is_empty());
+    assert_eq!(s.queued_for("alice").await.unwrap(), 0);
+    let carol = s.pending("carol", 0, 100).await.unwrap();
+    assert!(
+        bodies(carol.clone()).ends_with(&texts),
+        "alice's ack left carol's copy whole"
+    );
+    assert_eq!(s.queued_for("carol").await.unwrap(), before.1 + 2);
+    let again = s
+        .enqueue_texts(
+            "bob",
+            vec![text(to(), 1, &[1, 1, 1])],
+            QueueLimits::default(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(&again[0], Queuing::Stored(to) if to.iter().all(|(n, _)| n == "alice")),
+        "a resend reaches only whoever acked it already: {again:?}"
+    );
+    let (last, _) = carol[carol.len() - 1];
+    s.ack("carol", &[last]).await.unwrap();
+    let left = bodies(s.pending("carol", 0, 100).await.unwrap());
+    assert_eq!(
+        left.last(),
+        Some(&vec![1, 1, 1]),
+        "carol's first text still waits"
+    );
+    let rest: Vec<u64> = s
+        .pending("carol", 0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|(q, _)| *q)
+        .collect();
+    s.ack("carol", &rest).await.unwrap();
+    assert_eq!(s.queued_for("carol").await.unwrap(), 0);
+    let alice = s.pending("alice", 0, 100).await.unwrap();
+    assert_eq!(
+        bodies(alice),
+        vec![vec![1, 1, 1]],
+        "the resend waits for alice alone"
+    );
+    assert_eq!(before.0, 0);
+}
+
 /// A recipient's queue has room for so many texts and bytes: past either,
 /// texts to them are refused with one sentence; acks make room again.
 pub async fn queues_are_bounded_per_recipient(s: &dyn Store) {

@@ -3,6 +3,8 @@
 //! locks), asks the rule, and writes what it allows; no backend decides
 //! anything itself, so SQLite and PostgreSQL cannot drift apart.
 
+use std::collections::HashMap;
+
 use fastchat_proto::{ErrorCode, ProtoError};
 
 use super::{QueueLimits, StoreError, Target};
@@ -83,8 +85,10 @@ pub(crate) fn queue_room(
 /// [`Self::stored`] after.
 pub(crate) struct QueueRoom {
     limits: QueueLimits,
-    /// (recipient, waiting before the batch, added by it).
-    queues: Vec<(String, Usage, Usage)>,
+    /// Per recipient: (waiting before the batch, added by it). A map, as a
+    /// group text names every member: a list made each text cost a pass
+    /// over all the members per member.
+    queues: HashMap<String, (Usage, Usage)>,
 }
 
 /// A queue's (texts, bytes).
@@ -95,7 +99,7 @@ impl QueueRoom {
     pub fn new(limits: QueueLimits) -> Self {
         Self {
             limits,
-            queues: Vec::new(),
+            queues: HashMap::new(),
         }
     }
 
@@ -103,43 +107,46 @@ impl QueueRoom {
     pub fn unread<'r>(&self, recipients: &'r [String]) -> Vec<&'r str> {
         recipients
             .iter()
-            .filter(|to| !self.queues.iter().any(|(r, _, _)| r == *to))
+            .filter(|to| !self.queues.contains_key(to.as_str()))
             .map(String::as_str)
             .collect()
     }
 
     /// Records what `to`'s queue held before this batch.
     pub fn knows(&mut self, to: &str, waiting: (u64, u64)) {
-        self.queues.push((to.to_string(), waiting, (0, 0)));
+        self.queues.insert(to.to_string(), (waiting, (0, 0)));
     }
 
     /// Whether every one of `recipients` has room for a text of `bytes`.
     pub fn check(&self, recipients: &[String], bytes: u64) -> Result<(), ProtoError> {
-        for (to, waiting, added) in self
-            .queues
-            .iter()
-            .filter(|(r, _, _)| recipients.contains(r))
-        {
-            let now = (waiting.0 + added.0, waiting.1 + added.1);
-            queue_room(to, now, (1, bytes), self.limits)?;
+        for to in recipients {
+            if let Some((waiting, added)) = self.queues.get(to.as_str()) {
+                let now = (waiting.0 + added.0, waiting.1 + added.1);
+                queue_room(to, now, (1, bytes), self.limits)?;
+            }
         }
         Ok(())
     }
 
     /// Counts a text of `bytes` stored for `to`.
     pub fn stored(&mut self, to: &str, bytes: u64) {
-        if let Some((_, _, added)) = self.queues.iter_mut().find(|(r, _, _)| r == to) {
+        if let Some((_, added)) = self.queues.get_mut(to) {
             added.0 += 1;
             added.1 += bytes;
         }
     }
 
-    /// What the batch added, per recipient it added to: (recipient, texts, bytes).
+    /// What the batch added, per recipient it added to: (recipient, texts,
+    /// bytes), by name, so concurrent writers update usage rows in one order.
     pub fn added(self) -> impl Iterator<Item = (String, u64, u64)> {
-        self.queues
+        let mut added: Vec<_> = self
+            .queues
             .into_iter()
-            .filter(|(_, _, (texts, _))| *texts > 0)
-            .map(|(to, _, (texts, bytes))| (to, texts, bytes))
+            .filter(|(_, (_, (texts, _)))| *texts > 0)
+            .map(|(to, (_, (texts, bytes)))| (to, texts, bytes))
+            .collect();
+        added.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        added.into_iter()
     }
 }
 

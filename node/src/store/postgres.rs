@@ -1036,6 +1036,12 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
+    async fn a_group_text_waits_for_each_member_until_each_acks() {
+        let (_pg, _, s) = store("group_acks").await;
+        conformance::a_group_text_waits_for_each_member_until_each_acks(&s).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
     async fn queues_are_bounded_per_recipient() {
         let (_pg, _, s) = store("queue_limits").await;
         conformance::queues_are_bounded_per_recipient(&s).await;
