@@ -8,7 +8,7 @@ use std::sync::Arc;
 use common::{Cluster, RawClient, befriend};
 use fastchat_client::{Client, ClientError, InboxItem, InboxKind};
 use fastchat_proto::control::Request;
-use fastchat_proto::envelope::{Outgoing, OutgoingGroupText, Sealed, SendAck};
+use fastchat_proto::envelope::{BatchProof, Outgoing, OutgoingGroupText, Sealed, SendAck};
 use fastchat_proto::group::{GroupChange, GroupUpdate};
 use fastchat_proto::{ErrorCode, MessageId};
 
@@ -119,6 +119,11 @@ async fn raw_group_post(raw: &RawClient, group_id: u64, epoch: u64) -> SendAck {
             ciphertext: vec![0; 40],
         },
         signature: vec![0; 64],
+        proof: BatchProof {
+            index: 0,
+            count: 1,
+            path: Vec::new(),
+        },
     });
     raw.post(&post).await
 }

@@ -403,6 +403,11 @@ mod tests {
                         epoch,
                         sealed: &sealed,
                         signature: &signature,
+                        proof: &fastchat_proto::envelope::BatchProof {
+                            index: 0,
+                            count: 1,
+                            path: Vec::new(),
+                        },
                     },
                     crate::texts::Signature::Unchecked,
                 ),
@@ -479,13 +484,17 @@ mod tests {
                 &plain,
             )
             .unwrap();
-        let signature = from.signing.sign(&transcript::group_text_signature(
+        // A batch of one: its leaf is the root the signature covers.
+        let leaf = fastchat_crypto::batch::leaf(&transcript::group_text_signature(
             7,
             epoch,
             claimed,
             &id.0,
             &sealed.nonce,
             &sealed.ciphertext,
+        ));
+        let signature = from.signing.sign(&transcript::group_batch_signature(
+            7, epoch, claimed, 1, &leaf,
         ));
         Envelope::Text {
             id,

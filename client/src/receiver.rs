@@ -216,6 +216,7 @@ fn group_text(envelope: &Envelope) -> Option<texts::GroupText<'_>> {
             epoch,
             sealed,
             signature,
+            proof,
         } => Some(texts::GroupText {
             id: *id,
             group_id: *group_id,
@@ -223,6 +224,7 @@ fn group_text(envelope: &Envelope) -> Option<texts::GroupText<'_>> {
             epoch: *epoch,
             sealed,
             signature,
+            proof,
         }),
         _ => None,
     }

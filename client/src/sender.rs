@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::core::{Core, Pending};
 use crate::error::ClientError;
 use crate::keystore::SentRecord;
-use crate::texts::History;
+use crate::texts::{self, History};
 use crate::types::MessageState;
 
 /// Starts the sender task, fed by `rx`.
@@ -83,11 +83,22 @@ async fn run(core: Arc<Core>, mut rx: mpsc::UnboundedReceiver<Pending>) {
                     bytes += size;
                     batch.push(o);
                 }
+                sign_group_texts(&core, &mut batch);
                 flights.push(send_batch(core.clone(), batch));
             }
             _ = core.closed() => break,
         }
     }
+}
+
+/// Signs the batch's group texts, one signature per group (see
+/// [`texts::sign_group_batch`]); a text sent again keeps its signature.
+fn sign_group_texts(core: &Core, batch: &mut [Pending]) {
+    let group_texts = batch.iter_mut().filter_map(|p| match &mut p.message {
+        Outgoing::Group(t) => Some(t),
+        _ => None,
+    });
+    texts::sign_group_batch(&core.me, group_texts);
 }
 
 async fn next(

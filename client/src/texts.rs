@@ -1,9 +1,9 @@
 //! Texts, both sides: sealing a text to a friend or a group, opening one
 //! that arrived, and the "delivered" receipts that answer it.
 
-use fastchat_crypto::{ConversationKey, transcript};
+use fastchat_crypto::{ConversationKey, batch, transcript};
 use fastchat_proto::envelope::{
-    Outgoing, OutgoingGroupText, OutgoingText, Receipt, Sealed, TextContent,
+    BatchProof, Outgoing, OutgoingGroupText, OutgoingText, Receipt, Sealed, TextContent,
 };
 use fastchat_proto::frame::encode_body;
 use fastchat_proto::limits::MAX_TEXT_BYTES;
@@ -70,8 +70,9 @@ pub(crate) fn seal_direct(
     Ok((message, history(to, None, draft)))
 }
 
-/// Seals `draft` for `group` at its newest epoch and signs it, so members
-/// know which of them wrote it.
+/// Seals `draft` for `group` at its newest epoch. It is signed with the
+/// batch it leaves in ([`sign_group_batch`]), so members know which of
+/// them wrote it.
 pub(crate) fn seal_group(
     me: &Me,
     group: &GroupState,
@@ -85,22 +86,63 @@ pub(crate) fn seal_group(
         &transcript::group_text_aad(group.id, group.epoch, &me.name, &draft.id.0),
         &draft.plain,
     )?;
-    let signature = me.signing.sign(&transcript::group_text_signature(
-        group.id,
-        group.epoch,
-        &me.name,
-        &draft.id.0,
-        &sealed.nonce,
-        &sealed.ciphertext,
-    ));
     let message = Outgoing::Group(OutgoingGroupText {
         id: draft.id,
         group_id: group.id,
         epoch: group.epoch,
         sealed,
-        signature,
+        signature: Vec::new(),
+        proof: BatchProof::default(),
     });
     Ok((message, history(&group.name, Some(&group.name), draft)))
+}
+
+/// Signs the group texts of one outgoing batch that are not signed yet:
+/// one signature per group and epoch, over the root of their leaves, and
+/// each text its path to that root (see [`fastchat_crypto::batch`]).
+pub(crate) fn sign_group_batch<'a>(
+    me: &Me,
+    texts: impl IntoIterator<Item = &'a mut OutgoingGroupText>,
+) {
+    let mut unsigned: Vec<&mut OutgoingGroupText> = texts
+        .into_iter()
+        .filter(|t| t.signature.is_empty())
+        .collect();
+    while let Some(first) = unsigned.first() {
+        let (group_id, epoch) = (first.group_id, first.epoch);
+        let (mut same, rest): (Vec<_>, Vec<_>) = unsigned
+            .into_iter()
+            .partition(|t| (t.group_id, t.epoch) == (group_id, epoch));
+        unsigned = rest;
+        for chunk in same.chunks_mut(batch::MAX_TEXTS) {
+            let leaves: Vec<batch::Hash> = chunk
+                .iter()
+                .map(|t| {
+                    batch::leaf(&transcript::group_text_signature(
+                        group_id,
+                        epoch,
+                        &me.name,
+                        &t.id.0,
+                        &t.sealed.nonce,
+                        &t.sealed.ciphertext,
+                    ))
+                })
+                .collect();
+            let (root, paths) = batch::root_and_paths(&leaves);
+            let count = chunk.len() as u32;
+            let signature = me.signing.sign(&transcript::group_batch_signature(
+                group_id, epoch, &me.name, count, &root,
+            ));
+            for (index, (t, path)) in chunk.iter_mut().zip(paths).enumerate() {
+                t.signature = signature.clone();
+                t.proof = BatchProof {
+                    index: index as u32,
+                    count,
+                    path,
+                };
+            }
+        }
+    }
 }
 
 fn history(peer: &str, group: Option<&str>, draft: &Draft) -> History {
@@ -136,34 +178,55 @@ pub(crate) struct GroupText<'a> {
     pub epoch: u64,
     pub sealed: &'a Sealed,
     pub signature: &'a [u8],
+    pub proof: &'a BatchProof,
 }
 
-/// What a group text's sender signed.
-fn signed_part(t: &GroupText<'_>) -> Vec<u8> {
-    transcript::group_text_signature(
+/// What a group text's sender signed: its batch's root, reached from the
+/// text's leaf by its path; `None` if the path does not fit.
+fn signed_part(t: &GroupText<'_>) -> Option<Vec<u8>> {
+    let leaf = batch::leaf(&transcript::group_text_signature(
         t.group_id,
         t.epoch,
         t.from,
         &t.id.0,
         &t.sealed.nonce,
         &t.sealed.ciphertext,
-    )
+    ));
+    let root = batch::root_from_path(&leaf, t.proof.index, t.proof.count, &t.proof.path)?;
+    Some(transcript::group_batch_signature(
+        t.group_id,
+        t.epoch,
+        t.from,
+        t.proof.count,
+        &root,
+    ))
 }
 
 /// Checks the signatures of several group texts together, each against
-/// the roster of the epoch it claims: `true` if every sender was a member
-/// and every signature verifies (see [`fastchat_crypto::signing::verify_batch`]
-/// for what that costs and how it is weaker). On `false`, [`open_group`]
-/// checks each text alone.
+/// the roster of the epoch it claims: `true` if every sender was a member,
+/// every text's path fits and every signature verifies (see
+/// [`fastchat_crypto::signing::verify_batch`] for what that costs and how
+/// it is weaker). Texts of one sender's batch share their signature, which
+/// is checked once. On `false`, [`open_group`] checks each text alone.
 pub(crate) fn verify_group_batch(texts: &[(&EpochKeys, GroupText<'_>)]) -> bool {
-    let signed: Vec<Vec<u8>> = texts.iter().map(|(_, t)| signed_part(t)).collect();
-    let mut items = Vec::with_capacity(texts.len());
-    for ((keys, t), message) in texts.iter().zip(&signed) {
-        match keys.member_key(t.from) {
-            Ok(key) => items.push((key, message.as_slice(), t.signature)),
-            Err(_) => return false,
+    let mut items: Vec<(&fastchat_crypto::signing::VerifyKey, Vec<u8>, &[u8])> = Vec::new();
+    for (epoch_keys, t) in texts {
+        let (Some(message), Ok(key)) = (signed_part(t), epoch_keys.member_key(t.from)) else {
+            return false;
+        };
+        // The message names group, epoch, sender, size and root: the same
+        // message and signature under the same key are one check.
+        let seen = items
+            .iter()
+            .any(|(k, m, sig)| *k == key && *m == message && *sig == t.signature);
+        if !seen {
+            items.push((key, message, t.signature));
         }
     }
+    let items: Vec<_> = items
+        .iter()
+        .map(|(key, message, signature)| (*key, message.as_slice(), *signature))
+        .collect();
     fastchat_crypto::signing::verify_batch(&items).is_ok()
 }
 
@@ -198,7 +261,8 @@ fn verify_group_text(
 ) -> Result<Vec<u8>, String> {
     let keys = at_epoch.ok_or_else(|| format!("we hold no key for epoch {}", t.epoch))?;
     if signature == Signature::Unchecked {
-        keys.verify_member(t.from, &signed_part(t), t.signature)
+        let signed = signed_part(t).ok_or("its place in its batch does not fit")?;
+        keys.verify_member(t.from, &signed, t.signature)
             .map_err(|e| match e {
                 MemberCheck::NotMember => {
                     format!("{} was not a member at epoch {}", t.from, t.epoch)
@@ -374,7 +438,7 @@ mod tests {
             key: Some(ConversationKey::from_bytes(*key.as_bytes())),
         };
         let epoch = EpochKeys::new(key, roster);
-        let sealed: Vec<(String, OutgoingGroupText)> =
+        let mut sealed: Vec<(String, OutgoingGroupText)> =
             [(&alice, "one"), (&bob, "two"), (&alice, "three")]
                 .iter()
                 .map(|(who, text)| {
@@ -384,6 +448,13 @@ mod tests {
                     }
                 })
                 .collect();
+        // Alice's two texts leave in one batch (one signature), bob's alone.
+        let alices = sealed.iter_mut().filter(|(from, _)| from == "alice");
+        sign_group_batch(&alice, alices.map(|(_, g)| g));
+        sign_group_batch(&bob, [&mut sealed[1].1]);
+        assert_eq!(sealed[0].1.signature, sealed[2].1.signature);
+        assert_eq!((sealed[2].1.proof.index, sealed[2].1.proof.count), (1, 2));
+        assert_eq!(sealed[1].1.proof.count, 1);
         let texts: Vec<(&EpochKeys, GroupText<'_>)> = sealed
             .iter()
             .map(|(from, g)| (&epoch, view(from, g)))
@@ -401,9 +472,10 @@ mod tests {
         let stranger = seal_group(&mallory, &group, &draft("hi").unwrap())
             .unwrap()
             .0;
-        let Outgoing::Group(stranger) = stranger else {
+        let Outgoing::Group(mut stranger) = stranger else {
             unreachable!()
         };
+        sign_group_batch(&mallory, [&mut stranger]);
         let all = || -> Vec<(&EpochKeys, GroupText<'_>)> {
             sealed
                 .iter()
@@ -419,6 +491,102 @@ mod tests {
         let mut outside = all();
         outside.push((&epoch, view("mallory", &stranger)));
         assert!(!verify_group_batch(&outside) && refused(&outside[3].1));
+        // A text's place in its batch is part of what was signed: another
+        // position, size or path, or a text from outside the batch with
+        // the batch's signature, does not verify.
+        let (first, third) = (&sealed[0].1, &sealed[2].1);
+        let moved = BatchProof {
+            index: 1,
+            ..first.proof.clone()
+        };
+        let grown = BatchProof {
+            count: 3,
+            ..first.proof.clone()
+        };
+        let swapped = BatchProof {
+            path: third.proof.path.clone(),
+            ..first.proof.clone()
+        };
+        for proof in [&moved, &grown, &swapped] {
+            let t = GroupText {
+                proof,
+                ..view("alice", first)
+            };
+            assert!(refused(&t));
+            assert!(!verify_group_batch(&[(&epoch, t)]));
+        }
+        let mut stray = seal_group(&alice, &group, &draft("stray").unwrap())
+            .unwrap()
+            .0;
+        let Outgoing::Group(stray) = &mut stray else {
+            unreachable!()
+        };
+        stray.signature = first.signature.clone();
+        stray.proof = first.proof.clone();
+        assert!(refused(&view("alice", stray)));
+        let mut with_stray = all();
+        with_stray.push((&epoch, view("alice", stray)));
+        assert!(!verify_group_batch(&with_stray));
+    }
+
+    #[test]
+    fn texts_signed_together_are_checked_with_one_signature() {
+        let alice = me("alice");
+        let roster = vec![RosterEntry {
+            name: "alice".into(),
+            signing_key: alice.signing.public(),
+        }];
+        let key = ConversationKey::generate().unwrap();
+        let group = GroupState {
+            id: 7,
+            name: "team".into(),
+            admin: "alice".into(),
+            epoch: 1,
+            member: true,
+            roster: roster.clone(),
+            key: Some(ConversationKey::from_bytes(*key.as_bytes())),
+        };
+        let epoch = EpochKeys::new(key, roster);
+        let mut batch: Vec<Outgoing> = (0..37)
+            .map(|n| {
+                seal_group(&alice, &group, &draft(&format!("{n}")).unwrap())
+                    .unwrap()
+                    .0
+            })
+            .collect();
+        let group_texts = batch.iter_mut().filter_map(|m| match m {
+            Outgoing::Group(g) => Some(g),
+            _ => None,
+        });
+        sign_group_batch(&alice, group_texts);
+        let texts: Vec<&OutgoingGroupText> = batch
+            .iter()
+            .map(|m| match m {
+                Outgoing::Group(g) => g,
+                _ => unreachable!(),
+            })
+            .collect();
+        assert!(texts.iter().all(|t| t.signature == texts[0].signature));
+        let views: Vec<(&EpochKeys, GroupText<'_>)> =
+            texts.iter().map(|t| (&epoch, view("alice", t))).collect();
+        assert!(verify_group_batch(&views));
+        for (_, t) in &views {
+            assert!(open_group(Some("team"), Some(&epoch), t, Signature::Unchecked).is_ok());
+        }
+        // Signing again leaves signed texts as they are (a resend keeps its proof).
+        let before = texts[5].proof.clone();
+        let mut again = batch.clone();
+        sign_group_batch(
+            &alice,
+            again.iter_mut().filter_map(|m| match m {
+                Outgoing::Group(g) => Some(g),
+                _ => None,
+            }),
+        );
+        let Outgoing::Group(after) = &again[5] else {
+            unreachable!()
+        };
+        assert_eq!(after.proof, before);
     }
 
     fn view<'a>(from: &'a str, g: &'a OutgoingGroupText) -> GroupText<'a> {
@@ -429,6 +597,7 @@ mod tests {
             epoch: g.epoch,
             sealed: &g.sealed,
             signature: &g.signature,
+            proof: &g.proof,
         }
     }
 }

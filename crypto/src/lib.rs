@@ -4,6 +4,7 @@
 //! numbers. Nothing here does I/O or logs.
 
 pub mod aead;
+pub mod batch;
 pub mod chunked;
 pub mod fingerprint;
 pub mod identity;

@@ -49,7 +49,7 @@ pub fn verify(public: &[u8; 32], message: &[u8], signature: &[u8]) -> Result<(),
 /// An Ed25519 public key decoded once, for keys that verify many
 /// signatures (a group member's): decoding is a field square root, a good
 /// part of a verification.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifyKey(VerifyingKey);
 
 impl VerifyKey {

@@ -149,7 +149,8 @@ pub fn group_text_aad(group_id: u64, epoch: u64, from: &str, id: &[u8; 16]) -> V
     )
 }
 
-/// What a group sender signs: everything a member checks, ciphertext included.
+/// A group text's leaf in its batch (see [`group_batch_signature`]):
+/// everything a member checks, ciphertext included.
 pub fn group_text_signature(
     group_id: u64,
     epoch: u64,
@@ -167,6 +168,29 @@ pub fn group_text_signature(
             id,
             nonce,
             ciphertext,
+        ],
+    )
+}
+
+/// What a sender signs for a batch of its group texts (see
+/// [`crate::batch`]): the group, epoch and sender every text in it shares,
+/// the batch's size and its root over the texts' [`group_text_signature`]
+/// leaves.
+pub fn group_batch_signature(
+    group_id: u64,
+    epoch: u64,
+    from: &str,
+    count: u32,
+    root: &[u8; 32],
+) -> Vec<u8> {
+    build(
+        "group-batch-sig",
+        &[
+            &group_id.to_be_bytes(),
+            &epoch.to_be_bytes(),
+            from.as_bytes(),
+            &count.to_be_bytes(),
+            root,
         ],
     )
 }

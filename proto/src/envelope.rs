@@ -54,7 +54,7 @@ impl Outgoing {
         ALLOWANCE
             + match self {
                 Self::Direct(t) => t.sealed.ciphertext.len() + t.to.len(),
-                Self::Group(t) => t.sealed.ciphertext.len() + t.signature.len(),
+                Self::Group(t) => t.sealed.ciphertext.len() + 64 + BatchProof::WIRE_BOUND,
                 Self::Receipt(r) => r.to.len() + 17 * r.ids.len(),
             }
     }
@@ -127,8 +127,27 @@ pub struct OutgoingGroupText {
     pub epoch: u64,
     /// The encrypted content.
     pub sealed: Sealed,
-    /// The sender's Ed25519 signature over `transcript::group_text_signature`.
+    /// The sender's Ed25519 signature over `transcript::group_batch_signature`
+    /// of the batch this text was sent in (empty until the batch is formed).
     pub signature: Vec<u8>,
+    /// Where this text sits in that batch.
+    pub proof: BatchProof,
+}
+
+/// A text's place in the batch one signature covers (`fastchat_crypto::batch`).
+#[derive(Encode, Decode, Clone, Debug, Default, PartialEq, Eq)]
+pub struct BatchProof {
+    /// Its position in the batch.
+    pub index: u32,
+    /// How many texts the batch holds.
+    pub count: u32,
+    /// The sibling hashes from its leaf up to the root.
+    pub path: Vec<[u8; 32]>,
+}
+
+impl BatchProof {
+    /// Most bytes a proof takes on the wire (a path of up to 16 hashes).
+    pub const WIRE_BOUND: usize = 16 + 33 * 16;
 }
 
 /// One text message to a friend.
@@ -258,8 +277,10 @@ pub enum Envelope {
         epoch: u64,
         /// The encrypted content.
         sealed: Sealed,
-        /// The sender's Ed25519 signature.
+        /// The sender's Ed25519 signature over its batch.
         signature: Vec<u8>,
+        /// Where the text sits in that batch.
+        proof: BatchProof,
     },
 }
 

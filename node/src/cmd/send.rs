@@ -111,6 +111,12 @@ fn admit_decoded(user: &str, message: Outgoing) -> Result<Admitted, ProtoError> 
                     "a group text needs an Ed25519 signature",
                 ));
             }
+            if t.proof.path.len() > fastchat_crypto::batch::MAX_PATH {
+                return Err(ProtoError::new(
+                    ErrorCode::BadRequest,
+                    "a group text's batch path is longer than any batch",
+                ));
+            }
             check_text_len(t.sealed.ciphertext.len())?;
             let (to, id) = (
                 Target::Group {
@@ -126,6 +132,7 @@ fn admit_decoded(user: &str, message: Outgoing) -> Result<Admitted, ProtoError> 
                 epoch: t.epoch,
                 sealed: t.sealed,
                 signature: t.signature,
+                proof: t.proof,
             };
             let envelope = encode_body(&envelope)
                 .map_err(|e| ProtoError::new(ErrorCode::TooLarge, e.to_string()))?;
