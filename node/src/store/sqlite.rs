@@ -1312,6 +1312,58 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_queue_from_before_shared_envelopes_keeps_its_rows_and_takes_group_texts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.db");
+        {
+            let s = SqliteStore::open(&path, Durability::Process).unwrap();
+            s.close().await;
+            // Back to the clustered layout as it was before `shared`.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "DROP TABLE queue; DROP TABLE shared_envelopes;
+                 CREATE TABLE queue(
+                     recipient TEXT NOT NULL, seq INTEGER NOT NULL,
+                     msg_id BLOB NOT NULL, envelope BLOB NOT NULL,
+                     PRIMARY KEY(recipient, seq)) WITHOUT ROWID;
+                 CREATE UNIQUE INDEX queue_ids ON queue(recipient, msg_id);
+                 INSERT INTO queue(recipient, seq, msg_id, envelope) VALUES ('bob', 1, x'01', x'aa');
+                 INSERT INTO queue_usage(recipient, texts, bytes) VALUES ('bob', 1, 1);
+                 UPDATE queue_seq SET next = 2;",
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open(&path, Durability::Process).unwrap();
+        assert_eq!(
+            s.pending("bob", 0, 10).await.unwrap(),
+            vec![(1, vec![0xaa])]
+        );
+        let id = s.create_group("crew", "alice").await.unwrap();
+        let add = Membership::Add(vec!["bob".into(), "carol".into()]);
+        s.rekey(id, 1, add, vec![]).await.unwrap();
+        let group = crate::store::Target::Group { id, epoch: 1 };
+        let r = s
+            .enqueue_texts(
+                "carol",
+                vec![conformance::text(group, 2, &[2])],
+                QueueLimits::default(),
+            )
+            .await
+            .unwrap();
+        assert!(
+            matches!(&r[0], Queuing::Stored(to) if to.len() == 2),
+            "{r:?}"
+        );
+        let bob = s.pending("bob", 0, 10).await.unwrap();
+        let bodies: Vec<&[u8]> = bob.iter().map(|(_, b)| b.as_slice()).collect();
+        assert_eq!(bodies, vec![&[0xaa][..], &[2][..]]);
+        let seqs: Vec<u64> = bob.iter().map(|(q, _)| *q).collect();
+        s.ack("bob", &seqs).await.unwrap();
+        assert_eq!(s.queued_for("bob").await.unwrap(), 0);
+        assert_eq!(s.pending("alice", 0, 10).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
     async fn friendship_lifecycle_and_queue() {
         let (_d, s) = store();
         conformance::friendship_lifecycle_and_queue(&s).await;
