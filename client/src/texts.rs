@@ -427,17 +427,7 @@ mod tests {
                 signing_key: m.signing.public(),
             })
             .collect();
-        let key = ConversationKey::generate().unwrap();
-        let group = GroupState {
-            id: 7,
-            name: "team".into(),
-            admin: "alice".into(),
-            epoch: 1,
-            member: true,
-            roster: roster.clone(),
-            key: Some(ConversationKey::from_bytes(*key.as_bytes())),
-        };
-        let epoch = EpochKeys::new(key, roster);
+        let (group, epoch) = team(roster);
         let mut sealed: Vec<(String, OutgoingGroupText)> =
             [(&alice, "one"), (&bob, "two"), (&alice, "three")]
                 .iter()
@@ -536,17 +526,7 @@ mod tests {
             name: "alice".into(),
             signing_key: alice.signing.public(),
         }];
-        let key = ConversationKey::generate().unwrap();
-        let group = GroupState {
-            id: 7,
-            name: "team".into(),
-            admin: "alice".into(),
-            epoch: 1,
-            member: true,
-            roster: roster.clone(),
-            key: Some(ConversationKey::from_bytes(*key.as_bytes())),
-        };
-        let epoch = EpochKeys::new(key, roster);
+        let (group, epoch) = team(roster);
         let mut batch: Vec<Outgoing> = (0..37)
             .map(|n| {
                 seal_group(&alice, &group, &draft(&format!("{n}")).unwrap())
@@ -587,6 +567,21 @@ mod tests {
             unreachable!()
         };
         assert_eq!(after.proof, before);
+    }
+
+    /// Group 7, "team", at epoch 1 with `roster`: its state and its keys.
+    fn team(roster: Vec<RosterEntry>) -> (GroupState, EpochKeys) {
+        let key = ConversationKey::generate().unwrap();
+        let group = GroupState {
+            id: 7,
+            name: "team".into(),
+            admin: "alice".into(),
+            epoch: 1,
+            member: true,
+            roster: roster.clone(),
+            key: Some(ConversationKey::from_bytes(*key.as_bytes())),
+        };
+        (group, EpochKeys::new(key, roster))
     }
 
     fn view<'a>(from: &'a str, g: &'a OutgoingGroupText) -> GroupText<'a> {

@@ -22,7 +22,7 @@ pub fn text(to: Target, n: u8, body: &[u8]) -> TextToQueue {
 
 /// Login keys: stored at registration, absent for older accounts, bound later.
 /// The queue positions of the first `limit` envelopes waiting for `user`.
-async fn positions(s: &dyn Store, user: &str, limit: usize) -> Vec<u64> {
+pub async fn positions(s: &dyn Store, user: &str, limit: usize) -> Vec<u64> {
     let page = s.pending(user, 0, limit).await.unwrap();
     page.iter().map(|(seq, _)| *seq).collect()
 }
@@ -315,13 +315,7 @@ pub async fn a_group_text_waits_for_each_member_until_each_acks(s: &dyn Store) {
             "{member} has both texts, whole"
         );
     }
-    let alice: Vec<u64> = s
-        .pending("alice", 0, 100)
-        .await
-        .unwrap()
-        .iter()
-        .map(|(q, _)| *q)
-        .collect();
+    let alice = positions(s, "alice", 100).await;
     s.ack("alice", &alice).await.unwrap();
     assert!(s.pending("alice", 0, 100).await.unwrap().is_empty());
     assert_eq!(s.queued_for("alice").await.unwrap(), 0);
@@ -351,13 +345,7 @@ pub async fn a_group_text_waits_for_each_member_until_each_acks(s: &dyn Store) {
         Some(&vec![1, 1, 1]),
         "carol's first text still waits"
     );
-    let rest: Vec<u64> = s
-        .pending("carol", 0, 100)
-        .await
-        .unwrap()
-        .iter()
-        .map(|(q, _)| *q)
-        .collect();
+    let rest = positions(s, "carol", 100).await;
     s.ack("carol", &rest).await.unwrap();
     assert_eq!(s.queued_for("carol").await.unwrap(), 0);
     let alice = s.pending("alice", 0, 100).await.unwrap();

@@ -1405,13 +1405,7 @@ mod tests {
             (1, Some(1)),
             "stored once, for alice's resend alone"
         );
-        let alice: Vec<u64> = s
-            .pending("alice", 0, 100)
-            .await
-            .unwrap()
-            .iter()
-            .map(|(q, _)| *q)
-            .collect();
+        let alice = conformance::positions(&s, "alice", 100).await;
         s.ack("alice", &alice).await.unwrap();
         assert_eq!(shared(dir.path()), (0, None), "the last ack deletes it");
     }
