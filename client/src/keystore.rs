@@ -564,13 +564,13 @@ impl Keystore {
     /// Opens a transaction that the following calls join, until
     /// [`Keystore::commit`] (or [`Keystore::rollback`]).
     pub fn begin(&self) -> Result<(), ClientError> {
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        fastchat_sqlite::run_cached(&self.conn, "BEGIN IMMEDIATE")?;
         Ok(())
     }
 
     /// Commits the transaction [`Keystore::begin`] opened.
     pub fn commit(&self) -> Result<(), ClientError> {
-        self.conn.execute_batch("COMMIT")?;
+        fastchat_sqlite::run_cached(&self.conn, "COMMIT")?;
         Ok(())
     }
 

@@ -96,7 +96,7 @@ fn process(core: &Core, deliveries: Vec<Delivery>) -> Result<Processed, ClientEr
     let mut envelopes = Vec::with_capacity(deliveries.len());
     let mut handed_off = Vec::new();
     for d in deliveries {
-        match decode::<Envelope>(&d.envelope) {
+        match Envelope::decode_queued(&d.envelope) {
             Ok(envelope) => {
                 if let (true, Envelope::Text { id, .. }) = (is_handed_off(d.seq), &envelope) {
                     handed_off.push(id.0);

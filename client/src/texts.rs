@@ -182,16 +182,22 @@ pub(crate) struct GroupText<'a> {
 }
 
 /// What a group text's sender signed: its batch's root, reached from the
-/// text's leaf by its path; `None` if the path does not fit.
+/// text's leaf by its path; `None` if the path does not fit. A text signed
+/// alone (protocol 5, queued before an upgrade: `count` 0) signed its own
+/// transcript.
 fn signed_part(t: &GroupText<'_>) -> Option<Vec<u8>> {
-    let leaf = batch::leaf(&transcript::group_text_signature(
+    let text = transcript::group_text_signature(
         t.group_id,
         t.epoch,
         t.from,
         &t.id.0,
         &t.sealed.nonce,
         &t.sealed.ciphertext,
-    ));
+    );
+    if t.proof.count == 0 && t.proof.index == 0 && t.proof.path.is_empty() {
+        return Some(text);
+    }
+    let leaf = batch::leaf(&text);
     let root = batch::root_from_path(&leaf, t.proof.index, t.proof.count, &t.proof.path)?;
     Some(transcript::group_batch_signature(
         t.group_id,
@@ -517,6 +523,41 @@ mod tests {
         let mut with_stray = all();
         with_stray.push((&epoch, view("alice", stray)));
         assert!(!verify_group_batch(&with_stray));
+    }
+
+    #[test]
+    fn a_text_signed_alone_as_protocol_5_did_still_opens() {
+        let (alice, bob) = (me("alice"), me("bob"));
+        let roster = [&alice, &bob]
+            .iter()
+            .map(|m| RosterEntry {
+                name: m.name.clone(),
+                signing_key: m.signing.public(),
+            })
+            .collect();
+        let (group, epoch) = team(roster);
+        let Outgoing::Group(mut old) = seal_group(&alice, &group, &draft("hi").unwrap()).unwrap().0
+        else {
+            unreachable!()
+        };
+        let alone = |who: &Me, t: &OutgoingGroupText| {
+            who.signing.sign(&transcript::group_text_signature(
+                t.group_id,
+                t.epoch,
+                "alice",
+                &t.id.0,
+                &t.sealed.nonce,
+                &t.sealed.ciphertext,
+            ))
+        };
+        old.signature = alone(&alice, &old);
+        let t = view("alice", &old);
+        assert!(open_group(Some("team"), Some(&epoch), &t, Signature::Unchecked).is_ok());
+        assert!(verify_group_batch(&[(&epoch, view("alice", &old))]));
+        // Signed alone by someone else, it is refused as before.
+        old.signature = alone(&bob, &old);
+        let t = view("alice", &old);
+        assert!(open_group(Some("team"), Some(&epoch), &t, Signature::Unchecked).is_err());
     }
 
     #[test]

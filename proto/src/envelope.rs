@@ -135,6 +135,8 @@ pub struct OutgoingGroupText {
 }
 
 /// A text's place in the batch one signature covers (`fastchat_crypto::batch`).
+/// `count` 0 (the default) marks a text signed alone, as protocol 5 signed
+/// every group text: its signature covers `transcript::group_text_signature`.
 #[derive(Encode, Decode, Clone, Debug, Default, PartialEq, Eq)]
 pub struct BatchProof {
     /// Its position in the batch.
@@ -188,6 +190,50 @@ pub const HANDED_OFF: u64 = 1 << 63;
 /// Whether a delivery's position marks a handed-off text.
 pub fn is_handed_off(seq: u64) -> bool {
     seq & HANDED_OFF != 0
+}
+
+/// A group text as a protocol-5 client had it queued: no [`BatchProof`].
+#[derive(Encode, Decode, Clone, Debug)]
+pub struct GroupTextV5 {
+    /// The sender's id for it.
+    pub id: MessageId,
+    /// Which group.
+    pub group_id: u64,
+    /// Who sent it.
+    pub from: String,
+    /// The key epoch.
+    pub epoch: u64,
+    /// The encrypted content.
+    pub sealed: Sealed,
+    /// The sender's Ed25519 signature over the text alone.
+    pub signature: Vec<u8>,
+}
+
+/// [`Envelope::GroupText`]'s variant index, which protocol 5 used too.
+pub const GROUP_TEXT_VARIANT: u32 = 7;
+
+impl Envelope {
+    /// Decodes a queued envelope. A group text a protocol-5 client queued
+    /// before the upgrade decodes too, as signed alone (its proof's
+    /// `count` 0), so an upgrade drops none of them.
+    pub fn decode_queued(body: &[u8]) -> Result<Self, crate::FrameError> {
+        let current = crate::decode::<Envelope>(body);
+        if current.is_ok() {
+            return current;
+        }
+        match crate::decode::<(u32, GroupTextV5)>(body) {
+            Ok((GROUP_TEXT_VARIANT, t)) => Ok(Envelope::GroupText {
+                id: t.id,
+                group_id: t.group_id,
+                from: t.from,
+                epoch: t.epoch,
+                sealed: t.sealed,
+                signature: t.signature,
+                proof: BatchProof::default(),
+            }),
+            _ => current,
+        }
+    }
 }
 
 /// Something the node queues for a user and delivers when they are online.
@@ -338,5 +384,52 @@ mod tests {
             crate::frame::encode_body(&owned).unwrap(),
             crate::frame::encode_body(&borrowed).unwrap()
         );
+    }
+
+    #[test]
+    fn a_group_text_queued_by_protocol_5_decodes_as_signed_alone() {
+        let sealed = Sealed {
+            nonce: [4; 12],
+            ciphertext: vec![5; 40],
+        };
+        let v5 = GroupTextV5 {
+            id: MessageId([1; 16]),
+            group_id: 9,
+            from: "alice".into(),
+            epoch: 2,
+            sealed: sealed.clone(),
+            signature: vec![6; 64],
+        };
+        let queued = crate::frame::encode_body(&(GROUP_TEXT_VARIANT, v5)).unwrap();
+        let Envelope::GroupText {
+            from,
+            signature,
+            proof,
+            ..
+        } = Envelope::decode_queued(&queued).unwrap()
+        else {
+            panic!("not a group text")
+        };
+        assert_eq!(
+            (from.as_str(), signature, proof.count),
+            ("alice", vec![6; 64], 0)
+        );
+        // The variant index is still the one protocol 5 wrote.
+        let now = Envelope::GroupText {
+            id: MessageId([1; 16]),
+            group_id: 9,
+            from: "alice".into(),
+            epoch: 2,
+            sealed,
+            signature: vec![6; 64],
+            proof: BatchProof::default(),
+        };
+        let now = crate::frame::encode_body(&now).unwrap();
+        assert!(now.starts_with(&queued[..1]) && queued[0] == GROUP_TEXT_VARIANT as u8);
+        assert!(matches!(
+            Envelope::decode_queued(&now).unwrap(),
+            Envelope::GroupText { .. }
+        ));
+        assert!(Envelope::decode_queued(&[200, 1, 2]).is_err());
     }
 }

@@ -21,6 +21,12 @@ use std::thread::JoinHandle;
 use rusqlite::Connection;
 use rusqlite::wal::CheckpointMode;
 
+/// Runs one of a writer's fixed statements (`BEGIN`, `COMMIT`, …) from the
+/// connection's statement cache: `execute_batch` parsed it again each time.
+pub fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
 /// Log pages after which the other thread checkpoints (SQLite's own default).
 pub const CHECKPOINT_PAGES: i32 = 1000;
 /// Log pages after which the writer checkpoints itself: the other thread

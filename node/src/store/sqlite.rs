@@ -615,10 +615,7 @@ fn writer(
 
 /// Runs one of the writer's fixed statements (cached: parsed once).
 fn exec(conn: &Connection, sql: &str) -> Result<(), StoreError> {
-    conn.prepare_cached(sql)
-        .and_then(|mut s| s.execute([]))
-        .map(|_| ())
-        .map_err(unavailable)
+    fastchat_sqlite::run_cached(conn, sql).map_err(unavailable)
 }
 
 /// Runs `group` in one transaction; `Err` if it could not be committed.
