@@ -5,6 +5,7 @@ mod common;
 
 use std::fs::File;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 
 use common::{ChildGuard, befriend, contains, free_port, unshown_texts};
 use fastchat_client::{Client, InboxKind};
@@ -143,14 +144,9 @@ async fn wait_for_nodes(ca: &std::path::Path, server: &str) {
 /// arrives exactly once, and nothing arrives that was never sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_inside_group_commits_loses_no_acknowledged_text() {
-    use futures::stream::{FuturesUnordered, StreamExt};
-    use std::collections::HashSet;
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    use std::sync::{Arc, Mutex};
-
     const SENDERS: usize = 6;
     let dir = tempfile::tempdir().unwrap();
-    let (balancer, server, ca, port, mut node) = balancer_and_node(dir.path()).await;
+    let (balancer, server, ca, port, node) = balancer_and_node(dir.path()).await;
 
     let home = |u: &str| dir.path().join("homes").join(u);
     let bob = Client::register(&home("bob"), "bob", &server, &ca)
@@ -167,40 +163,161 @@ async fn sigkill_inside_group_commits_loses_no_acknowledged_text() {
     }
     bob.close().await;
 
+    let flood = flood_through_a_sigkill(
+        dir.path(),
+        port,
+        &server,
+        node,
+        senders,
+        |c, text| async move { c.send_text("bob", &text).await.is_ok() },
+    )
+    .await;
+    let bob = Client::connect(&home("bob")).await.unwrap();
+    bob.sync().await.unwrap();
+    flood.arrived_once(&unshown_texts(&bob));
+    bob.close().await;
+    drop(flood);
+    balancer.shutdown().await;
+}
+
+/// The same for group texts: members post to a group flat out, two members
+/// offline; each text is stored once for both (`shared_envelopes`) and
+/// signed with its batch. Every acknowledged text reaches each offline
+/// member exactly once, its signature still good after the resend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_inside_group_commits_loses_no_acknowledged_group_text() {
+    const SENDERS: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let (balancer, server, ca, port, node) = balancer_and_node(dir.path()).await;
+
+    let home = |u: &str| dir.path().join("homes").join(u);
+    let register = |name: String| {
+        let (home, server, ca) = (home(&name), server.clone(), ca.clone());
+        async move { Client::register(&home, &name, &server, &ca).await.unwrap() }
+    };
+    let admin = register("s0".into()).await;
+    let (bob, carol) = (register("bob".into()).await, register("carol".into()).await);
+    admin.group_create("crew").await.unwrap();
+    let mut senders = vec![Arc::new(admin)];
+    for i in 1..SENDERS {
+        senders.push(Arc::new(register(format!("s{i}")).await));
+    }
+    let members: Vec<&Client> = senders
+        .iter()
+        .skip(1)
+        .map(|c| &**c)
+        .chain([&bob, &carol])
+        .collect();
+    for m in &members {
+        befriend(&senders[0], m).await;
+    }
+    // The admin takes in the acceptances before adding anyone.
+    senders[0].sync().await.unwrap();
+    for m in &members {
+        senders[0].group_add("crew", &[m.name()]).await.unwrap();
+    }
+    for c in senders.iter().skip(1) {
+        c.sync().await.unwrap();
+    }
+    bob.close().await;
+    carol.close().await;
+
+    let flood = flood_through_a_sigkill(
+        dir.path(),
+        port,
+        &server,
+        node,
+        senders,
+        |c, text| async move { c.send_group_text("crew", &text).await.is_ok() },
+    )
+    .await;
+    for name in ["bob", "carol"] {
+        let member = Client::connect(&home(name)).await.unwrap();
+        member.sync().await.unwrap();
+        flood.arrived_once(&unshown_texts(&member));
+        member.close().await;
+    }
+    drop(flood);
+    balancer.shutdown().await;
+}
+
+/// What [`flood_through_a_sigkill`] sent, and the node it restarted.
+struct Flood {
+    acked: Vec<String>,
+    tried: std::collections::HashSet<String>,
+    _node: ChildGuard,
+}
+
+impl Flood {
+    /// Every acknowledged text is in `got` once, and nothing never sent.
+    fn arrived_once(&self, got: &[String]) {
+        let unique: std::collections::HashSet<&String> = got.iter().collect();
+        assert_eq!(unique.len(), got.len(), "a text was shown twice");
+        assert!(self.acked.len() >= 300);
+        for text in &self.acked {
+            assert!(unique.contains(text), "acknowledged {text:?} was lost");
+        }
+        assert!(
+            got.iter().all(|t| self.tried.contains(t)),
+            "a text nobody sent"
+        );
+    }
+}
+
+/// Each sender sends texts through `send` flat out (32 in flight), the
+/// node is SIGKILLed once 300 are acknowledged, so commits are full of
+/// them, and restarted on its port; texts in flight at the kill are resent
+/// after failover, with their ids. Returns once every sender has settled.
+async fn flood_through_a_sigkill<F, Fut>(
+    dir: &std::path::Path,
+    port: u16,
+    server: &str,
+    mut node: ChildGuard,
+    senders: Vec<Arc<Client>>,
+    send: F,
+) -> Flood
+where
+    F: Fn(Arc<Client>, String) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
+{
+    use futures::stream::{FuturesUnordered, StreamExt};
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
     let stop = Arc::new(AtomicBool::new(false));
     let acked_count = Arc::new(AtomicUsize::new(0));
     let acked = Arc::new(Mutex::new(Vec::<String>::new()));
     let tried = Arc::new(Mutex::new(Vec::<String>::new()));
     let tasks: Vec<_> = senders
         .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            let (c, stop, acked, tried, count) = (
+        .map(|c| {
+            let (c, stop, acked, tried, count, send) = (
                 c.clone(),
                 stop.clone(),
                 acked.clone(),
                 tried.clone(),
                 acked_count.clone(),
+                send.clone(),
             );
             tokio::spawn(async move {
                 let mut in_flight = FuturesUnordered::new();
                 let mut n = 0;
                 loop {
                     if !stop.load(Ordering::Relaxed) && in_flight.len() < 32 {
-                        let text = format!("s{i} #{n}");
+                        let text = format!("{} #{n}", c.name());
                         n += 1;
                         tried.lock().unwrap().push(text.clone());
-                        let c = c.clone();
-                        in_flight.push(async move { (c.send_text("bob", &text).await, text) });
+                        let sent = send(c.clone(), text.clone());
+                        in_flight.push(async move { (sent.await, text) });
                         continue;
                     }
                     match in_flight.next().await {
-                        Some((Ok(_), text)) => {
+                        Some((true, text)) => {
                             acked.lock().unwrap().push(text);
                             count.fetch_add(1, Ordering::Relaxed);
                         }
                         // Not acknowledged: it may or may not arrive.
-                        Some((Err(_), _)) => {}
+                        Some((false, _)) => {}
                         None => break,
                     }
                 }
@@ -208,7 +325,6 @@ async fn sigkill_inside_group_commits_loses_no_acknowledged_text() {
         })
         .collect();
 
-    // Kill once texts flow, so commits are full of them.
     let t = std::time::Instant::now();
     while acked_count.load(Ordering::Relaxed) < 300 {
         assert!(t.elapsed().as_secs() < 60, "the senders never got going");
@@ -218,8 +334,7 @@ async fn sigkill_inside_group_commits_loses_no_acknowledged_text() {
     node.0.wait().unwrap();
     stop.store(true, Ordering::Relaxed);
     drop(node);
-    let node = spawn_node(dir.path(), port, &server);
-    // Texts in flight at the kill are resent after failover, with their ids.
+    let node = spawn_node(dir, port, server);
     for task in tasks {
         tokio::time::timeout(std::time::Duration::from_secs(60), task)
             .await
@@ -229,22 +344,13 @@ async fn sigkill_inside_group_commits_loses_no_acknowledged_text() {
     for c in senders {
         Arc::try_unwrap(c).ok().unwrap().close().await;
     }
-
-    let bob = Client::connect(&home("bob")).await.unwrap();
-    bob.sync().await.unwrap();
-    let got = unshown_texts(&bob);
-    let unique: HashSet<&String> = got.iter().collect();
-    assert_eq!(unique.len(), got.len(), "a text was shown twice");
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() >= 300);
-    for text in &acked {
-        assert!(unique.contains(text), "acknowledged {text:?} was lost");
+    let tried = tried.lock().unwrap().iter().cloned().collect();
+    Flood {
+        acked,
+        tried,
+        _node: node,
     }
-    let tried: HashSet<String> = tried.lock().unwrap().iter().cloned().collect();
-    assert!(got.iter().all(|t| tried.contains(t)), "a text nobody sent");
-    bob.close().await;
-    drop(node);
-    balancer.shutdown().await;
 }
 
 /// A local cluster (`fastchat up` in `dir`) with alice and bob registered
