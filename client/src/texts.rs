@@ -426,14 +426,7 @@ mod tests {
     #[test]
     fn group_texts_checked_in_a_batch_open_and_one_bad_signature_fails_the_batch() {
         let (alice, bob, mallory) = (me("alice"), me("bob"), me("mallory"));
-        let roster: Vec<RosterEntry> = [&alice, &bob]
-            .iter()
-            .map(|m| RosterEntry {
-                name: m.name.clone(),
-                signing_key: m.signing.public(),
-            })
-            .collect();
-        let (group, epoch) = team(roster);
+        let (group, epoch) = team(&[&alice, &bob]);
         let mut sealed: Vec<(String, OutgoingGroupText)> =
             [(&alice, "one"), (&bob, "two"), (&alice, "three")]
                 .iter()
@@ -528,14 +521,7 @@ mod tests {
     #[test]
     fn a_text_signed_alone_as_protocol_5_did_still_opens() {
         let (alice, bob) = (me("alice"), me("bob"));
-        let roster = [&alice, &bob]
-            .iter()
-            .map(|m| RosterEntry {
-                name: m.name.clone(),
-                signing_key: m.signing.public(),
-            })
-            .collect();
-        let (group, epoch) = team(roster);
+        let (group, epoch) = team(&[&alice, &bob]);
         let Outgoing::Group(mut old) = seal_group(&alice, &group, &draft("hi").unwrap()).unwrap().0
         else {
             unreachable!()
@@ -563,11 +549,7 @@ mod tests {
     #[test]
     fn texts_signed_together_are_checked_with_one_signature() {
         let alice = me("alice");
-        let roster = vec![RosterEntry {
-            name: "alice".into(),
-            signing_key: alice.signing.public(),
-        }];
-        let (group, epoch) = team(roster);
+        let (group, epoch) = team(&[&alice]);
         let mut batch: Vec<Outgoing> = (0..37)
             .map(|n| {
                 seal_group(&alice, &group, &draft(&format!("{n}")).unwrap())
@@ -610,8 +592,15 @@ mod tests {
         assert_eq!(after.proof, before);
     }
 
-    /// Group 7, "team", at epoch 1 with `roster`: its state and its keys.
-    fn team(roster: Vec<RosterEntry>) -> (GroupState, EpochKeys) {
+    /// Group 7, "team", at epoch 1 with `members`: its state and its keys.
+    fn team(members: &[&Me]) -> (GroupState, EpochKeys) {
+        let roster: Vec<RosterEntry> = members
+            .iter()
+            .map(|m| RosterEntry {
+                name: m.name.clone(),
+                signing_key: m.signing.public(),
+            })
+            .collect();
         let key = ConversationKey::generate().unwrap();
         let group = GroupState {
             id: 7,
