@@ -520,7 +520,7 @@ impl Client {
             stamp: FileStamp::of(path).await?,
             kind,
         };
-        let id = crate::ids::new_message_id()?.0;
+        let id = crate::ids::new_message_id().0;
         let mut nonce_prefix = [0u8; 7];
         random_bytes(&mut nonce_prefix)?;
         let (group, key);

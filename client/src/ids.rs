@@ -8,15 +8,13 @@
 
 use fastchat_proto::MessageId;
 
-use crate::error::ClientError;
-
 /// A fresh, time-ordered message id.
-pub(crate) fn new_message_id() -> Result<MessageId, ClientError> {
+pub(crate) fn new_message_id() -> MessageId {
     let mut id = [0u8; 16];
-    fastchat_crypto::random_bytes(&mut id[6..])?;
+    fastchat_crypto::fresh_bytes(&mut id[6..]);
     let ms = fastchat_proto::now_ms();
     id[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
-    Ok(MessageId(id))
+    MessageId(id)
 }
 
 #[cfg(test)]
@@ -25,12 +23,11 @@ mod tests {
 
     #[test]
     fn ids_are_unique_and_grow_with_time() {
-        let a = new_message_id().unwrap();
+        let a = new_message_id();
         std::thread::sleep(std::time::Duration::from_millis(2));
-        let b = new_message_id().unwrap();
+        let b = new_message_id();
         assert!(a < b, "a later id sorts after an earlier one");
-        let many: std::collections::HashSet<_> =
-            (0..10_000).map(|_| new_message_id().unwrap()).collect();
+        let many: std::collections::HashSet<_> = (0..10_000).map(|_| new_message_id()).collect();
         assert_eq!(many.len(), 10_000);
     }
 }

@@ -360,9 +360,14 @@ fn open_conn(path: &Path) -> Result<(Connection, fastchat_sqlite::Checkpointer),
     // anew at each start they were a third of a client's start, the file
     // system searching for a free inode each time.
     conn.file_control(Some("main"), rusqlite::FileControl::PersistWal(&mut 1))?;
+    // A 256 KiB page cache: writes land at the right edge of the messages
+    // table and its indexes, which stay cached; the rest is in the OS's
+    // cache. SQLite's default 2 MiB grew with every page a user wrote,
+    // each new page a `malloc` that glibc served by growing its heap
+    // (`mprotect`) and a page fault: 5% of a client's CPU at load (perf).
     conn.execute_batch(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000; \
-         PRAGMA journal_size_limit=4194304;",
+         PRAGMA journal_size_limit=4194304; PRAGMA cache_size=-256;",
     )?;
     // Parsing the schema batch was a quarter of opening a keystore: it runs
     // only when the file was made or last opened with another schema.

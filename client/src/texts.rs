@@ -36,7 +36,7 @@ pub(crate) fn draft(text: &str) -> Result<Draft, ClientError> {
     if text.len() > MAX_TEXT_BYTES {
         return Err(ClientError::TooLong(text.len()));
     }
-    let id = crate::ids::new_message_id()?;
+    let id = crate::ids::new_message_id();
     let sent_at_ms = fastchat_proto::now_ms();
     let plain = encode_body(&TextContent {
         text: text.to_string(),
@@ -331,7 +331,7 @@ pub(crate) fn receipts<'a>(
         .into_iter()
         .map(|(to, ids)| {
             Ok(Receipt {
-                id: crate::ids::new_message_id()?,
+                id: crate::ids::new_message_id(),
                 to,
                 ids,
             })

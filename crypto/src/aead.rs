@@ -8,7 +8,7 @@ use aes_gcm::{Aes256Gcm, Key, Nonce};
 use fastchat_proto::envelope::Sealed;
 use zeroize::Zeroize;
 
-use crate::{CryptoError, random_bytes};
+use crate::{CryptoError, fresh_bytes, random_bytes};
 
 /// A 256-bit symmetric key shared by two friends (or a group at one epoch),
 /// with its AES key schedule expanded once, ready for every message.
@@ -46,7 +46,7 @@ impl ConversationKey {
     /// Encrypts `plaintext`, binding `aad`, under a fresh random nonce.
     pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Sealed, CryptoError> {
         let mut nonce = [0u8; 12];
-        random_bytes(&mut nonce)?;
+        fresh_bytes(&mut nonce);
         let ciphertext = self
             .cipher
             .encrypt(

@@ -39,6 +39,17 @@ pub fn random_bytes(buf: &mut [u8]) -> Result<(), CryptoError> {
     getrandom::fill(buf).map_err(|_| CryptoError::Random)
 }
 
+/// Fills `buf` for a nonce or an id from `rand`'s thread-local ChaCha12
+/// CSPRNG, seeded from the operating system and reseeded every 64 KiB.
+/// Asking the kernel for each AES-GCM nonce and message id was two
+/// `getrandom` calls per text, 4% of a client's CPU at load; keys still
+/// come from [`random_bytes`]. No process forks without exec, so no two
+/// processes share a generator state.
+pub fn fresh_bytes(buf: &mut [u8]) {
+    use rand::Rng;
+    rand::rng().fill_bytes(buf);
+}
+
 /// SHA-256 of `data`.
 pub fn sha256(data: &[u8]) -> [u8; 32] {
     use sha2::Digest;
