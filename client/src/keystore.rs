@@ -356,6 +356,7 @@ fn open_conn(path: &Path) -> Result<(Connection, fastchat_sqlite::Checkpointer),
     // Room for every shape of the many-row statements (`sql_rows`) beside
     // the others.
     conn.set_prepared_statement_cache_capacity(64);
+    fastchat_sqlite::stable_plans(&conn)?;
     // The log and its index stay between sessions (emptied on close): made
     // anew at each start they were a third of a client's start, the file
     // system searching for a free inode each time.
