@@ -364,12 +364,25 @@ fn insert_row(
     envelope: &[u8],
     shared: Option<i64>,
 ) -> rusqlite::Result<Option<u64>> {
+    let mut insert = tx.prepare_cached(INSERT_ROW)?;
+    insert_with(tx, &mut insert, to, id, envelope, shared)
+}
+
+const INSERT_ROW: &str = "INSERT OR IGNORE INTO queue(recipient, seq, msg_id, envelope, shared) VALUES (?1, ?2, ?3, ?4, ?5)";
+
+/// [`insert_row`] with the statement in hand: a group text inserts a row
+/// per member, and looking the statement up in the cache each time cost
+/// more than binding it.
+fn insert_with(
+    tx: &Connection,
+    insert: &mut rusqlite::Statement<'_>,
+    to: &str,
+    id: &[u8],
+    envelope: &[u8],
+    shared: Option<i64>,
+) -> rusqlite::Result<Option<u64>> {
     let seq = NextSeq::take(tx)?;
-    let changed = tx
-        .prepare_cached(
-            "INSERT OR IGNORE INTO queue(recipient, seq, msg_id, envelope, shared) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?
-        .execute(params![to, seq as i64, id, envelope, shared])?;
+    let changed = insert.execute(params![to, seq as i64, id, envelope, shared])?;
     // A duplicate leaves a gap in the positions: harmless, they only grow.
     Ok((changed == 1).then_some(seq))
 }
@@ -387,8 +400,9 @@ fn insert_shared(
         .execute(params![envelope])?;
     let shared = tx.last_insert_rowid();
     let mut stored = Vec::with_capacity(recipients.len());
+    let mut insert = tx.prepare_cached(INSERT_ROW)?;
     for to in recipients {
-        if let Some(seq) = insert_row(tx, to, id, &[], Some(shared))? {
+        if let Some(seq) = insert_with(tx, &mut insert, to, id, &[], Some(shared))? {
             stored.push((to.clone(), seq));
         }
     }
