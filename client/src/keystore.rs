@@ -97,6 +97,7 @@ CREATE TABLE IF NOT EXISTS downloads(
     PRIMARY KEY(sender, id)
 );
 CREATE INDEX IF NOT EXISTS messages_unshown ON messages(pos) WHERE shown = 0 AND outgoing = 0;
+CREATE TABLE IF NOT EXISTS delivered_marks(id BLOB PRIMARY KEY) WITHOUT ROWID;
 ";
 
 /// Our texts the node accepted, into the history (see [`sql_rows`]).
@@ -111,10 +112,14 @@ static SENT_SQL: LazyLock<[String; SHAPES]> = LazyLock::new(|| {
 
 /// Our texts to one friend, marked delivered. `?1` is the friend, in the
 /// head; the ids are `?2` on. `+peer` keeps SQLite on the id index: by the
-/// friend's index it would walk all of their history.
+/// friend's index it would walk all of their history. A mark is a 16-byte
+/// row of `delivered_marks`, not the history row rewritten: rewriting
+/// each ~300-byte row put every history page a receipt named in the log
+/// (measured: 3.1–3.6 µs per marked text against 1.3–2.0), and the
+/// sender's receipts were a third of the CPU of a 100,000-text drain.
 static DELIVERED_SQL: LazyLock<[String; SHAPES]> = LazyLock::new(|| {
     sql_rows::statements(
-        "UPDATE messages SET state = 'delivered' WHERE outgoing = 1 AND grp IS NULL AND +peer = ?1 AND id IN (",
+        "INSERT OR IGNORE INTO delivered_marks(id) SELECT id FROM messages WHERE outgoing = 1 AND grp IS NULL AND +peer = ?1 AND state = 'sent' AND id IN (",
         "?2",
         1,
         ")",
@@ -195,17 +200,14 @@ fn row_to_history(r: &rusqlite::Row<'_>, me: &str) -> rusqlite::Result<HistoryEn
 /// The newest page of a group's history: walks the (grp, pos) index
 /// backwards and stops after the page, whatever the history's size.
 static GROUP_HISTORY_SQL: LazyLock<String> = LazyLock::new(|| {
-    format!("SELECT {HISTORY_COLUMNS} FROM messages WHERE grp = ?1 ORDER BY pos DESC LIMIT ?2")
+    let columns = history_columns("");
+    format!("SELECT {columns} FROM messages WHERE grp = ?1 ORDER BY pos DESC LIMIT ?2")
 });
 
 /// The newest page of a friend's history: their spans newest first, each
 /// range of positions backwards, and stops after the page.
 static FRIEND_HISTORY_SQL: LazyLock<String> = LazyLock::new(|| {
-    let columns = HISTORY_COLUMNS
-        .split(", ")
-        .map(|c| format!("m.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let columns = history_columns("m.");
     format!(
         "SELECT {columns} FROM peer_spans AS s \
            JOIN messages AS m ON m.pos BETWEEN s.first AND s.last \
@@ -214,8 +216,17 @@ static FRIEND_HISTORY_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-const HISTORY_COLUMNS: &str =
-    "id, peer, outgoing, kind, body, sent_at, state, att_path, grp, member";
+/// The columns [`row_to_history`] reads, of the `messages` row named by
+/// `t` (`""` or `"m."`): a sent text is delivered once a receipt marked it
+/// (`delivered_marks`).
+fn history_columns(t: &str) -> String {
+    format!(
+        "{t}id, {t}peer, {t}outgoing, {t}kind, {t}body, {t}sent_at, \
+         CASE WHEN {t}state = 'sent' AND EXISTS (SELECT 1 FROM delivered_marks AS d WHERE d.id = {t}id) \
+         THEN 'delivered' ELSE {t}state END, \
+         {t}att_path, {t}grp, {t}member"
+    )
+}
 
 /// A message the node has accepted from us, for the history.
 pub struct SentRecord<'a> {
@@ -1008,8 +1019,9 @@ impl Keystore {
                 .replace('%', "\\%")
                 .replace('_', "\\_")
         );
+        let columns = history_columns("");
         let sql = format!(
-            "SELECT {HISTORY_COLUMNS} FROM messages WHERE kind = 'text' AND body LIKE ?1 ESCAPE '\\' ORDER BY pos DESC LIMIT ?2"
+            "SELECT {columns} FROM messages WHERE kind = 'text' AND body LIKE ?1 ESCAPE '\\' ORDER BY pos DESC LIMIT ?2"
         );
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(params![pattern, limit as i64], |r| row_to_history(r, me))?;
