@@ -521,7 +521,7 @@ fn up_with_three_nodes_through_the_cli() {
 
 /// Asks the balancer once, on a new connection, which node to use.
 async fn pick(
-    endpoint: &fastchat_transport::quinn::Endpoint,
+    endpoint: &fastchat_transport::ClientEndpoint,
     server: &str,
 ) -> Result<String, String> {
     use fastchat_proto::balancer::{BalancerRequest, BalancerResponse};
@@ -542,7 +542,7 @@ async fn pick(
     }
 }
 
-fn client_endpoint(multi: &Multi) -> fastchat_transport::quinn::Endpoint {
+fn client_endpoint(multi: &Multi) -> fastchat_transport::ClientEndpoint {
     let ca = fastchat_certs::load_certs(&multi.ca()).unwrap();
     fastchat_transport::client_endpoint(&ca, None).unwrap()
 }

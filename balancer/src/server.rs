@@ -13,7 +13,7 @@ use fastchat_proto::error::close;
 use fastchat_proto::limits::MAX_CONTROL_FRAME;
 use fastchat_proto::{ErrorCode, ProtoError};
 use fastchat_transport::quinn::{Connection, Endpoint, RecvStream, SendStream};
-use fastchat_transport::{ServerKind, read_frame, server_endpoint, write_frame};
+use fastchat_transport::{Listener, ServerKind, read_frame, server_endpoint, write_frame};
 use tokio::task::JoinHandle;
 
 use crate::registry::{Registry, Strategy};
@@ -100,13 +100,14 @@ impl BalancerHandle {
 /// Starts a balancer on the current tokio runtime.
 pub async fn start(config: BalancerConfig) -> Result<BalancerHandle, BalancerError> {
     let identity = NodeIdentity::load(&config.certs_dir)?;
-    let endpoint = server_endpoint(config.listen, &identity, ServerKind::Balancer)?;
+    let listener = server_endpoint(config.listen, &identity, ServerKind::Balancer)?;
+    let endpoint = listener.endpoint().clone();
     let registry = Arc::new(Mutex::new(Registry::new(
         config.strategy,
         config.node_timeout,
     )));
     tracing::info!(addr = %endpoint.local_addr().expect("bound"), strategy = %config.strategy, "balancer listening");
-    let accept = tokio::spawn(accept_loop(endpoint.clone(), registry.clone()));
+    let accept = tokio::spawn(accept_loop(listener, registry.clone()));
     Ok(BalancerHandle {
         endpoint,
         accept,
@@ -114,11 +115,11 @@ pub async fn start(config: BalancerConfig) -> Result<BalancerHandle, BalancerErr
     })
 }
 
-async fn accept_loop(endpoint: Endpoint, registry: Arc<Mutex<Registry>>) {
-    while let Some(incoming) = endpoint.accept().await {
+async fn accept_loop(listener: Listener, registry: Arc<Mutex<Registry>>) {
+    while let Some(attempt) = listener.accept().await {
         let registry = registry.clone();
         tokio::spawn(async move {
-            if let Ok(conn) = incoming.await {
+            if let Ok(conn) = async { attempt?.await }.await {
                 serve(conn, registry).await;
             }
         });

@@ -10,8 +10,9 @@ use fastchat_proto::control::{Request, Response};
 use fastchat_proto::group::GroupChange;
 use fastchat_proto::image::{AttachmentKind, ImageTarget};
 use fastchat_proto::{ErrorCode, MessageId};
+use fastchat_transport::ClientEndpoint;
 use fastchat_transport::client_endpoint;
-use fastchat_transport::quinn::{Connection, Endpoint};
+use fastchat_transport::quinn::Connection;
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::KEYSTORE_FILE;
@@ -40,7 +41,7 @@ async fn new_identity(name: &str) -> Result<Identity, ClientError> {
 /// A logged-in fastchat client.
 pub struct Client {
     core: Arc<Core>,
-    endpoint: Endpoint,
+    endpoint: ClientEndpoint,
     pending_at_login: u64,
 }
 
@@ -187,7 +188,7 @@ impl Client {
         server: &str,
         (me, login_key): (Me, SigningIdentity),
         keystore: Keystore,
-        endpoint: Endpoint,
+        endpoint: ClientEndpoint,
         (conn, control): (Connection, Control),
         pending_at_login: u64,
     ) -> Self {
@@ -699,8 +700,11 @@ impl Client {
     /// Closes the connection politely and waits briefly for it to go out.
     pub async fn close(self) {
         self.shut();
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.endpoint.wait_idle())
-            .await;
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            self.endpoint.endpoint().wait_idle(),
+        )
+        .await;
     }
 
     fn shut(&self) {

@@ -6,7 +6,8 @@ use fastchat_proto::PROTOCOL_VERSION;
 use fastchat_proto::balancer::{BalancerRequest, BalancerResponse};
 use fastchat_proto::control::{Request, Response};
 use fastchat_proto::limits::MAX_CONTROL_FRAME;
-use fastchat_transport::quinn::{Connection, Endpoint};
+use fastchat_transport::ClientEndpoint;
+use fastchat_transport::quinn::Connection;
 use fastchat_transport::{TransportError, connect, read_frame, write_frame};
 
 use crate::control::Control;
@@ -17,7 +18,10 @@ use crate::error::ClientError;
 const NODE_ATTEMPTS: usize = 4;
 
 /// Asks the balancer at `server` which node to use.
-pub(crate) async fn pick_node(endpoint: &Endpoint, server: &str) -> Result<String, ClientError> {
+pub(crate) async fn pick_node(
+    endpoint: &ClientEndpoint,
+    server: &str,
+) -> Result<String, ClientError> {
     let conn = connect(endpoint, server).await?;
     let result = async {
         let (mut send, mut recv) = conn
@@ -59,7 +63,7 @@ pub(crate) fn balancers(server: &str) -> Vec<&str> {
 /// The first answer wins, so a dead balancer costs a client a fraction of
 /// a second, not a timeout.
 pub(crate) async fn pick_node_from_any(
-    endpoint: &Endpoint,
+    endpoint: &ClientEndpoint,
     server: &str,
 ) -> Result<String, ClientError> {
     use futures::stream::{FuturesUnordered, StreamExt};
@@ -101,7 +105,7 @@ pub(crate) async fn pick_node_from_any(
 
 /// Connects to a node chosen by a balancer and opens the control stream.
 pub(crate) async fn reach_node(
-    endpoint: &Endpoint,
+    endpoint: &ClientEndpoint,
     server: &str,
 ) -> Result<(Connection, Control), ClientError> {
     let mut last = None;

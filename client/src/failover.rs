@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use fastchat_transport::quinn::{Connection, Endpoint};
+use fastchat_transport::ClientEndpoint;
+use fastchat_transport::quinn::Connection;
 
 use crate::connect::{login, reach_node};
 use crate::core::Core;
@@ -20,7 +21,7 @@ pub(crate) fn start_receiving(core: &Arc<Core>, conn: Connection) {
 /// for a node again (backing off up to 2 s between tries), logs in, and
 /// puts the new connection in place. Senders waiting on the old one resend
 /// what it did not acknowledge; the node redelivers what we did not.
-pub(crate) async fn supervise(core: Arc<Core>, endpoint: Endpoint) {
+pub(crate) async fn supervise(core: Arc<Core>, endpoint: ClientEndpoint) {
     loop {
         let conn = core.conn();
         // A killed node sends nothing: silence is how we notice it.
@@ -48,7 +49,7 @@ pub(crate) async fn supervise(core: Arc<Core>, endpoint: Endpoint) {
     }
 }
 
-async fn relink(core: &Arc<Core>, endpoint: &Endpoint) -> Result<(), ClientError> {
+async fn relink(core: &Arc<Core>, endpoint: &ClientEndpoint) -> Result<(), ClientError> {
     let (conn, control) = reach_node(endpoint, &core.server).await?;
     login(&control, core.name(), &core.me.identity, &core.login_key).await?;
     if core.is_closing() {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use fastchat_certs::NodeIdentity;
 use fastchat_transport::quinn::Endpoint;
-use fastchat_transport::{ServerKind, server_endpoint};
+use fastchat_transport::{Listener, ServerKind, server_endpoint};
 use tokio::task::JoinHandle;
 
 use crate::bus::{Bus, LocalBus, NatsBus};
@@ -181,7 +181,8 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     })?;
     let opened = open_store(&config).await?;
     let store = opened.handle();
-    let endpoint = server_endpoint(config.listen, &identity, ServerKind::Node)?;
+    let listener = server_endpoint(config.listen, &identity, ServerKind::Node)?;
+    let endpoint = listener.endpoint().clone();
     let local = endpoint.local_addr().expect("bound endpoint");
     let advertised = config.advertise.clone().unwrap_or_else(|| {
         let ip = if local.ip().is_unspecified() {
@@ -222,7 +223,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         .start(shared.blobs.clone(), shared.sessions.clone())
         .await?;
 
-    let accept = tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
+    let accept = tokio::spawn(accept_loop(listener, shared.clone()));
     let links = config
         .balancers
         .iter()
@@ -275,8 +276,8 @@ async fn open_store(config: &NodeConfig) -> Result<OpenStore, NodeError> {
     }
 }
 
-async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
-    while let Some(incoming) = endpoint.accept().await {
-        tokio::spawn(crate::connection::serve(shared.clone(), incoming));
+async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
+    while let Some(attempt) = listener.accept().await {
+        tokio::spawn(crate::connection::serve(shared.clone(), attempt));
     }
 }

@@ -6,9 +6,10 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::receive_buffer::BoundedReceive;
 use fastchat_certs::NodeIdentity;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use quinn::{Connection, Endpoint, EndpointConfig, IdleTimeout, TransportConfig, VarInt};
+use quinn::{Connection, Endpoint, EndpointConfig, IdleTimeout, Runtime, TransportConfig, VarInt};
 use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, ServerName};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -93,6 +94,39 @@ pub enum ServerKind {
 /// announces it as its largest, so clients never probe towards it.
 const MIN_UDP_PAYLOAD: u16 = 1200;
 
+/// The datagram size of a node's connections over loopback, where the
+/// path's MTU is 64 KiB and known without probing: a batch of texts then
+/// goes in a few packets instead of one per 1.4 kB, and quinn's cost is
+/// per packet (node instructions per relayed text −17%). quinn hands the
+/// kernel up to 10 packets per send (GSO), which must stay under 64 KiB
+/// together: above ~6.5 kB sends fail and throughput collapses
+/// (NOTES-deps.md), hence 6,000. Other paths probe up to Ethernet's 1,452
+/// as before: probing higher cost a login ~0.9 ms of CPU on each side
+/// (quinn reads a probe's padding a byte at a time).
+const LOOPBACK_UDP_PAYLOAD: u16 = 6000;
+
+/// How a connection sizes its packets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PathMtu {
+    /// QUIC's 1,200 bytes, never probed (a balancer's short exchanges).
+    Minimum,
+    /// Probed from 1,200 up to Ethernet's 1,452 once connected.
+    Probed,
+    /// [`LOOPBACK_UDP_PAYLOAD`] from the first packet.
+    Loopback,
+}
+
+impl PathMtu {
+    /// A node connection's setting for a peer at `addr`.
+    fn towards(addr: SocketAddr) -> Self {
+        if addr.ip().to_canonical().is_loopback() {
+            PathMtu::Loopback
+        } else {
+            PathMtu::Probed
+        }
+    }
+}
+
 /// ring, with AES-128-GCM/SHA-256 preferred: the handshake's key schedule
 /// then hashes with SHA-256, which this class of CPU does in hardware
 /// (SHA-384 in software was a twentieth of a client's login), and packets
@@ -131,7 +165,7 @@ fn udp_socket(addr: SocketAddr) -> Result<UdpSocket, TransportError> {
     Ok(socket.into())
 }
 
-fn transport_config(client: bool, probe_mtu: bool) -> Arc<TransportConfig> {
+fn transport_config(client: bool, mtu: PathMtu) -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
     let idle = if client {
         CLIENT_IDLE_TIMEOUT
@@ -150,26 +184,45 @@ fn transport_config(client: bool, probe_mtu: bool) -> Arc<TransportConfig> {
     if client {
         t.keep_alive_interval(Some(KEEP_ALIVE));
     }
-    if !probe_mtu {
-        t.mtu_discovery_config(None);
+    match mtu {
+        PathMtu::Minimum => {
+            t.mtu_discovery_config(None);
+        }
+        PathMtu::Probed => {}
+        PathMtu::Loopback => {
+            t.initial_mtu(LOOPBACK_UDP_PAYLOAD);
+            t.mtu_discovery_config(None);
+        }
     }
     Arc::new(t)
 }
 
+/// An endpoint on `addr` accepting datagrams of up to `largest` bytes
+/// (announced to peers, who send no larger).
 fn endpoint_on(
     addr: SocketAddr,
-    config: EndpointConfig,
+    largest: u16,
     server: Option<quinn::ServerConfig>,
 ) -> Result<Endpoint, TransportError> {
-    let socket = udp_socket(addr)?;
-    Endpoint::new(config, server, socket, Arc::new(quinn::TokioRuntime))
-        .map_err(|cause| TransportError::Bind { addr, cause })
+    let bind_err = |cause| TransportError::Bind { addr, cause };
+    let mut config = EndpointConfig::default();
+    config
+        .max_udp_payload_size(largest)
+        .expect("the sizes used here are within QUIC's bounds");
+    let runtime = quinn::TokioRuntime;
+    let socket = runtime
+        .wrap_udp_socket(udp_socket(addr)?)
+        .map_err(bind_err)?;
+    let socket = Arc::new(BoundedReceive::new(socket, largest));
+    Endpoint::new_with_abstract_socket(config, server, socket, Arc::new(runtime)).map_err(bind_err)
 }
 
-fn client_config(
+/// The client's TLS and QUIC settings: for paths that probe, and for
+/// loopback.
+fn client_configs(
     ca: &[CertificateDer<'static>],
     client_cert: Option<&NodeIdentity>,
-) -> Result<quinn::ClientConfig, TransportError> {
+) -> Result<(quinn::ClientConfig, quinn::ClientConfig), TransportError> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots(ca)?);
@@ -179,9 +232,39 @@ fn client_config(
     };
     tls.alpn_protocols = vec![fastchat_proto::ALPN.to_vec()];
     let quic = QuicClientConfig::try_from(tls)?;
-    let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    config.transport_config(transport_config(true, true));
-    Ok(config)
+    let mut probed = quinn::ClientConfig::new(Arc::new(quic));
+    let mut loopback = probed.clone();
+    probed.transport_config(transport_config(true, PathMtu::Probed));
+    loopback.transport_config(transport_config(true, PathMtu::Loopback));
+    Ok((probed, loopback))
+}
+
+/// A server's endpoint, with the settings each connection gets by its path.
+#[derive(Clone, Debug)]
+pub struct Listener {
+    endpoint: Endpoint,
+    /// A node's settings for peers on this host (see [`PathMtu`]).
+    loopback: Option<Arc<quinn::ServerConfig>>,
+}
+
+impl Listener {
+    /// The endpoint (its address, closing it).
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// The next connection attempt, accepted with its path's settings;
+    /// `None` once the endpoint is closed. An attempt refused at once (the
+    /// endpoint is closing) is an `Err` to await like a failed handshake.
+    pub async fn accept(&self) -> Option<Result<quinn::Connecting, quinn::ConnectionError>> {
+        let incoming = self.endpoint.accept().await?;
+        Some(match &self.loopback {
+            Some(config) if PathMtu::towards(incoming.remote_address()) == PathMtu::Loopback => {
+                incoming.accept_with(config.clone())
+            }
+            _ => incoming.accept(),
+        })
+    }
 }
 
 /// A server endpoint on `addr` presenting the node certificate.
@@ -189,7 +272,7 @@ pub fn server_endpoint(
     addr: SocketAddr,
     identity: &NodeIdentity,
     kind: ServerKind,
-) -> Result<Endpoint, TransportError> {
+) -> Result<Listener, TransportError> {
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?;
     let builder = match kind {
@@ -208,14 +291,36 @@ pub fn server_endpoint(
     tls.alpn_protocols = vec![fastchat_proto::ALPN.to_vec()];
     let quic = QuicServerConfig::try_from(tls)?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    let mut endpoint_config = EndpointConfig::default();
-    if kind == ServerKind::Balancer {
-        endpoint_config
-            .max_udp_payload_size(MIN_UDP_PAYLOAD)
-            .expect("QUIC's minimum datagram is a valid maximum");
+    let (largest, loopback) = match kind {
+        ServerKind::Node => {
+            let mut loopback = server.clone();
+            loopback.transport_config(transport_config(false, PathMtu::Loopback));
+            server.transport_config(transport_config(false, PathMtu::Probed));
+            (LOOPBACK_UDP_PAYLOAD, Some(Arc::new(loopback)))
+        }
+        ServerKind::Balancer => {
+            server.transport_config(transport_config(false, PathMtu::Minimum));
+            (MIN_UDP_PAYLOAD, None)
+        }
+    };
+    Ok(Listener {
+        endpoint: endpoint_on(addr, largest, Some(server))?,
+        loopback,
+    })
+}
+
+/// A client's endpoint, with its settings for loopback paths.
+#[derive(Clone, Debug)]
+pub struct ClientEndpoint {
+    endpoint: Endpoint,
+    loopback: quinn::ClientConfig,
+}
+
+impl ClientEndpoint {
+    /// The endpoint (closing it, waiting for it to be idle).
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
     }
-    server.transport_config(transport_config(false, kind == ServerKind::Node));
-    endpoint_on(addr, endpoint_config, Some(server))
 }
 
 /// A client endpoint that trusts only `ca`; with `client_cert` it also
@@ -223,39 +328,47 @@ pub fn server_endpoint(
 pub fn client_endpoint(
     ca: &[CertificateDer<'static>],
     client_cert: Option<&NodeIdentity>,
-) -> Result<Endpoint, TransportError> {
+) -> Result<ClientEndpoint, TransportError> {
     let mut endpoint = match endpoint_on(
         SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
-        EndpointConfig::default(),
+        LOOPBACK_UDP_PAYLOAD,
         None,
     ) {
         Ok(e) => e,
         // Hosts without IPv6 still get a working IPv4 endpoint.
         Err(_) => endpoint_on(
             SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
-            EndpointConfig::default(),
+            LOOPBACK_UDP_PAYLOAD,
             None,
         )?,
     };
-    endpoint.set_default_client_config(client_config(ca, client_cert)?);
-    Ok(endpoint)
+    let (probed, loopback) = client_configs(ca, client_cert)?;
+    endpoint.set_default_client_config(probed);
+    Ok(ClientEndpoint { endpoint, loopback })
 }
 
 /// Connects to `target` (`HOST:PORT`), checking the certificate against the
 /// endpoint's CA and `HOST`.
-pub async fn connect(endpoint: &Endpoint, target: &str) -> Result<Connection, TransportError> {
+pub async fn connect(
+    endpoint: &ClientEndpoint,
+    target: &str,
+) -> Result<Connection, TransportError> {
     let bad = || TransportError::BadAddress(target.to_string());
     let (host, _) = target.rsplit_once(':').ok_or_else(bad)?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     ServerName::try_from(host.to_string()).map_err(|_| bad())?;
     let mut addrs = tokio::net::lookup_host(target).await.map_err(|_| bad())?;
     let addr = addrs.next().ok_or_else(bad)?;
-    let connecting = endpoint
-        .connect(addr, host)
-        .map_err(|e| TransportError::Connect {
-            addr: target.to_string(),
-            reason: e.to_string(),
-        })?;
+    let connecting = match PathMtu::towards(addr) {
+        PathMtu::Loopback => endpoint
+            .endpoint
+            .connect_with(endpoint.loopback.clone(), addr, host),
+        _ => endpoint.endpoint.connect(addr, host),
+    }
+    .map_err(|e| TransportError::Connect {
+        addr: target.to_string(),
+        reason: e.to_string(),
+    })?;
     connecting.await.map_err(|e| classify(target, e))
 }
 
@@ -271,5 +384,32 @@ fn classify(target: &str, e: quinn::ConnectionError) -> TransportError {
     TransportError::Connect {
         addr: target.to_string(),
         reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_peers_on_this_host_get_large_packets_unprobed() {
+        for addr in ["127.0.0.1:4433", "[::1]:4433", "[::ffff:127.0.0.1]:4433"] {
+            assert_eq!(
+                PathMtu::towards(addr.parse().unwrap()),
+                PathMtu::Loopback,
+                "{addr}"
+            );
+        }
+        for addr in [
+            "192.0.2.1:4433",
+            "[2001:db8::1]:4433",
+            "[::ffff:192.0.2.1]:4433",
+        ] {
+            assert_eq!(
+                PathMtu::towards(addr.parse().unwrap()),
+                PathMtu::Probed,
+                "{addr}"
+            );
+        }
     }
 }

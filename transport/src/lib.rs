@@ -7,9 +7,12 @@ mod binding;
 mod endpoint;
 mod framed;
 mod liveness;
+mod receive_buffer;
 
 pub use binding::session_binding;
-pub use endpoint::{ServerKind, TransportError, client_endpoint, connect, server_endpoint};
+pub use endpoint::{
+    ClientEndpoint, Listener, ServerKind, TransportError, client_endpoint, connect, server_endpoint,
+};
 pub use framed::{
     FRAME_TIMEOUT, FrameReader, StreamError, read_frame, read_frames_to_end, write_frame,
     write_frames, write_headed_frames,

@@ -6,16 +6,16 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use fastchat_certs::{NodeIdentity, Role, role_dir};
-use fastchat_transport::quinn::{Connection, Endpoint, SendStream};
+use fastchat_transport::quinn::{Connection, SendStream};
 use fastchat_transport::{
-    FrameReader, ServerKind, StreamError, client_endpoint, connect, read_frames_to_end,
-    server_endpoint,
+    ClientEndpoint, FrameReader, Listener, ServerKind, StreamError, client_endpoint, connect,
+    read_frames_to_end, server_endpoint,
 };
 
 /// A connected pair: the server's accepted connection and the client's.
 async fn pair() -> (
-    Endpoint,
-    Endpoint,
+    Listener,
+    ClientEndpoint,
     Connection,
     Connection,
     tempfile::TempDir,
@@ -29,11 +29,11 @@ async fn pair() -> (
         ServerKind::Node,
     )
     .unwrap();
-    let port = server.local_addr().unwrap().port();
+    let port = server.endpoint().local_addr().unwrap().port();
     let client = client_endpoint(&fastchat_certs::load_certs(&ca).unwrap(), None).unwrap();
     let target = format!("127.0.0.1:{port}");
     let (client_conn, server_conn) = tokio::join!(connect(&client, &target), async {
-        server.accept().await.unwrap().await.unwrap()
+        server.accept().await.unwrap().unwrap().await.unwrap()
     });
     (server, client, server_conn, client_conn.unwrap(), dir)
 }

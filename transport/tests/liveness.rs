@@ -66,7 +66,7 @@ impl Relay {
 }
 
 /// A server endpoint on loopback that accepts and holds connections.
-fn server(certs: &std::path::Path) -> (fastchat_transport::quinn::Endpoint, NodeIdentity) {
+fn server(certs: &std::path::Path) -> (fastchat_transport::Listener, NodeIdentity) {
     fastchat_certs::generate(certs, &[], false, 1).unwrap();
     let identity = NodeIdentity::load(&fastchat_certs::role_dir(
         certs,
@@ -78,8 +78,8 @@ fn server(certs: &std::path::Path) -> (fastchat_transport::quinn::Endpoint, Node
     let accepting = endpoint.clone();
     tokio::spawn(async move {
         let mut held = Vec::new();
-        while let Some(incoming) = accepting.accept().await {
-            if let Ok(conn) = incoming.await {
+        while let Some(attempt) = accepting.accept().await {
+            if let Ok(conn) = async { attempt?.await }.await {
                 held.push(conn);
             }
         }
@@ -91,7 +91,7 @@ fn server(certs: &std::path::Path) -> (fastchat_transport::quinn::Endpoint, Node
 async fn a_server_answering_late_still_gets_the_connection() {
     let dir = tempfile::tempdir().unwrap();
     let (endpoint, identity) = server(dir.path());
-    let relay = Relay::start(endpoint.local_addr().unwrap()).await;
+    let relay = Relay::start(endpoint.endpoint().local_addr().unwrap()).await;
     // Longer than a dead peer's silence: a swamped server, not a dead one.
     relay.hold_ms.store(4000, Ordering::Relaxed);
     let client = client_endpoint(&identity.ca, None).unwrap();
@@ -103,7 +103,7 @@ async fn a_server_answering_late_still_gets_the_connection() {
 async fn a_silent_peer_is_noticed_and_a_live_one_is_not() {
     let dir = tempfile::tempdir().unwrap();
     let (endpoint, identity) = server(dir.path());
-    let relay = Relay::start(endpoint.local_addr().unwrap()).await;
+    let relay = Relay::start(endpoint.endpoint().local_addr().unwrap()).await;
     let client = client_endpoint(&identity.ca, None).unwrap();
     let conn = connect(&client, &relay.addr.to_string()).await.unwrap();
 

@@ -7,18 +7,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use fastchat_transport::quinn::{Connection, Endpoint};
-use fastchat_transport::{ServerKind, client_endpoint, connect, server_endpoint};
+use fastchat_transport::quinn::Connection;
+use fastchat_transport::{Listener, ServerKind, client_endpoint, connect, server_endpoint};
 
 use super::{WINDOW, bar, watch};
 use crate::Options;
 use crate::env::Env;
 use crate::report::ScenarioResult;
 
-async fn serve(endpoint: Endpoint) {
-    while let Some(incoming) = endpoint.accept().await {
+async fn serve(listener: Listener) {
+    while let Some(attempt) = listener.accept().await {
         tokio::spawn(async move {
-            let Ok(conn) = incoming.await else { return };
+            let Ok(conn) = async { attempt?.await }.await else {
+                return;
+            };
             while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                 tokio::spawn(async move {
                     let mut n = 0usize;
@@ -62,7 +64,7 @@ pub async fn run(env: &Env, options: &Options) -> anyhow::Result<ScenarioResult>
         }
     };
     let server = server_endpoint("127.0.0.1:0".parse()?, &identity, ServerKind::Node)?;
-    let addr = server.local_addr()?.to_string();
+    let addr = server.endpoint().local_addr()?.to_string();
     let server_task = tokio::spawn(serve(server.clone()));
 
     // Messages: n connections, each with at most WINDOW streams in flight.
@@ -124,7 +126,7 @@ pub async fn run(env: &Env, options: &Options) -> anyhow::Result<ScenarioResult>
     for (c, _) in &conns {
         c.close(0u32.into(), b"done");
     }
-    server.close(0u32.into(), b"done");
+    server.endpoint().close(0u32.into(), b"done");
     server_task.abort();
 
     let mut r = ScenarioResult::new("raw-quic", n, msgs, "msg", msg_elapsed);
