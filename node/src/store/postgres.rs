@@ -136,6 +136,9 @@ const ENQUEUE_ONE: &str = "INSERT INTO queue(recipient, msg_id, envelope) VALUES
 const ENQUEUE_MANY: &str = "INSERT INTO queue(recipient, msg_id, envelope)
      SELECT r, $2, $3 FROM unnest($1::text[]) WITH ORDINALITY AS t(r, i) ORDER BY i
      ON CONFLICT (recipient, msg_id) DO NOTHING RETURNING recipient, seq";
+/// Whether a text with id `$2` still waits for any of `$1`.
+const GROUP_TEXT_WAITING: &str =
+    "SELECT EXISTS(SELECT 1 FROM queue WHERE recipient = ANY($1) AND msg_id = $2)";
 const PENDING: &str =
     "SELECT seq, envelope FROM queue WHERE recipient = $1 AND seq > $2 ORDER BY seq LIMIT $3";
 const ACK: &str = "DELETE FROM queue WHERE recipient = $1 AND seq = ANY($2)";
@@ -760,7 +763,20 @@ impl Store for PostgresStore {
                     out.push(Queuing::Refused(refusal));
                     continue;
                 }
-                let stored = enqueue_many(&tx, &recipients, &text.id.0, envelope).await?;
+                // A group text is one text: resent while any member still
+                // waits for it, it is a duplicate for all (as in SQLite,
+                // where it is stored once).
+                let resent = recipients.len() > 1 && {
+                    let stmt = tx.prepare_cached(GROUP_TEXT_WAITING).await?;
+                    tx.query_one(&stmt, &[&recipients, &text.id.0.as_slice()])
+                        .await?
+                        .get::<_, bool>(0)
+                };
+                let stored = if resent {
+                    Vec::new()
+                } else {
+                    enqueue_many(&tx, &recipients, &text.id.0, envelope).await?
+                };
                 for (to, _) in &stored {
                     room.stored(to, size);
                 }
