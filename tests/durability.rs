@@ -464,7 +464,17 @@ async fn an_online_recipient_killed_between_commit_and_ack_shows_each_text_once(
     assert!(status.signal().is_some(), "recv was stopped by a signal");
 
     let bob = Client::connect(&home("bob")).await.unwrap();
-    let kept = unshown_texts(&bob);
+    // `recv` marks what it printed as shown just after printing it; t00's
+    // commit and the crash may come first, leaving the warm-up unshown (a
+    // crash in that gap shows it again, as it should). The t's are what
+    // this test follows.
+    let ts = |bob: &Client| -> Vec<String> {
+        unshown_texts(bob)
+            .into_iter()
+            .filter(|t| t != "warm-up")
+            .collect()
+    };
+    let kept = ts(&bob);
     assert_eq!(
         kept.first().map(String::as_str),
         Some("t00"),
@@ -476,7 +486,7 @@ async fn an_online_recipient_killed_between_commit_and_ack_shows_each_text_once(
     );
     bob.sync().await.unwrap();
     let want: Vec<String> = (0..10).map(|i| format!("t{i:02}")).collect();
-    assert_eq!(unshown_texts(&bob), want, "each text once, in order");
+    assert_eq!(ts(&bob), want, "each text once, in order");
     bob.close().await;
     alice.close().await;
 }
