@@ -83,6 +83,11 @@ impl VerifyKey {
 /// at worst members disagree on whether to show that member's own
 /// malformed text. Weak (small-order) keys are refused here, as there.
 pub fn verify_batch(items: &[(&VerifyKey, &[u8], &[u8])]) -> Result<(), CryptoError> {
+    // One signature (a delivery holding one sender's batch, the usual
+    // case) checks faster alone: 60 against 69 µs here, and strictly.
+    if let [(key, message, signature)] = items {
+        return key.verify(message, signature);
+    }
     let mut keys = Vec::with_capacity(items.len());
     let mut messages = Vec::with_capacity(items.len());
     let mut signatures = Vec::with_capacity(items.len());
@@ -150,5 +155,9 @@ mod tests {
         swapped.swap(0, 1);
         assert!(batch(&swapped).is_err());
         assert!(verify_batch(&[]).is_ok());
+        // A batch of one is checked alone, with the same answers.
+        let one = |sig: &[u8]| verify_batch(&[(&publics[3], messages[3].as_slice(), sig)]);
+        one(&sigs[3]).unwrap();
+        assert!(one(&wrong[2]).is_err() && one(&short[4]).is_err() && one(&sigs[0]).is_err());
     }
 }
