@@ -116,10 +116,10 @@ pub async fn start(config: BalancerConfig) -> Result<BalancerHandle, BalancerErr
 }
 
 async fn accept_loop(listener: Listener, registry: Arc<Mutex<Registry>>) {
-    while let Some(attempt) = listener.accept().await {
+    while let Some(accepting) = listener.accept().await {
         let registry = registry.clone();
         tokio::spawn(async move {
-            if let Ok(conn) = async { attempt?.await }.await {
+            if let Ok(conn) = accepting.await {
                 serve(conn, registry).await;
             }
         });

@@ -9,7 +9,7 @@ use fastchat_proto::control::{Request, RequestFrame, ResponseFrame};
 use fastchat_proto::error::close;
 use fastchat_proto::limits::{MAX_CONNECTION_TEXT_BYTES, MAX_CONTROL_FRAME};
 use fastchat_proto::stream::StreamKind;
-use fastchat_transport::quinn::{Connecting, Connection, ConnectionError, RecvStream, SendStream};
+use fastchat_transport::quinn::{Connection, ConnectionError, RecvStream, SendStream};
 use fastchat_transport::{StreamError, read_frame, write_frame};
 use tokio::sync::{Mutex, Semaphore, watch};
 
@@ -21,8 +21,11 @@ use crate::shared::Shared;
 const STREAM_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves one incoming connection until it closes.
-pub(crate) async fn serve(shared: Arc<Shared>, attempt: Result<Connecting, ConnectionError>) {
-    let conn = match async { attempt?.await }.await {
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    accepting: impl Future<Output = Result<Connection, ConnectionError>>,
+) {
+    let conn = match accepting.await {
         Ok(c) => c,
         Err(e) => {
             tracing::debug!(error = %e, "handshake failed");

@@ -277,7 +277,7 @@ async fn open_store(config: &NodeConfig) -> Result<OpenStore, NodeError> {
 }
 
 async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
-    while let Some(attempt) = listener.accept().await {
-        tokio::spawn(crate::connection::serve(shared.clone(), attempt));
+    while let Some(accepting) = listener.accept().await {
+        tokio::spawn(crate::connection::serve(shared.clone(), accepting));
     }
 }

@@ -254,17 +254,21 @@ impl Listener {
         &self.endpoint
     }
 
-    /// The next connection attempt, accepted with its path's settings;
-    /// `None` once the endpoint is closed. An attempt refused at once (the
-    /// endpoint is closing) is an `Err` to await like a failed handshake.
-    pub async fn accept(&self) -> Option<Result<quinn::Connecting, quinn::ConnectionError>> {
+    /// The next connection attempt, accepted with its path's settings:
+    /// await it for the connection or why its handshake failed. `None` once
+    /// the endpoint is closed.
+    pub async fn accept(
+        &self,
+    ) -> Option<impl Future<Output = Result<Connection, quinn::ConnectionError>> + Send + 'static>
+    {
         let incoming = self.endpoint.accept().await?;
-        Some(match &self.loopback {
+        let attempt = match &self.loopback {
             Some(config) if PathMtu::towards(incoming.remote_address()) == PathMtu::Loopback => {
                 incoming.accept_with(config.clone())
             }
             _ => incoming.accept(),
-        })
+        };
+        Some(async move { attempt?.await })
     }
 }
 

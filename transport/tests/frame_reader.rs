@@ -33,7 +33,7 @@ async fn pair() -> (
     let client = client_endpoint(&fastchat_certs::load_certs(&ca).unwrap(), None).unwrap();
     let target = format!("127.0.0.1:{port}");
     let (client_conn, server_conn) = tokio::join!(connect(&client, &target), async {
-        server.accept().await.unwrap().unwrap().await.unwrap()
+        server.accept().await.unwrap().await.unwrap()
     });
     (server, client, server_conn, client_conn.unwrap(), dir)
 }

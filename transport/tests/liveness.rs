@@ -79,7 +79,7 @@ fn server(certs: &std::path::Path) -> (fastchat_transport::Listener, NodeIdentit
     tokio::spawn(async move {
         let mut held = Vec::new();
         while let Some(attempt) = accepting.accept().await {
-            if let Ok(conn) = async { attempt?.await }.await {
+            if let Ok(conn) = attempt.await {
                 held.push(conn);
             }
         }

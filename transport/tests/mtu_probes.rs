@@ -31,7 +31,7 @@ async fn connected(
     );
     let client = client_endpoint(&fastchat_certs::load_certs(&ca).unwrap(), None).unwrap();
     let (client_conn, server_conn) = tokio::join!(connect(&client, &target), async {
-        server.accept().await.unwrap().unwrap().await.unwrap()
+        server.accept().await.unwrap().await.unwrap()
     });
     let client_conn = client_conn.unwrap();
     let echo = {

@@ -16,11 +16,9 @@ use crate::env::Env;
 use crate::report::ScenarioResult;
 
 async fn serve(listener: Listener) {
-    while let Some(attempt) = listener.accept().await {
+    while let Some(accepting) = listener.accept().await {
         tokio::spawn(async move {
-            let Ok(conn) = async { attempt?.await }.await else {
-                return;
-            };
+            let Ok(conn) = accepting.await else { return };
             while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                 tokio::spawn(async move {
                     let mut n = 0usize;
