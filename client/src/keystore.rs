@@ -406,36 +406,42 @@ fn open_conn(path: &Path) -> Result<(Connection, fastchat_sqlite::Checkpointer),
 /// checked against the history as they were made) keeps each mark, with
 /// the friend its text went to.
 fn marks_with_peers(tx: &Connection) -> Result<(), rusqlite::Error> {
-    let old: i64 = tx.query_row(
-        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'delivered_marks'",
-        [],
-        |r| r.get(0),
-    )?;
-    if old > 0 {
-        tx.execute_batch(
-            "INSERT OR IGNORE INTO delivered_to(id, peer) \
-               SELECT d.id, m.peer FROM delivered_marks AS d JOIN messages AS m ON m.id = d.id; \
-             DROP TABLE delivered_marks;",
-        )?;
-    }
-    Ok(())
+    migrate_if_present(
+        tx,
+        ("table", "delivered_marks"),
+        "INSERT OR IGNORE INTO delivered_to(id, peer) \
+           SELECT d.id, m.peer FROM delivered_marks AS d JOIN messages AS m ON m.id = d.id; \
+         DROP TABLE delivered_marks;",
+    )
 }
 
 /// A keystore made before `peer_spans` found a friend's history through an
 /// index over every direct row: each such row becomes a span of its own
 /// (exact, whatever the history's order) and the index goes.
 fn spans_from_peer_index(tx: &Connection) -> Result<(), rusqlite::Error> {
-    let indexed: i64 = tx.query_row(
-        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = 'messages_by_peer'",
-        [],
+    migrate_if_present(
+        tx,
+        ("index", "messages_by_peer"),
+        "INSERT OR IGNORE INTO peer_spans(peer, last, first) \
+           SELECT peer, pos, pos FROM messages WHERE grp IS NULL; \
+         DROP INDEX messages_by_peer;",
+    )
+}
+
+/// Runs `migration` if the keystore still has the older schema's object
+/// `(type, name)`, which the migration drops.
+fn migrate_if_present(
+    tx: &Connection,
+    (kind, name): (&str, &str),
+    migration: &str,
+) -> Result<(), rusqlite::Error> {
+    let present: i64 = tx.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = ?1 AND name = ?2",
+        [kind, name],
         |r| r.get(0),
     )?;
-    if indexed > 0 {
-        tx.execute_batch(
-            "INSERT OR IGNORE INTO peer_spans(peer, last, first) \
-               SELECT peer, pos, pos FROM messages WHERE grp IS NULL; \
-             DROP INDEX messages_by_peer;",
-        )?;
+    if present > 0 {
+        tx.execute_batch(migration)?;
     }
     Ok(())
 }
