@@ -111,12 +111,13 @@ static SENT_SQL: LazyLock<[String; SHAPES]> = LazyLock::new(|| {
 });
 
 /// Our texts to one friend, marked delivered. `?1` is the friend, in the
-/// head; the ids are `?2` on. A mark is a 16-byte row of `delivered_to`
-/// with the friend who sent it, not the history row rewritten: rewriting
-/// each ~300-byte row put every history page a receipt named in the log
-/// (measured: 3.1–3.6 µs per marked text against 1.3–2.0), and the
-/// sender's receipts were a third of the CPU of a 100,000-text drain. The
-/// history reads a mark only for a sent text to that same friend
+/// head; the ids are `?2` on. A mark is a small row of `delivered_to` (the
+/// id and the friend whose receipt named it), not the history row
+/// rewritten: rewriting each ~300-byte row put every history page a
+/// receipt named in the log (measured: 3.1–3.6 µs per marked text against
+/// 1.3–2.0), and the sender's receipts were a third of the CPU of a
+/// 100,000-text drain. The history reads a mark only for a sent text to
+/// that same friend
 /// ([`history_columns`]), so a receipt is checked there, not here: here
 /// only that the id is a message we hold (its unique index alone), so a
 /// receipt cannot fill the file with ids of nothing. Checking each text's
