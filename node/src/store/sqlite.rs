@@ -1509,6 +1509,10 @@ mod tests {
             indexes.len() == 1 && indexes[0].ends_with("WHERE shared IS NULL"),
             "members' rows add nothing to an index: {indexes:?}"
         );
+        assert!(
+            indexes[0].contains("(msg_id, recipient)"),
+            "a seek compares ids first: {indexes:?}"
+        );
         for member in ["alice", "carol"] {
             let seqs = conformance::positions(&s, member, 100).await;
             s.ack(member, &seqs).await.unwrap();
