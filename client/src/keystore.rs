@@ -61,7 +61,8 @@ CREATE TABLE IF NOT EXISTS group_epochs(
 );
 CREATE TABLE IF NOT EXISTS messages(
     pos INTEGER PRIMARY KEY,
-    id BLOB NOT NULL UNIQUE,
+    id_hi INTEGER NOT NULL,
+    id_lo INTEGER NOT NULL,
     peer TEXT NOT NULL,
     outgoing INTEGER NOT NULL,
     kind TEXT NOT NULL,
@@ -74,7 +75,8 @@ CREATE TABLE IF NOT EXISTS messages(
     sent_at INTEGER NOT NULL,
     received_at INTEGER NOT NULL,
     state TEXT NOT NULL,
-    shown INTEGER NOT NULL DEFAULT 0
+    shown INTEGER NOT NULL DEFAULT 0,
+    UNIQUE(id_hi, id_lo)
 );
 CREATE TABLE IF NOT EXISTS peer_spans(
     peer TEXT NOT NULL,
@@ -97,47 +99,49 @@ CREATE TABLE IF NOT EXISTS downloads(
     PRIMARY KEY(sender, id)
 );
 CREATE INDEX IF NOT EXISTS messages_unshown ON messages(pos) WHERE shown = 0 AND outgoing = 0;
-CREATE TABLE IF NOT EXISTS delivered_to(id BLOB NOT NULL, peer TEXT NOT NULL, PRIMARY KEY(id, peer)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS receipt_marks(pos INTEGER NOT NULL, peer TEXT NOT NULL, PRIMARY KEY(pos, peer)) WITHOUT ROWID;
 ";
 
 /// Our texts the node accepted, into the history (see [`sql_rows`]).
 static SENT_SQL: LazyLock<[String; SHAPES]> = LazyLock::new(|| {
     sql_rows::statements(
-        "INSERT OR IGNORE INTO messages(id, peer, outgoing, kind, grp, body, sent_at, received_at, state, shown) VALUES ",
-        "(?1, ?2, 1, 'text', ?3, ?4, ?5, ?5, ?6, 1)",
-        6,
+        "INSERT OR IGNORE INTO messages(id_hi, id_lo, peer, outgoing, kind, grp, body, sent_at, received_at, state, shown) VALUES ",
+        "(?1, ?2, ?3, 1, 'text', ?4, ?5, ?6, ?6, ?7, 1)",
+        7,
         "",
     )
 });
 
 /// Our texts to one friend, marked delivered. `?1` is the friend, in the
-/// head; the ids are `?2` on. A mark is a small row of `delivered_to` (the
-/// id and the friend whose receipt named it), not the history row
-/// rewritten: rewriting each ~300-byte row put every history page a
-/// receipt named in the log (measured: 3.1–3.6 µs per marked text against
-/// 1.3–2.0), and the sender's receipts were a third of the CPU of a
-/// 100,000-text drain. The history reads a mark only for a sent text to
-/// that same friend
-/// ([`history_columns`]), so a receipt is checked there, not here: here
-/// only that the id is a message we hold (its unique index alone), so a
-/// receipt cannot fill the file with ids of nothing. Checking each text's
-/// row as well (ours, direct, to that friend, still "sent") fetched the
-/// row per id: 9.6k instructions per marked text, as much as storing it.
+/// head; the ids are `?2` on. A mark is a small row of `receipt_marks`
+/// (the text's position and the friend whose receipt named it), not the
+/// history row rewritten: rewriting each ~300-byte row put every history
+/// page a receipt named in the log (measured: 3.1–3.6 µs per marked text
+/// against 1.3–2.0), and the sender's receipts were a third of the CPU of
+/// a 100,000-text drain. The history reads a mark only for a sent text to
+/// that same friend ([`history_columns`]), so a receipt is checked there,
+/// not here: here each id is only looked up in the id index alone, which
+/// holds its position, so ids of nothing leave no mark. Checking each
+/// text's row as well (ours, direct, to that friend, still "sent") fetched
+/// the row per id: 9.6k instructions per marked text, as much as storing
+/// it. Keyed by the id, each mark compared 16-byte blobs again on the way
+/// into its own B-tree; positions compare as integers and a receipt's
+/// texts, sent in order, land at its right edge.
 static DELIVERED_SQL: LazyLock<[String; SHAPES]> = LazyLock::new(|| {
     sql_rows::statements(
-        "INSERT OR IGNORE INTO delivered_to(id, peer) SELECT column1, ?1 FROM (VALUES ",
-        "(?2)",
-        1,
-        ") WHERE EXISTS (SELECT 1 FROM messages WHERE id = column1)",
+        "INSERT OR IGNORE INTO receipt_marks(pos, peer) SELECT m.pos, ?1 FROM (VALUES ",
+        "(?2, ?3)",
+        2,
+        ") AS v JOIN messages AS m ON m.id_hi = v.column1 AND m.id_lo = v.column2",
     )
 });
 
 /// Received items, skipping ids already stored.
 static INBOX_SQL: LazyLock<[String; SHAPES]> = LazyLock::new(|| {
     sql_rows::statements(
-        "INSERT OR IGNORE INTO messages(id, peer, outgoing, kind, grp, member, body, sent_at, received_at, state, shown, att_path, att_bytes, att_sha256) VALUES ",
-        "(?1, ?2, 0, ?3, ?4, ?5, ?6, ?7, ?8, 'received', 0, ?9, ?10, ?11)",
-        11,
+        "INSERT OR IGNORE INTO messages(id_hi, id_lo, peer, outgoing, kind, grp, member, body, sent_at, received_at, state, shown, att_path, att_bytes, att_sha256) VALUES ",
+        "(?1, ?2, ?3, 0, ?4, ?5, ?6, ?7, ?8, ?9, 'received', 0, ?10, ?11, ?12)",
+        12,
         "",
     )
 });
@@ -178,24 +182,23 @@ fn conversation_filter(c: &Conversation) -> (&'static str, &str) {
 }
 
 fn row_to_history(r: &rusqlite::Row<'_>, me: &str) -> rusqlite::Result<HistoryEntry> {
-    let id: Vec<u8> = r.get(0)?;
-    let peer: String = r.get(1)?;
-    let outgoing: bool = r.get(2)?;
-    let grp: Option<String> = r.get(8)?;
+    let peer: String = r.get(2)?;
+    let outgoing: bool = r.get(3)?;
+    let grp: Option<String> = r.get(9)?;
     Ok(HistoryEntry {
-        id: id.try_into().unwrap_or([0; 16]),
+        id: id_from_key(r.get(0)?, r.get(1)?),
         from: if outgoing {
             me.to_string()
         } else {
             peer.clone()
         },
         outgoing,
-        kind: InboxKind::parse(&r.get::<_, String>(3)?),
-        text: r.get(4)?,
-        sent_at_ms: r.get::<_, i64>(5)? as u64,
-        state: MessageState::parse(&r.get::<_, String>(6)?),
-        path: r.get(7)?,
-        member: r.get(9)?,
+        kind: InboxKind::parse(&r.get::<_, String>(4)?),
+        text: r.get(5)?,
+        sent_at_ms: r.get::<_, i64>(6)? as u64,
+        state: MessageState::parse(&r.get::<_, String>(7)?),
+        path: r.get(8)?,
+        member: r.get(10)?,
         conversation: match grp {
             Some(g) => Conversation::Group(g),
             None => Conversation::Friend(peer),
@@ -203,10 +206,29 @@ fn row_to_history(r: &rusqlite::Row<'_>, me: &str) -> rusqlite::Result<HistoryEn
     })
 }
 
+/// A message id as the two integers the history keys it by, in the same
+/// order. Keyed by the 16-byte blob, every seek of the id index (a text
+/// stored, a receipt's mark) compared records field by field (~116
+/// instructions each, ~20 per seek); integers take SQLite's own fast
+/// comparison.
+fn id_key(id: &[u8; 16]) -> (i64, i64) {
+    let (hi, lo) = id.split_at(8);
+    let half = |b: &[u8]| i64::from_be_bytes(b.try_into().expect("8 bytes"));
+    (half(hi), half(lo))
+}
+
+/// The id [`id_key`] made these integers from.
+fn id_from_key(hi: i64, lo: i64) -> [u8; 16] {
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&hi.to_be_bytes());
+    id[8..].copy_from_slice(&lo.to_be_bytes());
+    id
+}
+
 /// The newest page of a group's history: walks the (grp, pos) index
 /// backwards and stops after the page, whatever the history's size.
 static GROUP_HISTORY_SQL: LazyLock<String> = LazyLock::new(|| {
-    let columns = history_columns("");
+    let columns = history_columns("messages.");
     format!("SELECT {columns} FROM messages WHERE grp = ?1 ORDER BY pos DESC LIMIT ?2")
 });
 
@@ -223,13 +245,15 @@ static FRIEND_HISTORY_SQL: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// The columns [`row_to_history`] reads, of the `messages` row named by
-/// `t` (`""` or `"m."`): a sent direct text is delivered once a receipt
-/// from the friend it went to marked it (`delivered_to`).
+/// `t` (`"messages."` or `"m."`; never bare, or the mark's own `pos` and
+/// `peer` would answer inside its subquery): a sent direct text is
+/// delivered once a receipt from the friend it went to marked it
+/// (`receipt_marks`).
 fn history_columns(t: &str) -> String {
     format!(
-        "{t}id, {t}peer, {t}outgoing, {t}kind, {t}body, {t}sent_at, \
+        "{t}id_hi, {t}id_lo, {t}peer, {t}outgoing, {t}kind, {t}body, {t}sent_at, \
          CASE WHEN {t}state = 'sent' AND {t}outgoing = 1 AND {t}grp IS NULL \
-           AND EXISTS (SELECT 1 FROM delivered_to AS d WHERE d.id = {t}id AND d.peer = {t}peer) \
+           AND EXISTS (SELECT 1 FROM receipt_marks AS d WHERE d.pos = {t}pos AND d.peer = {t}peer) \
          THEN 'delivered' ELSE {t}state END, \
          {t}att_path, {t}grp, {t}member"
     )
@@ -396,6 +420,8 @@ fn open_conn(path: &Path) -> Result<(Connection, fastchat_sqlite::Checkpointer),
         tx.execute_batch(SCHEMA)?;
         spans_from_peer_index(&tx)?;
         marks_with_peers(&tx)?;
+        marks_by_position(&tx)?;
+        ids_as_integers(&tx)?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
     }
@@ -410,10 +436,64 @@ fn marks_with_peers(tx: &Connection) -> Result<(), rusqlite::Error> {
     migrate_if_present(
         tx,
         ("table", "delivered_marks"),
-        "INSERT OR IGNORE INTO delivered_to(id, peer) \
-           SELECT d.id, m.peer FROM delivered_marks AS d JOIN messages AS m ON m.id = d.id; \
+        "INSERT OR IGNORE INTO receipt_marks(pos, peer) \
+           SELECT m.pos, m.peer FROM delivered_marks AS d JOIN messages AS m ON m.id = d.id; \
          DROP TABLE delivered_marks;",
     )
+}
+
+/// A keystore made while marks were keyed by the text's id
+/// (`delivered_to`) keeps each mark, at its text's position.
+fn marks_by_position(tx: &Connection) -> Result<(), rusqlite::Error> {
+    migrate_if_present(
+        tx,
+        ("table", "delivered_to"),
+        "INSERT OR IGNORE INTO receipt_marks(pos, peer) \
+           SELECT m.pos, d.peer FROM delivered_to AS d JOIN messages AS m ON m.id = d.id; \
+         DROP TABLE delivered_to;",
+    )
+}
+
+/// A keystore whose history keyed each message by its id as a 16-byte
+/// blob gets the two-integer key ([`id_key`]): the table is built again
+/// under [`SCHEMA`], every row at its own position (which `peer_spans` and
+/// `receipt_marks` name). Runs after the migrations that read the old ids.
+fn ids_as_integers(tx: &Connection) -> Result<(), rusqlite::Error> {
+    let blob_ids: i64 = tx.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('messages') WHERE name = 'id'",
+        [],
+        |r| r.get(0),
+    )?;
+    if blob_ids == 0 {
+        return Ok(());
+    }
+    tx.execute_batch(
+        "ALTER TABLE messages RENAME TO messages_by_blob; \
+         DROP INDEX IF EXISTS messages_in_groups; DROP INDEX IF EXISTS messages_unshown;",
+    )?;
+    tx.execute_batch(SCHEMA)?;
+    const KEPT: &str = "peer, outgoing, kind, grp, member, att_path, att_bytes, att_sha256, \
+                        body, sent_at, received_at, state, shown";
+    let mut read = tx.prepare(&format!("SELECT pos, id, {KEPT} FROM messages_by_blob"))?;
+    let mut write = tx.prepare(&format!(
+        "INSERT OR IGNORE INTO messages(pos, id_hi, id_lo, {KEPT}) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+    ))?;
+    let mut rows = read.query([])?;
+    while let Some(row) = rows.next()? {
+        let blob: Vec<u8> = row.get(1)?;
+        let mut id = [0u8; 16];
+        let n = blob.len().min(16);
+        id[..n].copy_from_slice(&blob[..n]);
+        let (hi, lo) = id_key(&id);
+        let mut values: Vec<rusqlite::types::Value> = vec![row.get(0)?, hi.into(), lo.into()];
+        for i in 2..15 {
+            values.push(row.get(i)?);
+        }
+        write.execute(rusqlite::params_from_iter(values))?;
+    }
+    drop(rows);
+    tx.execute_batch("DROP TABLE messages_by_blob;")
 }
 
 /// A keystore made before `peer_spans` found a friend's history through an
@@ -767,13 +847,15 @@ impl Keystore {
                 .conn
                 .prepare_cached(sql_rows::shape(&SENT_SQL, chunk.len()))?;
             for (i, r) in chunk.iter().enumerate() {
-                let p = i * 6;
-                stmt.raw_bind_parameter(p + 1, &r.id[..])?;
-                stmt.raw_bind_parameter(p + 2, r.to)?;
-                stmt.raw_bind_parameter(p + 3, r.group)?;
-                stmt.raw_bind_parameter(p + 4, r.text)?;
-                stmt.raw_bind_parameter(p + 5, r.sent_at_ms as i64)?;
-                stmt.raw_bind_parameter(p + 6, r.state.as_str())?;
+                let p = i * 7;
+                let (hi, lo) = id_key(&r.id);
+                stmt.raw_bind_parameter(p + 1, hi)?;
+                stmt.raw_bind_parameter(p + 2, lo)?;
+                stmt.raw_bind_parameter(p + 3, r.to)?;
+                stmt.raw_bind_parameter(p + 4, r.group)?;
+                stmt.raw_bind_parameter(p + 5, r.text)?;
+                stmt.raw_bind_parameter(p + 6, r.sent_at_ms as i64)?;
+                stmt.raw_bind_parameter(p + 7, r.state.as_str())?;
             }
             let stored = stmt.raw_execute()?;
             let friends = chunk.iter().filter(|r| r.group.is_none());
@@ -816,7 +898,9 @@ impl Keystore {
                 .prepare_cached(sql_rows::shape(&DELIVERED_SQL, chunk.len()))?;
             stmt.raw_bind_parameter(1, peer)?;
             for (i, id) in chunk.iter().enumerate() {
-                stmt.raw_bind_parameter(i + 2, &id[..])?;
+                let (hi, lo) = id_key(id);
+                stmt.raw_bind_parameter(2 * i + 2, hi)?;
+                stmt.raw_bind_parameter(2 * i + 3, lo)?;
             }
             stmt.raw_execute()?;
         }
@@ -833,19 +917,21 @@ impl Keystore {
                 .conn
                 .prepare_cached(sql_rows::shape(&INBOX_SQL, chunk.len()))?;
             for (i, item) in chunk.iter().enumerate() {
-                let p = i * 11;
+                let p = i * 12;
                 let att = item.attachment.as_ref();
-                stmt.raw_bind_parameter(p + 1, &item.id[..])?;
-                stmt.raw_bind_parameter(p + 2, &item.from)?;
-                stmt.raw_bind_parameter(p + 3, item.kind.as_str())?;
-                stmt.raw_bind_parameter(p + 4, &item.group)?;
-                stmt.raw_bind_parameter(p + 5, &item.member)?;
-                stmt.raw_bind_parameter(p + 6, &item.text)?;
-                stmt.raw_bind_parameter(p + 7, item.sent_at_ms as i64)?;
-                stmt.raw_bind_parameter(p + 8, now)?;
-                stmt.raw_bind_parameter(p + 9, att.map(|a| a.path.as_str()))?;
-                stmt.raw_bind_parameter(p + 10, att.map(|a| a.bytes as i64))?;
-                stmt.raw_bind_parameter(p + 11, att.map(|a| a.sha256.as_str()))?;
+                let (hi, lo) = id_key(&item.id);
+                stmt.raw_bind_parameter(p + 1, hi)?;
+                stmt.raw_bind_parameter(p + 2, lo)?;
+                stmt.raw_bind_parameter(p + 3, &item.from)?;
+                stmt.raw_bind_parameter(p + 4, item.kind.as_str())?;
+                stmt.raw_bind_parameter(p + 5, &item.group)?;
+                stmt.raw_bind_parameter(p + 6, &item.member)?;
+                stmt.raw_bind_parameter(p + 7, &item.text)?;
+                stmt.raw_bind_parameter(p + 8, item.sent_at_ms as i64)?;
+                stmt.raw_bind_parameter(p + 9, now)?;
+                stmt.raw_bind_parameter(p + 10, att.map(|a| a.path.as_str()))?;
+                stmt.raw_bind_parameter(p + 11, att.map(|a| a.bytes as i64))?;
+                stmt.raw_bind_parameter(p + 12, att.map(|a| a.sha256.as_str()))?;
             }
             let stored = stmt.raw_execute()?;
             if stored == chunk.len() {
@@ -879,8 +965,12 @@ impl Keystore {
             _ => {
                 let last = self.conn.last_insert_rowid();
                 self.conn
-                    .prepare_cached("SELECT id FROM messages WHERE pos > ?1 AND pos <= ?2")?
-                    .query_map(params![last - stored as i64, last], |r| r.get(0))?
+                    .prepare_cached(
+                        "SELECT id_hi, id_lo FROM messages WHERE pos > ?1 AND pos <= ?2",
+                    )?
+                    .query_map(params![last - stored as i64, last], |r| {
+                        Ok(id_from_key(r.get(0)?, r.get(1)?))
+                    })?
                     .collect::<Result<_, _>>()?
             }
         };
@@ -1052,7 +1142,7 @@ impl Keystore {
                 .replace('%', "\\%")
                 .replace('_', "\\_")
         );
-        let columns = history_columns("");
+        let columns = history_columns("messages.");
         let sql = format!(
             "SELECT {columns} FROM messages WHERE kind = 'text' AND body LIKE ?1 ESCAPE '\\' ORDER BY pos DESC LIMIT ?2"
         );
@@ -1225,23 +1315,22 @@ impl Keystore {
     /// Received items not yet shown by `recv`, oldest first.
     pub fn unshown(&self) -> Result<Vec<InboxItem>, ClientError> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, peer, kind, body, sent_at, grp, member, att_path, att_bytes, att_sha256 FROM messages WHERE shown = 0 AND outgoing = 0 ORDER BY pos",
+            "SELECT id_hi, id_lo, peer, kind, body, sent_at, grp, member, att_path, att_bytes, att_sha256 FROM messages WHERE shown = 0 AND outgoing = 0 ORDER BY pos",
         )?;
         let rows = stmt.query_map([], |r| {
-            let id: Vec<u8> = r.get(0)?;
             Ok(InboxItem {
-                id: id.try_into().unwrap_or([0; 16]),
-                from: r.get(1)?,
-                kind: InboxKind::parse(&r.get::<_, String>(2)?),
-                text: r.get(3)?,
-                sent_at_ms: r.get::<_, i64>(4)? as u64,
-                group: r.get(5)?,
-                member: r.get(6)?,
-                attachment: match r.get::<_, Option<String>>(7)? {
+                id: id_from_key(r.get(0)?, r.get(1)?),
+                from: r.get(2)?,
+                kind: InboxKind::parse(&r.get::<_, String>(3)?),
+                text: r.get(4)?,
+                sent_at_ms: r.get::<_, i64>(5)? as u64,
+                group: r.get(6)?,
+                member: r.get(7)?,
+                attachment: match r.get::<_, Option<String>>(8)? {
                     Some(path) => Some(Attachment {
                         path,
-                        bytes: r.get::<_, i64>(8)? as u64,
-                        sha256: r.get(9)?,
+                        bytes: r.get::<_, i64>(9)? as u64,
+                        sha256: r.get(10)?,
                     }),
                     None => None,
                 },
@@ -1254,9 +1343,11 @@ impl Keystore {
     pub fn mark_shown(&mut self, ids: &[[u8; 16]]) -> Result<(), ClientError> {
         let tx = self.conn.transaction()?;
         {
-            let mut stmt = tx.prepare_cached("UPDATE messages SET shown = 1 WHERE id = ?1")?;
+            let mut stmt =
+                tx.prepare_cached("UPDATE messages SET shown = 1 WHERE id_hi = ?1 AND id_lo = ?2")?;
             for id in ids {
-                stmt.execute(params![&id[..]])?;
+                let (hi, lo) = id_key(id);
+                stmt.execute(params![hi, lo])?;
             }
         }
         tx.commit()?;
@@ -1389,7 +1480,7 @@ mod tests {
         drop(explain);
         assert!(
             plan.iter()
-                .any(|p| p.contains("COVERING INDEX") && p.contains("(id=?)")),
+                .any(|p| p.contains("COVERING INDEX") && p.contains("(id_hi=? AND id_lo=?)")),
             "a receipt's ids are looked up in the id index alone: {plan:?}"
         );
         // Every id told as bob's: only bob's texts among them change, and
@@ -1398,9 +1489,16 @@ mod tests {
         ks.mark_delivered("bob", &[[0x11; 16], [0x12; 16]]).unwrap();
         let marks: i64 = ks
             .conn
-            .query_row("SELECT COUNT(*) FROM delivered_to", [], |r| r.get(0))
+            .query_row("SELECT COUNT(*) FROM receipt_marks", [], |r| r.get(0))
             .unwrap();
         assert_eq!(marks, 41, "one mark per id we hold");
+        // A search reads the same marks, each for its own text and friend.
+        let found = ks.search("alice", "hello", 100).unwrap();
+        let delivered = found
+            .iter()
+            .filter(|h| h.state == MessageState::Delivered)
+            .count();
+        assert_eq!((found.len(), delivered), (45, 21), "search");
         for (peer, sent, delivered) in [("bob", 23, 21), ("carol", 22, 0)] {
             let history = ks
                 .history("alice", &Conversation::Friend(peer.into()), 100)
@@ -1600,11 +1698,46 @@ mod tests {
         assert_eq!(index, 0, "the old index was dropped");
     }
 
-    /// A keystore from before marks named their friend keeps its marks:
-    /// each moves to `delivered_to` with the friend its text went to, and
-    /// the old table goes.
-    #[test]
-    fn a_keystores_unnamed_marks_keep_their_texts_delivered() {
+    /// Turns `raw`'s history back into the shape that keyed each message by
+    /// its id as a 16-byte blob, every row at its position.
+    fn back_to_blob_ids(raw: &rusqlite::Connection) {
+        raw.execute_batch(
+            "ALTER TABLE messages RENAME TO messages_by_ints; \
+             DROP INDEX messages_in_groups; DROP INDEX messages_unshown; \
+             CREATE TABLE messages(pos INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE, \
+               peer TEXT NOT NULL, outgoing INTEGER NOT NULL, kind TEXT NOT NULL, grp TEXT, \
+               member TEXT, att_path TEXT, att_bytes INTEGER, att_sha256 TEXT, body TEXT NOT NULL, \
+               sent_at INTEGER NOT NULL, received_at INTEGER NOT NULL, state TEXT NOT NULL, \
+               shown INTEGER NOT NULL DEFAULT 0); \
+             CREATE INDEX messages_in_groups ON messages(grp, pos) WHERE grp IS NOT NULL; \
+             CREATE INDEX messages_unshown ON messages(pos) WHERE shown = 0 AND outgoing = 0;",
+        )
+        .unwrap();
+        let keys: Vec<(i64, i64, i64)> = raw
+            .prepare("SELECT pos, id_hi, id_lo FROM messages_by_ints")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        for (pos, hi, lo) in keys {
+            raw.execute(
+                "INSERT INTO messages SELECT pos, ?2, peer, outgoing, kind, grp, member, att_path, \
+                   att_bytes, att_sha256, body, sent_at, received_at, state, shown \
+                 FROM messages_by_ints WHERE pos = ?1",
+                params![pos, &id_from_key(hi, lo)[..]],
+            )
+            .unwrap();
+        }
+        raw.execute_batch("DROP TABLE messages_by_ints;").unwrap();
+    }
+
+    /// A keystore with texts to bob and carol and one received from bob,
+    /// opened again after its history went back to blob ids and `older`
+    /// turned its marks into an older schema's.
+    fn keystore_with_older_marks(
+        older: &str,
+    ) -> (tempfile::TempDir, Keystore, rusqlite::Connection) {
         let dir = tempfile::tempdir().unwrap();
         let ks = fresh_keystore(dir.path());
         let sent = |n: u8, to: &'static str| SentRecord {
@@ -1617,40 +1750,122 @@ mod tests {
         };
         ks.record_sent(&[sent(1, "bob"), sent(2, "bob"), sent(3, "carol")])
             .unwrap();
+        ks.insert_inbox(vec![item(9, "bob", None)]).unwrap();
         drop(ks);
         let raw = rusqlite::Connection::open(dir.path().join(crate::KEYSTORE_FILE)).unwrap();
-        // As the older schema left it: bob's first text and carol's marked.
-        raw.execute_batch(
-            "DROP TABLE delivered_to; \
-             CREATE TABLE delivered_marks(id BLOB PRIMARY KEY) WITHOUT ROWID; \
-             INSERT INTO delivered_marks(id) VALUES (zeroblob(16)), (x'01010101010101010101010101010101'), \
-               (x'03030303030303030303030303030303'); \
-             PRAGMA user_version = 0;",
-        )
+        back_to_blob_ids(&raw);
+        raw.execute_batch(&format!(
+            "DROP TABLE receipt_marks; {older} PRAGMA user_version = 0;"
+        ))
         .unwrap();
         let ks = Keystore::open(dir.path()).unwrap();
+        (dir, ks, raw)
+    }
+
+    /// Each of bob's and carol's texts' states, and whether the older
+    /// `table` is gone, with how many marks there are now.
+    fn marks_after_migration(
+        ks: &Keystore,
+        raw: &rusqlite::Connection,
+        table: &str,
+    ) -> (Vec<MessageState>, Vec<MessageState>, (i64, i64)) {
         let states = |peer: &str| -> Vec<MessageState> {
             ks.history("alice", &Conversation::Friend(peer.into()), 10)
                 .unwrap()
                 .into_iter()
+                .filter(|e| e.outgoing)
                 .map(|e| e.state)
                 .collect()
         };
-        assert_eq!(states("bob"), [MessageState::Delivered, MessageState::Sent]);
-        assert_eq!(states("carol"), [MessageState::Delivered]);
-        let (old, marks): (i64, i64) = raw
+        let left = raw
             .query_row(
-                "SELECT (SELECT COUNT(*) FROM sqlite_master WHERE name = 'delivered_marks'), \
-                        (SELECT COUNT(*) FROM delivered_to)",
+                "SELECT (SELECT COUNT(*) FROM sqlite_master WHERE name = ?1), \
+                        (SELECT COUNT(*) FROM receipt_marks)",
+                [table],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        (states("bob"), states("carol"), left)
+    }
+
+    /// A keystore whose history was keyed by blob ids keeps every message,
+    /// with its id, position and state, and the integer key does what the
+    /// blob did: a stored id is not new again, a receipt finds its text.
+    #[test]
+    fn a_keystores_blob_ids_become_integer_keys_and_keep_each_message() {
+        let (_dir, mut ks, raw) = keystore_with_older_marks("");
+        let bob = ks
+            .history("alice", &Conversation::Friend("bob".into()), 10)
+            .unwrap();
+        let ids: Vec<[u8; 16]> = bob.iter().map(|e| e.id).collect();
+        assert_eq!(ids, [[1; 16], [2; 16], item(9, "bob", None).id]);
+        let unshown: Vec<[u8; 16]> = ks.unshown().unwrap().iter().map(|i| i.id).collect();
+        assert_eq!(unshown, [item(9, "bob", None).id]);
+        assert!(
+            ks.insert_inbox(vec![item(9, "bob", None), item(10, "bob", None)])
+                .unwrap()
+                .iter()
+                .map(|i| i.id)
+                .eq([item(10, "bob", None).id]),
+            "a stored id is not new again"
+        );
+        ks.mark_delivered("bob", &[[2; 16]]).unwrap();
+        let states: Vec<MessageState> = ks
+            .history("alice", &Conversation::Friend("bob".into()), 10)
+            .unwrap()
+            .iter()
+            .filter(|e| e.outgoing)
+            .map(|e| e.state)
+            .collect();
+        assert_eq!(states, [MessageState::Sent, MessageState::Delivered]);
+        ks.mark_shown(&[item(9, "bob", None).id]).unwrap();
+        assert_eq!(ks.unshown().unwrap().len(), 1, "only the new one");
+        let (blob_column, old_table): (i64, i64) = raw
+            .query_row(
+                "SELECT (SELECT COUNT(*) FROM pragma_table_info('messages') WHERE name = 'id'), \
+                        (SELECT COUNT(*) FROM sqlite_master WHERE name = 'messages_by_blob')",
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .unwrap();
-        assert_eq!(
-            (old, marks),
-            (0, 2),
-            "the old table's marks of texts we hold moved"
+        assert_eq!((blob_column, old_table), (0, 0));
+    }
+
+    /// A keystore from before marks named their friend keeps its marks:
+    /// each moves to `receipt_marks` with the friend its text went to, and
+    /// the old table goes.
+    #[test]
+    fn a_keystores_unnamed_marks_keep_their_texts_delivered() {
+        // As the older schema left it: bob's second text and carol's marked,
+        // and an id of nothing.
+        let (_dir, ks, raw) = keystore_with_older_marks(
+            "CREATE TABLE delivered_marks(id BLOB PRIMARY KEY) WITHOUT ROWID; \
+             INSERT INTO delivered_marks(id) VALUES (zeroblob(16)), (x'02020202020202020202020202020202'), \
+               (x'03030303030303030303030303030303');",
         );
+        let (bob, carol, left) = marks_after_migration(&ks, &raw, "delivered_marks");
+        // Oldest first: the second text is the marked one.
+        assert_eq!(bob, [MessageState::Sent, MessageState::Delivered]);
+        assert_eq!(carol, [MessageState::Delivered]);
+        assert_eq!(left, (0, 2), "the old table's marks of texts we hold moved");
+    }
+
+    /// A keystore from when marks were keyed by their text's id keeps
+    /// them, at each text's position, still only for the friend named.
+    #[test]
+    fn a_keystores_marks_by_id_keep_their_texts_delivered() {
+        // bob's second text marked by bob, carol's by bob (no change for
+        // her), and an id of nothing.
+        let (_dir, ks, raw) = keystore_with_older_marks(
+            "CREATE TABLE delivered_to(id BLOB NOT NULL, peer TEXT NOT NULL, PRIMARY KEY(id, peer)) WITHOUT ROWID; \
+             INSERT INTO delivered_to(id, peer) VALUES (zeroblob(16), 'bob'), \
+               (x'02020202020202020202020202020202', 'bob'), (x'03030303030303030303030303030303', 'bob');",
+        );
+        let (bob, carol, left) = marks_after_migration(&ks, &raw, "delivered_to");
+        // Oldest first: the second text is the marked one.
+        assert_eq!(bob, [MessageState::Sent, MessageState::Delivered]);
+        assert_eq!(carol, [MessageState::Sent]);
+        assert_eq!(left, (0, 2), "the marks of texts we hold moved");
     }
 
     /// A chat opens on the newest page of a conversation and the unread
