@@ -14,6 +14,7 @@ pub use crate::types::{
 };
 use fastchat_crypto::{ConversationKey, Identity, SigningIdentity};
 use fastchat_proto::group::RosterEntry;
+use fastchat_sqlite::{id_from_key, id_key};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::sync::LazyLock;
 
@@ -204,25 +205,6 @@ fn row_to_history(r: &rusqlite::Row<'_>, me: &str) -> rusqlite::Result<HistoryEn
             None => Conversation::Friend(peer),
         },
     })
-}
-
-/// A message id as the two integers the history keys it by, in the same
-/// order. Keyed by the 16-byte blob, every seek of the id index (a text
-/// stored, a receipt's mark) compared records field by field (~116
-/// instructions each, ~20 per seek); integers take SQLite's own fast
-/// comparison.
-fn id_key(id: &[u8; 16]) -> (i64, i64) {
-    let (hi, lo) = id.split_at(8);
-    let half = |b: &[u8]| i64::from_be_bytes(b.try_into().expect("8 bytes"));
-    (half(hi), half(lo))
-}
-
-/// The id [`id_key`] made these integers from.
-fn id_from_key(hi: i64, lo: i64) -> [u8; 16] {
-    let mut id = [0u8; 16];
-    id[..8].copy_from_slice(&hi.to_be_bytes());
-    id[8..].copy_from_slice(&lo.to_be_bytes());
-    id
 }
 
 /// The newest page of a group's history: walks the (grp, pos) index
@@ -481,11 +463,7 @@ fn ids_as_integers(tx: &Connection) -> Result<(), rusqlite::Error> {
     ))?;
     let mut rows = read.query([])?;
     while let Some(row) = rows.next()? {
-        let blob: Vec<u8> = row.get(1)?;
-        let mut id = [0u8; 16];
-        let n = blob.len().min(16);
-        id[..n].copy_from_slice(&blob[..n]);
-        let (hi, lo) = id_key(&id);
+        let (hi, lo) = id_key(&row.get::<_, Vec<u8>>(1)?);
         let mut values: Vec<rusqlite::types::Value> = vec![row.get(0)?, hi.into(), lo.into()];
         for i in 2..15 {
             values.push(row.get(i)?);

@@ -9,7 +9,7 @@ use std::path::Path;
 use async_trait::async_trait;
 use fastchat_proto::MessageId;
 use fastchat_proto::control::Relation;
-use fastchat_sqlite::Checkpointer;
+use fastchat_sqlite::{Checkpointer, id_key};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
@@ -195,7 +195,7 @@ fn user_exists(tx: &Connection, name: &str) -> rusqlite::Result<bool> {
 ///
 /// A text for several recipients (a group text) is stored once, in
 /// `shared_envelopes`, counting the queue rows that point at it (`shared`;
-/// their own `envelope` and `msg_id` are empty); the last ack deletes it. A
+/// their own `envelope` is empty, their id `(0, 0)`); the last ack deletes it. A
 /// hundred copies of a 400-byte envelope, one on each member's page, split
 /// those pages every few texts: the node spent 16 µs per group delivery,
 /// 11 then. A resend of a group text is caught by its id in
@@ -205,7 +205,8 @@ const QUEUE_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS queue(
     recipient TEXT NOT NULL,
     seq INTEGER NOT NULL,
-    msg_id BLOB NOT NULL,
+    id_hi INTEGER NOT NULL,
+    id_lo INTEGER NOT NULL,
     envelope BLOB NOT NULL,
     shared INTEGER,
     PRIMARY KEY(recipient, seq)
@@ -222,22 +223,25 @@ CREATE TABLE IF NOT EXISTS shared_envelopes(
 /// group text's once. Each member's row of a group text used to add an
 /// entry to a per-recipient id index too, a second B-tree write per member
 /// and another at its ack: without it the node's instructions per group
-/// delivery fell from 31.0k to 22.7k. The id leads the pair: a seek then
-/// compares 16 bytes (one `memcmp`), where a leading recipient compared
-/// the same name at every level (a backlog for one user is all one name);
-/// the same pairs are unique either way, and ids grow with time, so
-/// inserts stay at the right edge. Made after the late columns, which
-/// they name; databases from before drop the older indexes.
+/// delivery fell from 31.0k to 22.7k. The id leads: a seek then compares
+/// integers ([`id_key`]), where a leading recipient compared the same name
+/// at every level (a backlog for one user is all one name) and the id as a
+/// blob took SQLite's general record comparison; the same triples are
+/// unique either way, and ids grow with time, so inserts stay at the right
+/// edge. Made after the late columns, which they name; databases from
+/// before drop the older indexes.
 const QUEUE_INDEXES: &str = "
 DROP INDEX IF EXISTS queue_ids;
 DROP INDEX IF EXISTS queue_direct_ids;
-CREATE UNIQUE INDEX IF NOT EXISTS queue_direct_id_pairs ON queue(msg_id, recipient) WHERE shared IS NULL;
+DROP INDEX IF EXISTS queue_direct_id_pairs;
+CREATE UNIQUE INDEX IF NOT EXISTS queue_direct_id_keys ON queue(id_hi, id_lo, recipient) WHERE shared IS NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS shared_ids ON shared_envelopes(msg_id);
 ";
 
 /// Databases made with the first queue layout (a rowid table with
-/// AUTOINCREMENT and a second index) move to the clustered one, keeping
-/// every row and position.
+/// AUTOINCREMENT and a second index) move to the clustered one, and those
+/// whose queue kept ids as blobs to the integer key, keeping every row and
+/// position.
 fn migrate_queue(conn: &mut Connection) -> rusqlite::Result<()> {
     let old: Option<String> = conn
         .query_row(
@@ -249,20 +253,28 @@ fn migrate_queue(conn: &mut Connection) -> rusqlite::Result<()> {
     // IMMEDIATE: nodes sharing the file may be writing; a deferred
     // transaction upgrading to a write would fail at once instead of waiting.
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    if old.is_some_and(|sql| sql.contains("AUTOINCREMENT")) {
+    if old
+        .as_deref()
+        .is_some_and(|sql| sql.contains("AUTOINCREMENT"))
+    {
         tx.execute_batch(
             "DROP INDEX IF EXISTS queue_by_recipient;
              ALTER TABLE queue RENAME TO queue_rowid;",
         )?;
         tx.execute_batch(QUEUE_SCHEMA)?;
+        copy_queue(&tx, "queue_rowid")?;
         tx.execute_batch(
-            "INSERT INTO queue(recipient, seq, msg_id, envelope)
-                 SELECT recipient, seq, msg_id, envelope FROM queue_rowid;
-             INSERT OR REPLACE INTO queue_seq(id, next) VALUES (0,
+            "INSERT OR REPLACE INTO queue_seq(id, next) VALUES (0,
                  MAX(COALESCE((SELECT MAX(seq) FROM queue_rowid), 0),
                      COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'queue_rowid'), 0)) + 1);
              DROP TABLE queue_rowid;",
         )?;
+    } else if old.as_deref().is_some_and(|sql| sql.contains("msg_id")) {
+        // Its indexes go with it; the integer key's are made after.
+        tx.execute_batch("ALTER TABLE queue RENAME TO queue_blob_ids;")?;
+        tx.execute_batch(QUEUE_SCHEMA)?;
+        copy_queue(&tx, "queue_blob_ids")?;
+        tx.execute_batch("DROP TABLE queue_blob_ids;")?;
     } else {
         tx.execute_batch(QUEUE_SCHEMA)?;
     }
@@ -291,6 +303,37 @@ fn migrate_queue(conn: &mut Connection) -> rusqlite::Result<()> {
         )?;
     }
     tx.commit()
+}
+
+/// Copies an older queue table's rows, ids as blobs, into `queue`, each
+/// at its position; a layout from before shared envelopes has no `shared`.
+fn copy_queue(tx: &Connection, from: &str) -> rusqlite::Result<()> {
+    let shared: bool = tx
+        .prepare(&format!(
+            "SELECT 1 FROM pragma_table_info('{from}') WHERE name = 'shared'"
+        ))?
+        .exists([])?;
+    let shared = if shared { "shared" } else { "NULL" };
+    let mut read = tx.prepare(&format!(
+        "SELECT recipient, seq, msg_id, envelope, {shared} FROM {from}"
+    ))?;
+    let mut write = tx.prepare(
+        "INSERT INTO queue(recipient, seq, id_hi, id_lo, envelope, shared)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    let mut rows = read.query([])?;
+    while let Some(row) = rows.next()? {
+        let (hi, lo) = id_key(&row.get::<_, Vec<u8>>(2)?);
+        write.execute(params![
+            row.get::<_, String>(0)?,
+            row.get::<_, i64>(1)?,
+            hi,
+            lo,
+            row.get::<_, Vec<u8>>(3)?,
+            row.get::<_, Option<i64>>(4)?,
+        ])?;
+    }
+    Ok(())
 }
 
 /// Adds `texts` and `bytes` (negative to remove) to what `to`'s queue holds.
@@ -389,7 +432,7 @@ fn insert_row(
     insert_with(tx, &mut insert, to, id, envelope, shared)
 }
 
-const INSERT_ROW: &str = "INSERT OR IGNORE INTO queue(recipient, seq, msg_id, envelope, shared) VALUES (?1, ?2, ?3, ?4, ?5)";
+const INSERT_ROW: &str = "INSERT OR IGNORE INTO queue(recipient, seq, id_hi, id_lo, envelope, shared) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 
 /// [`insert_row`] with the statement in hand: a group text inserts a row
 /// per member, and looking the statement up in the cache each time cost
@@ -403,7 +446,8 @@ fn insert_with(
     shared: Option<i64>,
 ) -> rusqlite::Result<Option<u64>> {
     let seq = NextSeq::take(tx)?;
-    let changed = insert.execute(params![to, seq as i64, id, envelope, shared])?;
+    let (hi, lo) = id_key(id);
+    let changed = insert.execute(params![to, seq as i64, hi, lo, envelope, shared])?;
     // A duplicate leaves a gap in the positions: harmless, they only grow.
     Ok((changed == 1).then_some(seq))
 }
@@ -1419,7 +1463,8 @@ mod tests {
                      msg_id BLOB NOT NULL, envelope BLOB NOT NULL,
                      PRIMARY KEY(recipient, seq)) WITHOUT ROWID;
                  CREATE UNIQUE INDEX queue_ids ON queue(recipient, msg_id);
-                 INSERT INTO queue(recipient, seq, msg_id, envelope) VALUES ('bob', 1, x'01', x'aa');
+                 INSERT INTO queue(recipient, seq, msg_id, envelope)
+                   VALUES ('bob', 1, x'01010101010101010101010101010101', x'aa');
                  INSERT INTO queue_usage(recipient, texts, bytes) VALUES ('bob', 1, 1);
                  UPDATE queue_seq SET next = 2;",
             )
@@ -1430,6 +1475,24 @@ mod tests {
             s.pending("bob", 0, 10).await.unwrap(),
             vec![(1, vec![0xaa])]
         );
+        // The moved row's id still catches a resend of it.
+        for user in ["alice", "bob"] {
+            s.create_user(user, b"k", None).await.unwrap();
+        }
+        s.request_friend("alice", "bob", b"req").await.unwrap();
+        s.accept_friend("bob", "alice", b"acc").await.unwrap();
+        let resend = vec![
+            conformance::text(crate::store::Target::Direct("bob".into()), 1, b"again"),
+            conformance::text(crate::store::Target::Direct("bob".into()), 2, b"new"),
+        ];
+        let r = s
+            .enqueue_texts("alice", resend, QueueLimits::default())
+            .await
+            .unwrap();
+        assert_eq!(r[0], Queuing::Duplicate, "{r:?}");
+        assert!(matches!(&r[1], Queuing::Stored(_)), "{r:?}");
+        let seqs = conformance::positions(&s, "bob", 10).await;
+        s.ack("bob", &seqs[1..]).await.unwrap();
         let id = s.create_group("crew", "alice").await.unwrap();
         let add = Membership::Add(vec!["bob".into(), "carol".into()]);
         s.rekey(id, 1, add, vec![]).await.unwrap();
@@ -1452,7 +1515,8 @@ mod tests {
         let seqs: Vec<u64> = bob.iter().map(|(q, _)| *q).collect();
         s.ack("bob", &seqs).await.unwrap();
         assert_eq!(s.queued_for("bob").await.unwrap(), 0);
-        assert_eq!(s.pending("alice", 0, 10).await.unwrap().len(), 1);
+        // Bob's acceptance and the group text.
+        assert_eq!(s.pending("alice", 0, 10).await.unwrap().len(), 2);
     }
 
     #[tokio::test]
@@ -1510,7 +1574,7 @@ mod tests {
             "members' rows add nothing to an index: {indexes:?}"
         );
         assert!(
-            indexes[0].contains("(msg_id, recipient)"),
+            indexes[0].contains("(id_hi, id_lo, recipient)"),
             "a seek compares ids first: {indexes:?}"
         );
         for member in ["alice", "carol"] {
