@@ -413,7 +413,6 @@ fn open_conn(path: &Path) -> Result<(Connection, fastchat_sqlite::Checkpointer),
         let tx = conn.transaction()?;
         tx.execute_batch(SCHEMA)?;
         spans_from_peer_index(&tx)?;
-        marks_with_peers(&tx)?;
         marks_by_position(&tx)?;
         ids_as_integers(&tx)?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -423,29 +422,23 @@ fn open_conn(path: &Path) -> Result<(Connection, fastchat_sqlite::Checkpointer),
     Ok((conn, checkpointer))
 }
 
-/// A keystore made before marks named their friend (`delivered_marks`,
-/// checked against the history as they were made) keeps each mark, with
-/// the friend its text went to.
-fn marks_with_peers(tx: &Connection) -> Result<(), rusqlite::Error> {
-    migrate_if_present(
-        tx,
-        ("table", "delivered_marks"),
-        "INSERT OR IGNORE INTO receipt_marks(pos, peer) \
-           SELECT m.pos, m.peer FROM delivered_marks AS d JOIN messages AS m ON m.id = d.id; \
-         DROP TABLE delivered_marks;",
-    )
-}
-
-/// A keystore made while marks were keyed by the text's id
-/// (`delivered_to`) keeps each mark, at its text's position.
+/// Older keystores keep their receipts' marks, each moved to its text's
+/// position: `delivered_marks` (from before marks named their friend, so
+/// the friend its text went to) and `delivered_to` (marks keyed by the
+/// text's id, with the friend whose receipt named it).
 fn marks_by_position(tx: &Connection) -> Result<(), rusqlite::Error> {
-    migrate_if_present(
-        tx,
-        ("table", "delivered_to"),
-        "INSERT OR IGNORE INTO receipt_marks(pos, peer) \
-           SELECT m.pos, d.peer FROM delivered_to AS d JOIN messages AS m ON m.id = d.id; \
-         DROP TABLE delivered_to;",
-    )
+    for (table, peer) in [("delivered_marks", "m.peer"), ("delivered_to", "d.peer")] {
+        migrate_if_present(
+            tx,
+            ("table", table),
+            &format!(
+                "INSERT OR IGNORE INTO receipt_marks(pos, peer) \
+                   SELECT m.pos, {peer} FROM {table} AS d JOIN messages AS m ON m.id = d.id; \
+                 DROP TABLE {table};"
+            ),
+        )?;
+    }
+    Ok(())
 }
 
 /// A keystore whose history keyed each message by its id as a 16-byte

@@ -4,6 +4,7 @@
 
 #[cfg(test)]
 mod conformance;
+mod page_weights;
 mod policy;
 mod postgres;
 mod shared_file;

@@ -10,6 +10,8 @@ use async_trait::async_trait;
 use fastchat_proto::MessageId;
 use fastchat_proto::control::Relation;
 use fastchat_sqlite::{Checkpointer, id_key};
+
+use super::page_weights::{self, PageWeight};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
@@ -334,6 +336,31 @@ fn copy_queue(tx: &Connection, from: &str) -> rusqlite::Result<()> {
         ])?;
     }
     Ok(())
+}
+
+/// Acknowledges a whole page as it was read ([`page_weights`]): one delete
+/// over its range, weighed by what the read saw. No row can have joined
+/// the range since (positions only grow), so the page is exact if the
+/// delete removed as many rows as it held; if it removed fewer (another
+/// ack took some, their weight already counted), it is undone and `false`
+/// says the rows must be weighed by reading them.
+fn ack_page(tx: &Connection, user: &str, page: &PageWeight) -> rusqlite::Result<bool> {
+    let (Some(&first), Some(&last)) = (page.seqs.first(), page.seqs.last()) else {
+        return Ok(false);
+    };
+    fastchat_sqlite::run_cached(tx, "SAVEPOINT page")?;
+    let deleted = tx
+        .prepare_cached("DELETE FROM queue WHERE recipient = ?1 AND seq BETWEEN ?2 AND ?3")?
+        .execute(params![user, first as i64, last as i64])?;
+    if deleted != page.seqs.len() {
+        fastchat_sqlite::run_cached(tx, "ROLLBACK TO page")?;
+        fastchat_sqlite::run_cached(tx, "RELEASE page")?;
+        return Ok(false);
+    }
+    fastchat_sqlite::run_cached(tx, "RELEASE page")?;
+    add_usage(tx, user, -(deleted as i64), -page.bytes)?;
+    Released::add(&page.released);
+    Ok(true)
 }
 
 /// Adds `texts` and `bytes` (negative to remove) to what `to`'s queue holds.
@@ -1241,17 +1268,22 @@ impl Store for SqliteStore {
         self.read(move |c| {
             let mut stmt = c
                 .prepare_cached(
-                    "SELECT q.seq, COALESCE(s.envelope, q.envelope) FROM queue q
+                    "SELECT q.seq, COALESCE(s.envelope, q.envelope), q.shared FROM queue q
                      LEFT JOIN shared_envelopes s ON s.id = q.shared
                      WHERE q.recipient = ?1 AND q.seq > ?2 ORDER BY q.seq LIMIT ?3",
                 )
                 .map_err(unavailable)?;
+            let mut weight = PageWeight::default();
             let rows = stmt
                 .query_map(params![user, after as i64, limit as i64], |r| {
-                    Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?))
+                    let (seq, envelope) = (r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?);
+                    weight.add(seq, envelope.len(), r.get(2)?);
+                    Ok((seq, envelope))
                 })
                 .map_err(unavailable)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+            let page = rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)?;
+            page_weights::remember(&user, weight);
+            Ok(page)
         })
         .await
     }
@@ -1266,6 +1298,11 @@ impl Store for SqliteStore {
             let (Some(&first), Some(&last)) = (seqs.first(), seqs.last()) else {
                 return Ok(());
             };
+            if let Some(page) = page_weights::take(&user, &seqs)
+                && ack_page(tx, &user, &page).map_err(unavailable)?
+            {
+                return Ok(());
+            }
             // What the acked rows weigh, read in one pass over their range
             // (a blob's length comes from its row header); RETURNING on
             // each delete would materialise a result table per row.
@@ -1391,6 +1428,59 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(&dir.path().join("node.db"), Durability::Process).unwrap();
         (dir, s)
+    }
+
+    /// An ack of exactly a page as it was read is weighed by that read; one
+    /// that finds some of the page gone (acked before) is weighed by its
+    /// rows. Either way the recipient's usage ends exact.
+    #[tokio::test]
+    async fn acks_of_whole_pages_keep_the_usage_exact() {
+        let (dir, s) = store();
+        for user in ["alice", "bob"] {
+            s.create_user(user, b"k", None).await.unwrap();
+        }
+        s.request_friend("alice", "bob", b"req").await.unwrap();
+        s.accept_friend("bob", "alice", b"acc").await.unwrap();
+        let usage = || {
+            Connection::open(dir.path().join("node.db"))
+                .unwrap()
+                .query_row(
+                    "SELECT texts, bytes FROM queue_usage WHERE recipient = 'bob'",
+                    [],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+                )
+                .unwrap()
+        };
+        let to = || crate::store::Target::Direct("bob".into());
+        let six = |first: u8| -> Vec<TextToQueue> {
+            (1..=6)
+                .map(|n| conformance::text(to(), first + n, &vec![n; usize::from(n) * 10]))
+                .collect()
+        };
+        for round in 0..2u8 {
+            let before = usage();
+            s.enqueue_texts("alice", six(20 * round), QueueLimits::default())
+                .await
+                .unwrap();
+            assert_eq!(usage(), (before.0 + 6, before.1 + 210));
+            let page = s.pending("bob", 0, 100).await.unwrap();
+            let seqs: Vec<u64> = page.iter().map(|(seq, _)| *seq).collect();
+            // Six more, past the page, stay queued through its acks.
+            s.enqueue_texts("alice", six(20 * round + 10), QueueLimits::default())
+                .await
+                .unwrap();
+            if round == 1 {
+                // Two of the page's rows acked on their own first.
+                s.ack("bob", &seqs[..2]).await.unwrap();
+                assert_eq!(usage(), (10, 390));
+            }
+            s.ack("bob", &seqs).await.unwrap();
+            assert_eq!(usage(), (6, 210), "round {round}");
+            let rest = conformance::positions(&s, "bob", 100).await;
+            assert_eq!(rest.len(), 6);
+            s.ack("bob", &rest).await.unwrap();
+            assert_eq!(usage(), (0, 0), "round {round}");
+        }
     }
 
     #[tokio::test]
