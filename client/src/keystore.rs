@@ -121,8 +121,8 @@ static SENT_SQL: LazyLock<[String; SHAPES]> = LazyLock::new(|| {
 /// against 1.3–2.0), and the sender's receipts were a third of the CPU of
 /// a 100,000-text drain. The history reads a mark only for a sent text to
 /// that same friend ([`history_columns`]), so a receipt is checked there,
-/// not here: here each id is only looked up in the id index alone, which
-/// holds its position, so ids of nothing leave no mark. Checking each
+/// not here: here each id is looked up in the id index alone, which holds
+/// its position, so ids of nothing leave no mark. Checking each
 /// text's row as well (ours, direct, to that friend, still "sent") fetched
 /// the row per id: 9.6k instructions per marked text, as much as storing
 /// it. Keyed by the id, each mark compared 16-byte blobs again on the way
@@ -148,8 +148,9 @@ static INBOX_SQL: LazyLock<[String; SHAPES]> = LazyLock::new(|| {
 });
 
 /// Received texts (no member, no attachment), the common case: binding the
-/// three columns they leave empty, and the kind, and clearing those
-/// bindings again, was a twentieth of storing each.
+/// four columns they leave empty (the member, the attachment's three) and
+/// the kind, and clearing those bindings again, was a twentieth of storing
+/// each.
 static TEXT_INBOX_SQL: LazyLock<[String; SHAPES]> = LazyLock::new(|| {
     sql_rows::statements(
         "INSERT OR IGNORE INTO messages(id_hi, id_lo, peer, outgoing, kind, grp, body, sent_at, received_at, state, shown) VALUES ",

@@ -10,10 +10,9 @@ use async_trait::async_trait;
 use fastchat_proto::MessageId;
 use fastchat_proto::control::Relation;
 use fastchat_sqlite::{Checkpointer, id_key};
-
-use super::page_weights::{self, PageWeight};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::page_weights::{self, PageWeight};
 use super::{
     BlobLocation, BlobStart, GroupRecord, Membership, QueueLimits, Queued, Queuing, Store,
     StoreError, TextToQueue, UserKeys,
