@@ -471,7 +471,7 @@ fn ids_as_integers(tx: &Connection) -> Result<(), rusqlite::Error> {
     while let Some(row) = rows.next()? {
         let (hi, lo) = id_key(&row.get::<_, Vec<u8>>(1)?);
         let mut values: Vec<rusqlite::types::Value> = vec![row.get(0)?, hi.into(), lo.into()];
-        for i in 2..15 {
+        for i in 2..2 + KEPT.split(',').count() {
             values.push(row.get(i)?);
         }
         write.execute(rusqlite::params_from_iter(values))?;

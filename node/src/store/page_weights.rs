@@ -19,20 +19,22 @@ const PAGES_PER_USER: usize = 8;
 /// without acknowledging cannot pile up.
 const USERS: usize = 4096;
 
-/// A page of one recipient's queue as it was read.
+/// Rows of one recipient's queue, weighed: a page as it was read, or the
+/// rows an ack names as they were found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct PageWeight {
-    /// Its positions, ascending: all the recipient's rows in their range.
+    /// Their positions, ascending (a page's: all the recipient's rows in
+    /// its range).
     pub seqs: Vec<u64>,
-    /// Its envelopes' bytes, together.
+    /// Their envelopes' bytes, together.
     pub bytes: i64,
-    /// The shared envelopes its rows point at, with how many rows each, in
+    /// The shared envelopes they point at, with how many rows each, in
     /// queue order.
     pub released: Vec<(i64, i64)>,
 }
 
 impl PageWeight {
-    /// Adds a row read at `seq`, of `len` bytes, pointing at `shared`.
+    /// Adds a row at `seq`, of `len` bytes, pointing at `shared`.
     pub fn add(&mut self, seq: u64, len: usize, shared: Option<i64>) {
         self.seqs.push(seq);
         self.bytes += len as i64;

@@ -337,6 +337,9 @@ fn copy_queue(tx: &Connection, from: &str) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Deletes a recipient's queue rows from one position to another.
+const DELETE_RANGE: &str = "DELETE FROM queue WHERE recipient = ?1 AND seq BETWEEN ?2 AND ?3";
+
 /// Acknowledges a whole page as it was read ([`page_weights`]): one delete
 /// over its range, weighed by what the read saw. No row can have joined
 /// the range since (positions only grow), so the page is exact if the
@@ -348,9 +351,9 @@ fn ack_page(tx: &Connection, user: &str, page: &PageWeight) -> rusqlite::Result<
         return Ok(false);
     };
     fastchat_sqlite::run_cached(tx, "SAVEPOINT page")?;
-    let deleted = tx
-        .prepare_cached("DELETE FROM queue WHERE recipient = ?1 AND seq BETWEEN ?2 AND ?3")?
-        .execute(params![user, first as i64, last as i64])?;
+    let deleted =
+        tx.prepare_cached(DELETE_RANGE)?
+            .execute(params![user, first as i64, last as i64])?;
     if deleted != page.seqs.len() {
         fastchat_sqlite::run_cached(tx, "ROLLBACK TO page")?;
         fastchat_sqlite::run_cached(tx, "RELEASE page")?;
@@ -1305,9 +1308,8 @@ impl Store for SqliteStore {
             // What the acked rows weigh, read in one pass over their range
             // (a blob's length comes from its row header); RETURNING on
             // each delete would materialise a result table per row.
-            let (mut texts, mut bytes, mut in_range) = (0i64, 0i64, 0usize);
-            // Shared envelopes the acked rows pointed at, with how many.
-            let mut released: Vec<(i64, i64)> = Vec::new();
+            let mut acked = PageWeight::default();
+            let mut in_range = 0usize;
             {
                 let mut sizes = tx
                     .prepare_cached(
@@ -1323,21 +1325,17 @@ impl Store for SqliteStore {
                     in_range += 1;
                     let seq = row.get::<_, i64>(0).map_err(unavailable)? as u64;
                     if seqs.binary_search(&seq).is_ok() {
-                        texts += 1;
-                        bytes += row.get::<_, i64>(1).map_err(unavailable)?;
-                        if let Some(shared) = row.get::<_, Option<i64>>(2).map_err(unavailable)? {
-                            match released.last_mut() {
-                                Some((id, n)) if *id == shared => *n += 1,
-                                _ => released.push((shared, 1)),
-                            }
-                        }
+                        let len = row.get::<_, i64>(1).map_err(unavailable)?;
+                        let shared = row.get::<_, Option<i64>>(2).map_err(unavailable)?;
+                        acked.add(seq, len as usize, shared);
                     }
                 }
             }
-            if in_range == texts as usize {
+            let texts = acked.seqs.len() as i64;
+            if in_range == acked.seqs.len() {
                 // Every row in the range was acked (the usual case: a batch
                 // is a run of the queue): one statement deletes them all.
-                tx.prepare_cached("DELETE FROM queue WHERE recipient = ?1 AND seq BETWEEN ?2 AND ?3")
+                tx.prepare_cached(DELETE_RANGE)
                     .and_then(|mut stmt| stmt.execute(params![user, first as i64, last as i64]))
                     .map_err(unavailable)?;
             } else {
@@ -1350,9 +1348,9 @@ impl Store for SqliteStore {
                 }
             }
             if texts > 0 {
-                add_usage(tx, &user, -texts, -bytes).map_err(unavailable)?;
+                add_usage(tx, &user, -texts, -acked.bytes).map_err(unavailable)?;
             }
-            Released::add(&released);
+            Released::add(&acked.released);
             Ok(())
         })
         .await
