@@ -7,12 +7,13 @@
 use std::sync::Arc;
 
 use fastchat_crypto::sha256;
-use fastchat_proto::envelope::{Delivery, DeliveryAck, Envelope, Outgoing, is_handed_off};
+use fastchat_proto::envelope::{DeliveryAck, DeliveryRef, Envelope, Outgoing, is_handed_off};
+use fastchat_proto::error::close;
+use fastchat_proto::frame::decode_borrowed;
 use fastchat_proto::limits::{MAX_BATCH, MAX_CONTROL_FRAME, MAX_MESSAGE_FRAME};
 use fastchat_proto::stream::StreamKind;
-use fastchat_proto::{decode, error::close};
 use fastchat_transport::quinn::{Connection, RecvStream, SendStream};
-use fastchat_transport::{StreamError, read_frame, read_frames_to_end, write_frame};
+use fastchat_transport::{FrameReader, StreamError, read_frame, read_frames_to_end, write_frame};
 
 use crate::core::Core;
 use crate::error::ClientError;
@@ -25,9 +26,11 @@ use crate::{attachments, friends, groups, texts};
 /// Takes delivery streams one after another, in the order the node opened
 /// them (which is queue order), until the connection closes. The node keeps
 /// several in flight, so the next batch arrives while this one is applied.
+/// One frame buffer serves them all.
 pub(crate) async fn run(core: Arc<Core>, conn: Connection) {
+    let mut frames = FrameReader::new(MAX_MESSAGE_FRAME);
     while let Ok((send, recv)) = conn.accept_bi().await {
-        if let Err(e) = serve(&core, &conn, send, recv).await {
+        if let Err(e) = serve(&core, &conn, send, recv, &mut frames).await {
             tracing::debug!(error = %e, "delivery stream failed; the node will redeliver");
         }
     }
@@ -38,6 +41,7 @@ async fn serve(
     conn: &Connection,
     mut send: SendStream,
     mut recv: RecvStream,
+    frames: &mut FrameReader,
 ) -> Result<(), StreamError> {
     let mut buf = Vec::new();
     let kind = read_frame::<StreamKind>(&mut recv, 64, &mut buf).await?;
@@ -45,14 +49,14 @@ async fn serve(
         let _ = send.reset(close::PROTOCOL.into());
         return Ok(());
     }
-    let frames = read_frames_to_end(&mut recv, MAX_MESSAGE_FRAME, MAX_BATCH).await?;
+    read_frames_to_end(&mut recv, frames, MAX_BATCH).await?;
     let deliveries = frames
         .frames()
-        .map(decode::<Delivery>)
+        .map(decode_borrowed::<DeliveryRef<'_>>)
         .collect::<Result<Vec<_>, _>>()?;
-    drop(frames);
     let seqs: Vec<u64> = deliveries.iter().map(|d| d.seq).collect();
-    let (fresh, downloads, handed_off) = process(core, deliveries).map_err(StreamError::service)?;
+    let (fresh, downloads, handed_off) =
+        process(core, &deliveries).map_err(StreamError::service)?;
     // Committed, not yet acknowledged: the node will deliver it again.
     crate::fault::crash_at(crate::fault::AFTER_KEYSTORE_COMMIT);
     write_frame(&mut send, &DeliveryAck { seqs }, MAX_CONTROL_FRAME).await?;
@@ -91,12 +95,12 @@ fn send_receipts(core: &Core, fresh: &[&InboxItem]) {
 /// them), sorted.
 type Processed = (Vec<InboxItem>, Vec<DownloadRecord>, Vec<[u8; 16]>);
 
-fn process(core: &Core, deliveries: Vec<Delivery>) -> Result<Processed, ClientError> {
+fn process(core: &Core, deliveries: &[DeliveryRef<'_>]) -> Result<Processed, ClientError> {
     // Decoded before the keystore is locked.
     let mut envelopes = Vec::with_capacity(deliveries.len());
     let mut handed_off = Vec::new();
     for d in deliveries {
-        match Envelope::decode_queued(&d.envelope) {
+        match Envelope::decode_queued(d.envelope) {
             Ok(envelope) => {
                 if let (true, Envelope::Text { id, .. }) = (is_handed_off(d.seq), &envelope) {
                     handed_off.push(id.0);
@@ -109,7 +113,7 @@ fn process(core: &Core, deliveries: Vec<Delivery>) -> Result<Processed, ClientEr
                     | Envelope::Image { .. }
                     | Envelope::Delivered { .. } => [0u8; 16],
                     _ => {
-                        let h = sha256(&d.envelope);
+                        let h = sha256(d.envelope);
                         <[u8; 16]>::try_from(&h[..16]).expect("16 bytes")
                     }
                 };

@@ -57,13 +57,23 @@ pub fn frame_len(prefix: [u8; 4], limit: usize) -> Result<usize, FrameError> {
 pub fn decode<T: Decode<()>>(body: &[u8]) -> Result<T, FrameError> {
     let (value, used) = bincode::decode_from_slice(body, config())
         .map_err(|e| FrameError::Malformed(e.to_string()))?;
-    if used != body.len() {
-        return Err(FrameError::Malformed(format!(
-            "{} trailing bytes",
-            body.len() - used
-        )));
-    }
+    all_used(body, used)?;
     Ok(value)
+}
+
+/// Decodes one frame body, borrowing strings and bytes from it; trailing
+/// bytes are an error.
+pub fn decode_borrowed<'a, T: BorrowDecode<'a, ()>>(body: &'a [u8]) -> Result<T, FrameError> {
+    let (value, used) = decode_prefix(body)?;
+    all_used(body, used)?;
+    Ok(value)
+}
+
+fn all_used(body: &[u8], used: usize) -> Result<(), FrameError> {
+    match body.len() - used {
+        0 => Ok(()),
+        trailing => Err(FrameError::Malformed(format!("{trailing} trailing bytes"))),
+    }
 }
 
 /// Decodes a value at the start of `body`, borrowing strings and bytes

@@ -5,7 +5,7 @@
 use crate::balancer::{BalancerRequest, BalancerResponse};
 use crate::control::{RequestFrame, ResponseFrame};
 use crate::envelope::{
-    Delivery, DeliveryAck, DirectTextFrame, Envelope, Outgoing, SendAck, TextContent,
+    DeliveryAck, DeliveryRef, DirectTextFrame, Envelope, Outgoing, SendAck, TextContent,
 };
 use crate::group::{GroupUpdate, MemberKey, RosterEntry};
 use crate::image::{
@@ -64,7 +64,7 @@ pub fn envelope(data: &[u8]) {
             );
         }
         let _ = decode::<SendAck>(b);
-        let _ = decode::<Delivery>(b);
+        let _ = crate::frame::decode_borrowed::<DeliveryRef<'_>>(b);
         let _ = decode::<DeliveryAck>(b);
     });
     let _ = decode::<Envelope>(data);

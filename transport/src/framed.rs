@@ -110,6 +110,9 @@ async fn append_frame(
 const CHUNKS_PER_READ: usize = 16;
 /// A [`FrameReader`]'s first buffer, in bytes.
 const FIRST_CAPACITY: usize = 8192;
+/// The most buffer a [`FrameReader`] keeps for its next stream: a page of
+/// a backlog (up to a thousand texts) fits, a rare huge batch is let go.
+const KEPT_CAPACITY: usize = 1 << 20;
 
 /// The frames of a stream that carries many, one after another (a batch of
 /// texts, of deliveries, of acks), read as many chunks at a time as have
@@ -141,6 +144,18 @@ impl FrameReader {
             limit,
             started: None,
         }
+    }
+
+    /// Forgets the frames read, for the next stream, keeping the buffer
+    /// they grew: a fresh one per stream regrew from 8 KiB, copying all it
+    /// held each time, which for a backlog's pages of hundreds of texts
+    /// cost a client more per text than the frame's decoding.
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.buf.shrink_to(KEPT_CAPACITY);
+        self.parsed = 0;
+        self.spans.clear();
+        self.started = None;
     }
 
     /// Waits for more of the stream, takes all that has arrived, and splits
@@ -217,14 +232,15 @@ impl FrameReader {
     }
 }
 
-/// Reads every frame until the peer finishes the stream, refusing more
-/// than `max_frames` of them; no limit on waiting between frames.
+/// Reads every frame until the peer finishes the stream into `reader`
+/// (cleared first), refusing more than `max_frames` of them; no limit on
+/// waiting between frames.
 pub async fn read_frames_to_end(
     recv: &mut RecvStream,
-    limit: usize,
+    reader: &mut FrameReader,
     max_frames: usize,
-) -> Result<FrameReader, StreamError> {
-    let mut reader = FrameReader::new(limit);
+) -> Result<(), StreamError> {
+    reader.clear();
     while reader.fill(recv, None).await?.is_some() {
         if reader.len() > max_frames {
             return Err(StreamError::Protocol(
@@ -232,7 +248,7 @@ pub async fn read_frames_to_end(
             ));
         }
     }
-    Ok(reader)
+    Ok(())
 }
 
 /// Writes one frame.

@@ -75,10 +75,32 @@ async fn frames_cut_anywhere_come_out_whole_and_in_order() {
         client
     });
     let (_, mut recv) = server.accept_bi().await.unwrap();
-    let frames = read_frames_to_end(&mut recv, 8192, 16).await.unwrap();
+    let mut frames = FrameReader::new(8192);
+    read_frames_to_end(&mut recv, &mut frames, 16)
+        .await
+        .unwrap();
     let got: Vec<Vec<u8>> = frames.frames().map(|f| f.to_vec()).collect();
     assert_eq!(got, bodies);
-    drop(writer.await.unwrap());
+    let client = writer.await.unwrap();
+
+    // The same reader takes the next stream: only that stream's frames.
+    let next: Vec<Vec<u8>> = vec![b"next".to_vec(), vec![3; 7000]];
+    let (mut send, _) = client.open_bi().await.unwrap();
+    send.write_all(&next.iter().flat_map(|b| framed(b)).collect::<Vec<u8>>())
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    let (_, mut recv) = server.accept_bi().await.unwrap();
+    read_frames_to_end(&mut recv, &mut frames, 16)
+        .await
+        .unwrap();
+    let got: Vec<Vec<u8>> = frames.frames().map(|f| f.to_vec()).collect();
+    assert_eq!(got, next);
+    assert_eq!(
+        frames.held(),
+        4 + 4 + 4 + 7000,
+        "nothing of the first stream"
+    );
 }
 
 #[tokio::test]
@@ -113,11 +135,22 @@ async fn a_stream_finished_inside_a_frame_is_truncated() {
     send.write_all(&cut[..6]).await.unwrap();
     send.finish().unwrap();
     let (_, mut recv) = server.accept_bi().await.unwrap();
-    let e = read_frames_to_end(&mut recv, 8192, 16)
+    let mut frames = FrameReader::new(8192);
+    let e = read_frames_to_end(&mut recv, &mut frames, 16)
         .await
-        .err()
-        .expect("a cut frame is an error");
+        .expect_err("a cut frame is an error");
     assert!(matches!(e, StreamError::Truncated), "{e:?}");
+
+    // Nothing of the cut stream is left for the next one.
+    let (mut send, _) = client.open_bi().await.unwrap();
+    send.write_all(&framed(b"whole again")).await.unwrap();
+    send.finish().unwrap();
+    let (_, mut recv) = server.accept_bi().await.unwrap();
+    read_frames_to_end(&mut recv, &mut frames, 16)
+        .await
+        .unwrap();
+    let got: Vec<&[u8]> = frames.frames().collect();
+    assert_eq!(got, [b"whole again".as_slice()]);
 }
 
 #[tokio::test]
@@ -128,10 +161,9 @@ async fn more_frames_than_allowed_are_refused() {
     send.write_all(&stream).await.unwrap();
     send.finish().unwrap();
     let (_, mut recv) = server.accept_bi().await.unwrap();
-    let e = read_frames_to_end(&mut recv, 8192, 4)
+    let e = read_frames_to_end(&mut recv, &mut FrameReader::new(8192), 4)
         .await
-        .err()
-        .expect("five frames where four are allowed");
+        .expect_err("five frames where four are allowed");
     assert!(matches!(e, StreamError::Protocol(_)), "{e:?}");
 }
 
