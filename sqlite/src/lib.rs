@@ -42,12 +42,12 @@ pub fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
-/// A message id as the two integers both databases key it by: its halves,
-/// big-endian, so ids ordered by time stay ordered. Keyed by the 16-byte
-/// blob, every seek of an id index compared records field by field (~116
-/// instructions each, some twenty per seek); integers take SQLite's own
-/// fast comparison. An id shorter than 16 bytes counts as padded with
-/// zeros (an empty one, a group row's, is `(0, 0)`).
+/// A message id as the two integers the keystore's history keys it by:
+/// its halves, big-endian, so ids ordered by time stay ordered. Keyed by
+/// the 16-byte blob, every seek of an id index compared records field by
+/// field (~116 instructions each, some twenty per seek); integers take
+/// SQLite's own fast comparison. An id shorter than 16 bytes counts as
+/// padded with zeros.
 pub fn id_key(id: &[u8]) -> (i64, i64) {
     let mut full = [0u8; 16];
     let n = id.len().min(16);

@@ -80,7 +80,7 @@ pub enum Target {
 pub struct TextToQueue {
     /// Who gets it.
     pub to: Target,
-    /// The sender's id for the message (de-duplicates resends).
+    /// The sender's id for the message (catches a group text's resend).
     pub id: MessageId,
     /// The encoded [`fastchat_proto::envelope::Envelope`], shared with the
     /// live pushes to online recipients.
@@ -128,7 +128,11 @@ pub const DEFAULT_QUEUE_BYTES: u64 = 512 << 20;
 pub enum Queuing {
     /// Stored for these recipients at these queue positions.
     Stored(Vec<(String, u64)>),
-    /// Already queued earlier (a resend); nothing new stored.
+    /// Already queued earlier and still waiting (a resend); nothing new
+    /// stored. Every store catches a group text's resend; a direct text's
+    /// may be queued again (SQLite does, PostgreSQL catches it too), and
+    /// its recipient, whose keystore keeps received ids unique, stores it
+    /// once.
     Duplicate,
     /// Refused.
     Refused(ProtoError),
