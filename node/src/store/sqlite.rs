@@ -1488,17 +1488,27 @@ mod tests {
         assert_eq!(again.pending("bob", 0, 10).await.unwrap().len(), 3);
     }
 
-    #[tokio::test]
-    async fn a_queue_from_before_shared_envelopes_keeps_its_rows_and_takes_group_texts() {
+    /// A store's file made by this code, then turned back by `older` (SQL)
+    /// into an older layout, not yet opened again.
+    async fn file_turned_back(older: &str) -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.db");
-        {
-            let s = SqliteStore::open(&path, Durability::Process).unwrap();
-            s.close().await;
-            // Back to the clustered layout as it was before `shared`.
-            let c = Connection::open(&path).unwrap();
-            c.execute_batch(
-                "DROP TABLE queue; DROP TABLE shared_envelopes;
+        SqliteStore::open(&path, Durability::Process)
+            .unwrap()
+            .close()
+            .await;
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(older)
+            .unwrap();
+        (dir, path)
+    }
+
+    #[tokio::test]
+    async fn a_queue_from_before_shared_envelopes_keeps_its_rows_and_takes_group_texts() {
+        // Back to the clustered layout as it was before `shared`.
+        let (_dir, path) = file_turned_back(
+            "DROP TABLE queue; DROP TABLE shared_envelopes;
                  CREATE TABLE queue(
                      recipient TEXT NOT NULL, seq INTEGER NOT NULL,
                      msg_id BLOB NOT NULL, envelope BLOB NOT NULL,
@@ -1508,9 +1518,8 @@ mod tests {
                    VALUES ('bob', 1, x'01010101010101010101010101010101', x'aa');
                  INSERT INTO queue_usage(recipient, texts, bytes) VALUES ('bob', 1, 1);
                  UPDATE queue_seq SET next = 2;",
-            )
-            .unwrap();
-        }
+        )
+        .await;
         let s = SqliteStore::open(&path, Durability::Process).unwrap();
         assert_eq!(
             s.pending("bob", 0, 10).await.unwrap(),
@@ -1565,14 +1574,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_queue_with_ids_keeps_its_rows_positions_and_shared_counts_without_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("node.db");
-        {
-            let s = SqliteStore::open(&path, Durability::Process).unwrap();
-            s.close().await;
-            // Back to the layout with ids as integers and their index.
-            let c = Connection::open(&path).unwrap();
-            c.execute_batch(
+        // Back to the layout with ids as integers and their index.
+        let (_dir, path) = file_turned_back(
                 "DROP TABLE queue;
                  CREATE TABLE queue(
                      recipient TEXT NOT NULL, seq INTEGER NOT NULL,
@@ -1588,9 +1591,8 @@ mod tests {
                  INSERT INTO queue VALUES ('eve', 6, 0, 0, x'', 7);
                  INSERT INTO queue_usage(recipient, texts, bytes) VALUES ('bob', 2, 2), ('eve', 1, 1);
                  UPDATE queue_seq SET next = 7;",
-            )
-            .unwrap();
-        }
+        )
+        .await;
         let s = SqliteStore::open(&path, Durability::Process).unwrap();
         assert_eq!(
             s.pending("bob", 0, 10).await.unwrap(),
