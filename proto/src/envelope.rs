@@ -333,8 +333,8 @@ pub enum Envelope {
 /// One queued envelope with its position in the recipient's queue, its
 /// bytes borrowed: the node writes one stored envelope to many recipients
 /// without a copy each, and the client decodes it where the frame was read
-/// (an owned copy of every envelope cost a client more per text than the
-/// frame's length check and the batch's ack together).
+/// (an owned copy of every envelope made a drained text's frame decoding
+/// 1.75k instructions instead of 1.38k).
 #[derive(Encode, BorrowDecode, Clone, Copy, Debug)]
 pub struct DeliveryRef<'a> {
     /// Queue position; increases with every envelope queued.
