@@ -41,6 +41,18 @@ use crate::sql_rows::{self, SHAPES};
 // 19.8k instructions per drained text) for a list read only when `recv`
 // prints or a conversation is opened. A span goes once every row in it
 // was shown.
+//
+// Receipts mark our sent texts delivered through `receipt_spans`: each
+// receipt's positions, in runs of consecutive ones, merged with the
+// friend's spans they overlap or touch, so one friend's spans never
+// overlap and a text is marked when the first span ending at or after it
+// starts at or before it. Rewriting each ~300-byte history row put every
+// page a receipt named in the log (3.1-3.6 µs per marked text against
+// 1.3-2.0); a mark row per text (`receipt_marks`, its position and the
+// friend) still cost a uniqueness seek and a B-tree insert per id, 3.0k
+// of a client's instructions per drained text. A span's positions may hold
+// other friends' rows too: a mark counts only on a sent direct text to the
+// span's own friend.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS settings(
     key TEXT PRIMARY KEY,
@@ -108,7 +120,7 @@ CREATE TABLE IF NOT EXISTS downloads(
     PRIMARY KEY(sender, id)
 );
 CREATE TABLE IF NOT EXISTS unshown_spans(first INTEGER PRIMARY KEY, last INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS receipt_marks(pos INTEGER NOT NULL, peer TEXT NOT NULL, PRIMARY KEY(pos, peer)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS receipt_spans(peer TEXT NOT NULL, last INTEGER NOT NULL, first INTEGER NOT NULL, PRIMARY KEY(peer, last)) WITHOUT ROWID;
 ";
 
 /// The received rows not yet shown, as `m`, found through their spans.
@@ -133,25 +145,16 @@ static SENT_SQL: LazyLock<[String; SHAPES]> = LazyLock::new(|| {
     )
 });
 
-/// Our texts to one friend, marked delivered. `?1` is the friend, in the
-/// head; the ids are `?2` on. A mark is a small row of `receipt_marks`
-/// (the text's position and the friend whose receipt named it), not the
-/// history row rewritten: rewriting each ~300-byte row put every history
-/// page a receipt named in the log (measured: 3.1–3.6 µs per marked text
-/// against 1.3–2.0), and the sender's receipts were a third of the CPU of
-/// a 100,000-text drain. The history reads a mark only for a sent text to
-/// that same friend ([`history_columns`]), so a receipt is checked there,
-/// not here: here each id is looked up in the id index alone, which holds
-/// its position, so ids of nothing leave no mark. Checking each
-/// text's row as well (ours, direct, to that friend, still "sent") fetched
-/// the row per id: 9.6k instructions per marked text, as much as storing
-/// it. Keyed by the id, each mark compared 16-byte blobs again on the way
-/// into its own B-tree; positions compare as integers and a receipt's
-/// texts, sent in order, land at its right edge.
-static DELIVERED_SQL: LazyLock<[String; SHAPES]> = LazyLock::new(|| {
+/// The positions of our history's rows with these ids (`?1` on); ids of
+/// nothing find nothing. Each id is looked up in the id index alone, which
+/// holds its position: checking each text's row as well (ours, direct, to
+/// that friend, still "sent") fetched the row per id, 9.6k instructions per
+/// marked text, as much as storing it. The history checks a receipt's
+/// mark against its row when it reads it ([`history_columns`]).
+static POSITIONS_SQL: LazyLock<[String; SHAPES]> = LazyLock::new(|| {
     sql_rows::statements(
-        "INSERT OR IGNORE INTO receipt_marks(pos, peer) SELECT m.pos, ?1 FROM (VALUES ",
-        "(?2, ?3)",
+        "SELECT m.pos FROM (VALUES ",
+        "(?1, ?2)",
         2,
         ") AS v JOIN messages AS m ON m.id_hi = v.column1 AND m.id_lo = v.column2",
     )
@@ -260,15 +263,17 @@ static FRIEND_HISTORY_SQL: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// The columns [`row_to_history`] reads, of the `messages` row named by
-/// `t` (`"messages."` or `"m."`; never bare, or the mark's own `pos` and
-/// `peer` would answer inside its subquery): a sent direct text is
-/// delivered once a receipt from the friend it went to marked it
-/// (`receipt_marks`).
+/// `t` (`"messages."` or `"m."`; never bare, or the span's own `peer`
+/// would answer inside its subquery): a sent direct text is delivered once
+/// a receipt from the friend it went to marked it, that is when the first
+/// of that friend's `receipt_spans` ending at or after it starts at or
+/// before it (a friend's spans never overlap).
 fn history_columns(t: &str) -> String {
     format!(
         "{t}id_hi, {t}id_lo, {t}peer, {t}outgoing, {t}kind, {t}body, {t}sent_at, \
          CASE WHEN {t}state = 'sent' AND {t}outgoing = 1 AND {t}grp IS NULL \
-           AND EXISTS (SELECT 1 FROM receipt_marks AS d WHERE d.pos = {t}pos AND d.peer = {t}peer) \
+           AND (SELECT d.first FROM receipt_spans AS d WHERE d.peer = {t}peer AND d.last >= {t}pos \
+                ORDER BY d.last LIMIT 1) <= {t}pos \
          THEN 'delivered' ELSE {t}state END, \
          {t}att_path, {t}grp, {t}member"
     )
@@ -340,6 +345,9 @@ pub struct Keystore {
     /// changes once written; both are dropped on rollback.
     epochs: std::cell::RefCell<std::collections::HashMap<(u64, u64), Arc<EpochKeys>>>,
     group_names: std::cell::RefCell<std::collections::HashMap<u64, String>>,
+    /// Where our latest sent texts are, for their receipts; dropped on
+    /// rollback.
+    recent_sent: std::cell::RefCell<crate::recent_sent::RecentSent>,
 }
 
 /// How the keystore's secrets are stored.
@@ -444,18 +452,26 @@ fn open_conn(path: &Path) -> Result<(Connection, fastchat_sqlite::Checkpointer),
     Ok((conn, checkpointer))
 }
 
-/// Older keystores keep their receipts' marks, each moved to its text's
-/// position: `delivered_marks` (from before marks named their friend, so
-/// the friend its text went to) and `delivered_to` (marks keyed by the
-/// text's id, with the friend whose receipt named it).
+/// Older keystores keep their receipts' marks, each becoming a span of its
+/// text's position alone: `delivered_marks` (from before marks named their
+/// friend, so the friend its text went to), `delivered_to` (marks keyed by
+/// the text's id, with the friend whose receipt named it) and
+/// `receipt_marks` (a row per marked position and friend).
 fn marks_by_position(tx: &Connection) -> Result<(), rusqlite::Error> {
+    migrate_if_present(
+        tx,
+        ("table", "receipt_marks"),
+        "INSERT OR IGNORE INTO receipt_spans(peer, last, first) \
+           SELECT peer, pos, pos FROM receipt_marks; \
+         DROP TABLE receipt_marks;",
+    )?;
     for (table, peer) in [("delivered_marks", "m.peer"), ("delivered_to", "d.peer")] {
         migrate_if_present(
             tx,
             ("table", table),
             &format!(
-                "INSERT OR IGNORE INTO receipt_marks(pos, peer) \
-                   SELECT m.pos, {peer} FROM {table} AS d JOIN messages AS m ON m.id = d.id; \
+                "INSERT OR IGNORE INTO receipt_spans(peer, last, first) \
+                   SELECT {peer}, m.pos, m.pos FROM {table} AS d JOIN messages AS m ON m.id = d.id; \
                  DROP TABLE {table};"
             ),
         )?;
@@ -466,7 +482,7 @@ fn marks_by_position(tx: &Connection) -> Result<(), rusqlite::Error> {
 /// A keystore whose history keyed each message by its id as a 16-byte
 /// blob gets the two-integer key ([`id_key`]): the table is built again
 /// under [`SCHEMA`], every row at its own position (which `peer_spans` and
-/// `receipt_marks` name). Runs after the migrations that read the old ids.
+/// `receipt_spans` name). Runs after the migrations that read the old ids.
 fn ids_as_integers(tx: &Connection) -> Result<(), rusqlite::Error> {
     let blob_ids: i64 = tx.query_row(
         "SELECT COUNT(*) FROM pragma_table_info('messages') WHERE name = 'id'",
@@ -588,6 +604,7 @@ impl Keystore {
             _checkpointer: checkpointer,
             vault,
             friend_keys: Default::default(),
+            recent_sent: Default::default(),
             epochs: Default::default(),
             group_names: Default::default(),
         })
@@ -617,6 +634,7 @@ impl Keystore {
             _checkpointer: checkpointer,
             vault: Vault::Plain,
             friend_keys: Default::default(),
+            recent_sent: Default::default(),
             epochs: Default::default(),
             group_names: Default::default(),
         };
@@ -724,6 +742,7 @@ impl Keystore {
     /// Abandons the transaction [`Keystore::begin`] opened.
     pub fn rollback(&self) {
         let _ = self.conn.execute_batch("ROLLBACK");
+        self.recent_sent.borrow_mut().clear();
         self.friend_keys.borrow_mut().clear();
         self.epochs.borrow_mut().clear();
         self.group_names.borrow_mut().clear();
@@ -737,10 +756,14 @@ impl Keystore {
     ) -> Result<T, ClientError> {
         self.begin()?;
         match f(self) {
-            Ok(v) => {
-                self.commit()?;
-                Ok(v)
-            }
+            Ok(v) => match self.commit() {
+                Ok(()) => Ok(v),
+                Err(e) => {
+                    // Not committed: nothing it cached may stay.
+                    self.rollback();
+                    Err(e)
+                }
+            },
             Err(e) => {
                 self.rollback();
                 Err(e)
@@ -875,6 +898,14 @@ impl Keystore {
                 stmt.raw_bind_parameter(p + 7, r.state.as_str())?;
             }
             let stored = stmt.raw_execute()?;
+            if stored == chunk.len() {
+                // Every row went in, in order, at the positions up to the last.
+                let first = self.conn.last_insert_rowid() - stored as i64 + 1;
+                let mut recent = self.recent_sent.borrow_mut();
+                for (i, r) in chunk.iter().enumerate() {
+                    recent.note(id_key(&r.id), first + i as i64);
+                }
+            }
             let friends = chunk.iter().filter(|r| r.group.is_none());
             self.note_spans(friends.map(|r| r.to), stored)?;
         }
@@ -926,20 +957,83 @@ impl Keystore {
         Ok(())
     }
 
-    /// Marks our texts to `peer` with these ids as delivered.
+    /// Marks our texts to `peer` with these ids as delivered: their
+    /// positions, in runs of consecutive ones, join `peer`'s receipt spans
+    /// (see `receipt_spans` in [`SCHEMA`]).
     pub fn mark_delivered(&self, peer: &str, ids: &[[u8; 16]]) -> Result<(), ClientError> {
-        for chunk in sql_rows::statement_chunks(ids) {
+        let mut positions = Vec::with_capacity(ids.len());
+        let mut unknown = Vec::new();
+        {
+            let recent = self.recent_sent.borrow();
+            for id in ids {
+                match recent.get(id_key(id)) {
+                    Some(pos) => positions.push(pos),
+                    None => unknown.push(*id),
+                }
+            }
+        }
+        for chunk in sql_rows::statement_chunks(&unknown) {
             let mut stmt = self
                 .conn
-                .prepare_cached(sql_rows::shape(&DELIVERED_SQL, chunk.len()))?;
-            stmt.raw_bind_parameter(1, peer)?;
+                .prepare_cached(sql_rows::shape(&POSITIONS_SQL, chunk.len()))?;
             for (i, id) in chunk.iter().enumerate() {
                 let (hi, lo) = id_key(id);
-                stmt.raw_bind_parameter(2 * i + 2, hi)?;
-                stmt.raw_bind_parameter(2 * i + 3, lo)?;
+                stmt.raw_bind_parameter(2 * i + 1, hi)?;
+                stmt.raw_bind_parameter(2 * i + 2, lo)?;
             }
-            stmt.raw_execute()?;
+            let mut rows = stmt.raw_query();
+            while let Some(row) = rows.next()? {
+                positions.push(row.get::<_, i64>(0)?);
+            }
         }
+        positions.sort_unstable();
+        positions.dedup();
+        for run in positions.chunk_by(|a, b| a + 1 == *b) {
+            self.add_receipt_span(peer, run[0], run[run.len() - 1])?;
+        }
+        Ok(())
+    }
+
+    /// Adds `first..=last` to `peer`'s receipt spans, merged with those it
+    /// overlaps or touches, so that they never overlap. Those are the spans
+    /// ending inside `first - 1..=last + 1` and the one after, if it starts
+    /// by `last + 1`: two bounded seeks, however many spans there are.
+    fn add_receipt_span(&self, peer: &str, first: i64, last: i64) -> Result<(), ClientError> {
+        let (mut lo, mut hi) = (first, last);
+        let mut merged: Vec<i64> = Vec::new();
+        let mut inside = self.conn.prepare_cached(
+            "SELECT last, first FROM receipt_spans WHERE peer = ?1 AND last BETWEEN ?2 AND ?3",
+        )?;
+        let mut rows = inside.query(params![peer, first - 1, last + 1])?;
+        while let Some(row) = rows.next()? {
+            let (end, start): (i64, i64) = (row.get(0)?, row.get(1)?);
+            (lo, hi) = (lo.min(start), hi.max(end));
+            merged.push(end);
+        }
+        drop(rows);
+        let after: Option<(i64, i64)> = self
+            .conn
+            .prepare_cached(
+                "SELECT last, first FROM receipt_spans WHERE peer = ?1 AND last > ?2 \
+                 ORDER BY last LIMIT 1",
+            )?
+            .query_row(params![peer, last + 1], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        if let Some((end, start)) = after
+            && start <= last + 1
+        {
+            (lo, hi) = (lo.min(start), hi.max(end));
+            merged.push(end);
+        }
+        let mut delete = self
+            .conn
+            .prepare_cached("DELETE FROM receipt_spans WHERE peer = ?1 AND last = ?2")?;
+        for end in merged {
+            delete.execute(params![peer, end])?;
+        }
+        self.conn
+            .prepare_cached("INSERT INTO receipt_spans(peer, last, first) VALUES (?1, ?2, ?3)")?
+            .execute(params![peer, hi, lo])?;
         Ok(())
     }
 
@@ -1524,7 +1618,7 @@ mod tests {
             .conn
             .prepare(&format!(
                 "EXPLAIN QUERY PLAN {}",
-                sql_rows::shape(&DELIVERED_SQL, sql_rows::MAX_ROWS)
+                sql_rows::shape(&POSITIONS_SQL, sql_rows::MAX_ROWS)
             ))
             .unwrap();
         let plan: Vec<String> = explain
@@ -1542,11 +1636,15 @@ mod tests {
         // ids of nothing leave nothing behind.
         ks.mark_delivered("bob", &ids[..41]).unwrap();
         ks.mark_delivered("bob", &[[0x11; 16], [0x12; 16]]).unwrap();
-        let marks: i64 = ks
+        let spans: (i64, i64) = ks
             .conn
-            .query_row("SELECT COUNT(*) FROM receipt_marks", [], |r| r.get(0))
+            .query_row(
+                "SELECT COUNT(*), SUM(last - first + 1) FROM receipt_spans",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .unwrap();
-        assert_eq!(marks, 41, "one mark per id we hold");
+        assert_eq!(spans, (1, 41), "one span over the 41 positions we hold");
         // A search reads the same marks, each for its own text and friend.
         let found = ks.search("alice", "hello", 100).unwrap();
         let delivered = found
@@ -1904,7 +2002,7 @@ mod tests {
         let raw = rusqlite::Connection::open(dir.path().join(crate::KEYSTORE_FILE)).unwrap();
         back_to_blob_ids(&raw);
         raw.execute_batch(&format!(
-            "DROP TABLE receipt_marks; {older} PRAGMA user_version = 0;"
+            "DROP TABLE receipt_spans; {older} PRAGMA user_version = 0;"
         ))
         .unwrap();
         let ks = Keystore::open(dir.path()).unwrap();
@@ -1929,7 +2027,7 @@ mod tests {
         let left = raw
             .query_row(
                 "SELECT (SELECT COUNT(*) FROM sqlite_master WHERE name = ?1), \
-                        (SELECT COUNT(*) FROM receipt_marks)",
+                        (SELECT COUNT(*) FROM receipt_spans)",
                 [table],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
@@ -1981,8 +2079,8 @@ mod tests {
     }
 
     /// A keystore from before marks named their friend keeps its marks:
-    /// each moves to `receipt_marks` with the friend its text went to, and
-    /// the old table goes.
+    /// each becomes a span with the friend its text went to, and the old
+    /// table goes.
     #[test]
     fn a_keystores_unnamed_marks_keep_their_texts_delivered() {
         // As the older schema left it: bob's second text and carol's marked,
@@ -2015,6 +2113,90 @@ mod tests {
         assert_eq!(bob, [MessageState::Sent, MessageState::Delivered]);
         assert_eq!(carol, [MessageState::Sent]);
         assert_eq!(left, (0, 2), "the marks of texts we hold moved");
+    }
+
+    /// A keystore from when each mark was a row of `receipt_marks` (a
+    /// position and the friend whose receipt named it) keeps them, still
+    /// only for the friend named.
+    #[test]
+    fn a_keystores_mark_rows_become_spans() {
+        // bob's second text marked by bob, carol's by bob (no change for her).
+        let (_dir, ks, raw) = keystore_with_older_marks(
+            "CREATE TABLE receipt_marks(pos INTEGER NOT NULL, peer TEXT NOT NULL, PRIMARY KEY(pos, peer)) WITHOUT ROWID; \
+             INSERT INTO receipt_marks(pos, peer) VALUES (2, 'bob'), (3, 'bob');",
+        );
+        let (bob, carol, left) = marks_after_migration(&ks, &raw, "receipt_marks");
+        assert_eq!(bob, [MessageState::Sent, MessageState::Delivered]);
+        assert_eq!(carol, [MessageState::Sent]);
+        assert_eq!(left, (0, 2), "each mark moved");
+    }
+
+    /// Receipts arriving in any order, repeated or overlapping, leave one
+    /// friend's spans apart and merged where they touch, and mark exactly
+    /// the texts they named.
+    #[test]
+    fn receipt_spans_merge_and_never_overlap() {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = fresh_keystore(dir.path());
+        let id = |n: u8| [n; 16];
+        let rows: Vec<SentRecord<'_>> = (1..=12u8)
+            .map(|n| SentRecord {
+                id: id(n),
+                to: if n == 11 { "carol" } else { "bob" },
+                group: None,
+                text: "hello",
+                sent_at_ms: u64::from(n),
+                state: MessageState::Sent,
+            })
+            .collect();
+        ks.record_sent(&rows).unwrap();
+        let spans = || -> Vec<(String, i64, i64)> {
+            ks.conn
+                .prepare("SELECT peer, first, last FROM receipt_spans ORDER BY peer, last")
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        let delivered = || -> Vec<u8> {
+            let mut d: Vec<u8> = ks
+                .history("alice", &Conversation::Friend("bob".into()), 100)
+                .unwrap()
+                .iter()
+                .filter(|h| h.state == MessageState::Delivered)
+                .map(|h| h.id[0])
+                .collect();
+            d.sort_unstable();
+            d
+        };
+        let bob = |first: i64, last: i64| ("bob".to_string(), first, last);
+        ks.mark_delivered("bob", &[id(4), id(3)]).unwrap();
+        ks.mark_delivered("bob", &[id(7)]).unwrap();
+        assert_eq!(spans(), [bob(3, 4), bob(7, 7)]);
+        ks.mark_delivered("bob", &[id(6), id(5)]).unwrap();
+        assert_eq!(spans(), [bob(3, 7)], "touching on both sides");
+        ks.mark_delivered("bob", &[id(1), id(9), id(12)]).unwrap();
+        assert_eq!(spans(), [bob(1, 1), bob(3, 7), bob(9, 9), bob(12, 12)]);
+        ks.mark_delivered("bob", &[id(4), id(5)]).unwrap();
+        assert_eq!(
+            spans(),
+            [bob(1, 1), bob(3, 7), bob(9, 9), bob(12, 12)],
+            "repeated"
+        );
+        assert_eq!(delivered(), [1, 3, 4, 5, 6, 7, 9, 12]);
+        // Carol's text at 11 is inside bob's span now, and stays sent.
+        ks.mark_delivered("bob", &[id(2), id(8), id(10), id(11)])
+            .unwrap();
+        assert_eq!(spans(), [bob(1, 12)]);
+        assert_eq!(
+            delivered(),
+            (1..=12).filter(|n| *n != 11).collect::<Vec<u8>>()
+        );
+        let carol = ks
+            .history("alice", &Conversation::Friend("carol".into()), 10)
+            .unwrap();
+        assert_eq!(carol[0].state, MessageState::Sent);
     }
 
     /// A chat opens on the newest page of a conversation and the unread
@@ -2085,6 +2267,11 @@ mod tests {
             assert!(
                 !plan.contains("TEMP B-TREE"),
                 "sorts the whole history: {plan}"
+            );
+            // A sent text's receipt is one seek into its friend's spans.
+            assert!(
+                plan.contains("SEARCH d USING PRIMARY KEY (peer=? AND last>?)"),
+                "{plan}"
             );
         }
     }

@@ -28,6 +28,7 @@ mod ids;
 pub mod keystore;
 pub mod private;
 mod receiver;
+mod recent_sent;
 mod sender;
 mod sql_rows;
 mod transfer;
