@@ -636,8 +636,17 @@ impl SqliteStore {
             Durability::Process => "NORMAL",
             Durability::PowerLoss => "FULL",
         };
+        // 16 KiB pages for a new database (one made with another size keeps
+        // it: changing it takes a VACUUM outside WAL mode). An acknowledged
+        // range of queue rows is deleted row by row, and each 4 KiB leaf
+        // emptied below a third was rebalanced with its neighbours, over and
+        // over along the range: 2.1k instructions per drained text in
+        // `sqlite3BtreeDelete`, most of them rebalancing. With 16 KiB the
+        // node's instructions per drained text fell by 15% (64 KiB: 18%,
+        // for four times the bytes per small commit); a ring text, handed
+        // off and never stored, costs the same.
         conn.execute_batch(&format!(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;"
+            "PRAGMA page_size=16384; PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;"
         ))
         .map_err(unavailable)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
@@ -1449,6 +1458,35 @@ mod tests {
         ));
         let again = SqliteStore::open(&dir.path().join("node.db"), Durability::Process).unwrap();
         assert_eq!(again.public_key("alice").await.unwrap().unwrap(), b"key");
+    }
+
+    /// A new database gets 16 KiB pages; one made with SQLite's 4 KiB keeps
+    /// them and works as before.
+    #[tokio::test]
+    async fn a_new_database_gets_large_pages_and_an_older_one_keeps_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let page_size = |path: &std::path::Path| -> i64 {
+            Connection::open(path)
+                .unwrap()
+                .query_row("PRAGMA page_size", [], |r| r.get(0))
+                .unwrap()
+        };
+        let new = dir.path().join("new.db");
+        SqliteStore::open(&new, Durability::Process)
+            .unwrap()
+            .close()
+            .await;
+        assert_eq!(page_size(&new), 16384);
+        let older = dir.path().join("older.db");
+        Connection::open(&older)
+            .unwrap()
+            .execute_batch("CREATE TABLE t(x); DROP TABLE t;")
+            .unwrap();
+        let s = SqliteStore::open(&older, Durability::Process).unwrap();
+        s.create_user("alice", b"key", None).await.unwrap();
+        assert_eq!(s.public_key("alice").await.unwrap().unwrap(), b"key");
+        s.close().await;
+        assert_eq!(page_size(&older), 4096);
     }
 
     #[tokio::test]
