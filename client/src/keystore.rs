@@ -2097,38 +2097,37 @@ mod tests {
         assert_eq!(left, (0, 2), "the old table's marks of texts we hold moved");
     }
 
-    /// A keystore from when marks were keyed by their text's id keeps
-    /// them, at each text's position, still only for the friend named.
+    /// A keystore from when marks were keyed by their text's id
+    /// (`delivered_to`), or were a row per position (`receipt_marks`),
+    /// keeps them at each text's position, still only for the friend named.
     #[test]
-    fn a_keystores_marks_by_id_keep_their_texts_delivered() {
+    fn a_keystores_named_marks_keep_their_texts_delivered() {
         // bob's second text marked by bob, carol's by bob (no change for
-        // her), and an id of nothing.
-        let (_dir, ks, raw) = keystore_with_older_marks(
-            "CREATE TABLE delivered_to(id BLOB NOT NULL, peer TEXT NOT NULL, PRIMARY KEY(id, peer)) WITHOUT ROWID; \
-             INSERT INTO delivered_to(id, peer) VALUES (zeroblob(16), 'bob'), \
-               (x'02020202020202020202020202020202', 'bob'), (x'03030303030303030303030303030303', 'bob');",
-        );
-        let (bob, carol, left) = marks_after_migration(&ks, &raw, "delivered_to");
-        // Oldest first: the second text is the marked one.
-        assert_eq!(bob, [MessageState::Sent, MessageState::Delivered]);
-        assert_eq!(carol, [MessageState::Sent]);
-        assert_eq!(left, (0, 2), "the marks of texts we hold moved");
-    }
-
-    /// A keystore from when each mark was a row of `receipt_marks` (a
-    /// position and the friend whose receipt named it) keeps them, still
-    /// only for the friend named.
-    #[test]
-    fn a_keystores_mark_rows_become_spans() {
-        // bob's second text marked by bob, carol's by bob (no change for her).
-        let (_dir, ks, raw) = keystore_with_older_marks(
-            "CREATE TABLE receipt_marks(pos INTEGER NOT NULL, peer TEXT NOT NULL, PRIMARY KEY(pos, peer)) WITHOUT ROWID; \
-             INSERT INTO receipt_marks(pos, peer) VALUES (2, 'bob'), (3, 'bob');",
-        );
-        let (bob, carol, left) = marks_after_migration(&ks, &raw, "receipt_marks");
-        assert_eq!(bob, [MessageState::Sent, MessageState::Delivered]);
-        assert_eq!(carol, [MessageState::Sent]);
-        assert_eq!(left, (0, 2), "each mark moved");
+        // her), and (by id) an id of nothing.
+        for (table, older) in [
+            (
+                "delivered_to",
+                "CREATE TABLE delivered_to(id BLOB NOT NULL, peer TEXT NOT NULL, PRIMARY KEY(id, peer)) WITHOUT ROWID; \
+                 INSERT INTO delivered_to(id, peer) VALUES (zeroblob(16), 'bob'), \
+                   (x'02020202020202020202020202020202', 'bob'), (x'03030303030303030303030303030303', 'bob');",
+            ),
+            (
+                "receipt_marks",
+                "CREATE TABLE receipt_marks(pos INTEGER NOT NULL, peer TEXT NOT NULL, PRIMARY KEY(pos, peer)) WITHOUT ROWID; \
+                 INSERT INTO receipt_marks(pos, peer) VALUES (2, 'bob'), (3, 'bob');",
+            ),
+        ] {
+            let (_dir, ks, raw) = keystore_with_older_marks(older);
+            let (bob, carol, left) = marks_after_migration(&ks, &raw, table);
+            // Oldest first: the second text is the marked one.
+            assert_eq!(
+                bob,
+                [MessageState::Sent, MessageState::Delivered],
+                "{table}"
+            );
+            assert_eq!(carol, [MessageState::Sent], "{table}");
+            assert_eq!(left, (0, 2), "{table}: the marks of texts we hold moved");
+        }
     }
 
     /// Receipts arriving in any order, repeated or overlapping, leave one
