@@ -1,10 +1,13 @@
-//! Where in the history the texts we sent lately are, by id. A receipt
-//! names its texts by id; looking each up in the history's id index cost a
-//! client 2.2k instructions per marked text, most of a receipt's price,
-//! and receipts mostly come back while their texts are still here. Only
-//! what the keystore committed may be here (it forgets everything on a
-//! rollback), and history rows are never deleted, so a position here is
-//! the text's for good; an id not here is looked up in the index.
+//! Where in the history the direct texts we sent lately and the node
+//! stored are, by id: those are the texts a receipt comes back for (a
+//! handed-off text is delivered when sent, a group text gets none). A
+//! receipt names its texts by id; looking each up in the history's id
+//! index cost a client 2.2k instructions per marked text, most of a
+//! receipt's price, and receipts mostly come back while their texts are
+//! still here. Only what the keystore committed may be here (it forgets
+//! everything on a rollback), and history rows are never deleted, so a
+//! position here is the text's for good; an id not here is looked up in
+//! the index.
 
 use std::collections::{HashMap, VecDeque};
 
