@@ -49,8 +49,9 @@ use crate::sql_rows::{self, SHAPES};
 // starts at or before it. Rewriting each ~300-byte history row put every
 // page a receipt named in the log (3.1-3.6 µs per marked text against
 // 1.3-2.0); a mark row per text (`receipt_marks`, its position and the
-// friend) still cost a uniqueness seek and a B-tree insert per id, 3.0k
-// of a client's instructions per drained text. A span's positions may hold
+// friend) still cost a uniqueness seek and a B-tree insert per id, 1.0k
+// of a client's instructions per drained text (finding each id's position
+// cost 2.2k more: see `crate::recent_sent`). A span's positions may hold
 // other friends' rows too: a mark counts only on a sent direct text to the
 // span's own friend.
 const SCHEMA: &str = "
