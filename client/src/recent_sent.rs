@@ -11,7 +11,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
-/// Texts remembered; the oldest goes first. About 7 MiB when full: a
+/// Texts remembered; the oldest goes first. 7–10 MiB when full (the map
+/// and the queue, with their spare capacity): a
 /// backlog of more texts than this to one offline friend gets its oldest
 /// receipts from the index.
 const KEPT: usize = 1 << 17;
