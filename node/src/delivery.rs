@@ -119,7 +119,8 @@ async fn run(
                     if taken == 0 {
                         break;
                     }
-                    let mut batch = std::mem::take(&mut waiting);
+                    // The next batch starts as large as this one: grown from empty, each regrowth copied it.
+                    let mut batch = std::mem::replace(&mut waiting, Vec::with_capacity(taken));
                     // A store read may already have delivered what was pushed meanwhile.
                     batch.retain(|l| !recent.contains(l.seq));
                     if batch.is_empty() {

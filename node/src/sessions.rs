@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::mpsc;
 
-use crate::handoff::Handoff;
+use crate::handoff::{Handoff, Handoffs, next_transient};
 
 /// An envelope on its way to an online session.
 #[derive(Clone)]
@@ -84,18 +84,41 @@ impl Sessions {
         }
     }
 
-    /// Whether texts for `user` may be handed to its sessions here: it has
-    /// one, and none has let a hand-off time out since its last ack.
-    pub fn takes_handoffs(&self, user: &str) -> bool {
-        self.by_user
+    /// Hands texts to every session of `user` here, each under a fresh
+    /// transient position, if it takes hand-offs: it has a session, and
+    /// none let a hand-off time out since its last ack. Returns the
+    /// hand-offs to wait on, or the envelopes untouched when it does not.
+    /// One look-up for the whole batch: a look-up to decide and another
+    /// per text to push cost the node two hashes of the name per text.
+    pub fn hand_off(
+        &self,
+        user: &str,
+        envelopes: Vec<Arc<Vec<u8>>>,
+    ) -> Result<Arc<Handoffs>, Vec<Arc<Vec<u8>>>> {
+        if self
+            .unresponsive
             .lock()
             .expect("sessions lock")
-            .contains_key(user)
-            && !self
-                .unresponsive
-                .lock()
-                .expect("sessions lock")
-                .contains(user)
+            .contains(user)
+        {
+            return Err(envelopes);
+        }
+        let by_user = self.by_user.lock().expect("sessions lock");
+        let Some(list) = by_user.get(user) else {
+            return Err(envelopes);
+        };
+        let batch = Handoffs::new(envelopes.len());
+        for (i, envelope) in envelopes.into_iter().enumerate() {
+            let live = Live {
+                seq: next_transient(),
+                envelope,
+                handoff: Some(batch.ticket(i)),
+            };
+            for sink in list {
+                let _ = sink.tx.send(live.clone());
+            }
+        }
+        Ok(batch)
     }
 
     /// A hand-off to `user` timed out.
@@ -127,15 +150,19 @@ mod tests {
     #[test]
     fn a_user_whose_hand_off_timed_out_takes_none_until_it_acks() {
         let sessions = Sessions::default();
-        assert!(!sessions.takes_handoffs("bob"), "offline");
-        let (tx, _rx) = mpsc::unbounded_channel();
+        let text = || vec![Arc::new(b"text".to_vec())];
+        assert!(sessions.hand_off("bob", text()).is_err(), "offline");
+        let (tx, mut rx) = mpsc::unbounded_channel();
         let id = sessions.attach("bob", tx);
-        assert!(sessions.takes_handoffs("bob"));
+        assert!(sessions.hand_off("bob", text()).is_ok());
+        let live = rx.try_recv().expect("handed to the session");
+        assert!(fastchat_proto::envelope::is_handed_off(live.seq));
         sessions.unresponsive("bob");
-        assert!(!sessions.takes_handoffs("bob"));
+        assert_eq!(sessions.hand_off("bob", text()).err(), Some(text()));
+        assert!(rx.try_recv().is_err(), "nothing pushed when refused");
         sessions.responsive("bob");
-        assert!(sessions.takes_handoffs("bob"));
+        assert!(sessions.hand_off("bob", text()).is_ok());
         sessions.detach("bob", id);
-        assert!(!sessions.takes_handoffs("bob"));
+        assert!(sessions.hand_off("bob", text()).is_err());
     }
 }

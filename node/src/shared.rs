@@ -47,6 +47,8 @@ pub(crate) struct Shared {
     /// Friend requests per user.
     pub friend_requests: crate::limits::RateLimit,
     pub friend_requests_per_minute: u32,
+    /// Readers for text streams, kept with their buffers between streams.
+    pub text_readers: fastchat_transport::ReaderPool,
 }
 
 impl Shared {
@@ -71,6 +73,9 @@ impl Shared {
                 std::time::Duration::from_secs(60),
             ),
             friend_requests_per_minute,
+            text_readers: fastchat_transport::ReaderPool::new(
+                fastchat_proto::limits::MAX_MESSAGE_FRAME,
+            ),
         }
     }
 

@@ -232,6 +232,42 @@ impl FrameReader {
     }
 }
 
+/// Readers kept at most by a [`ReaderPool`].
+const POOLED_READERS: usize = 8;
+
+/// Cleared [`FrameReader`]s kept for the next streams of an endpoint that
+/// serves many at once (the node's text streams): a fresh reader per
+/// stream regrew its buffer from 8 KiB, copying all it held at each step.
+pub struct ReaderPool {
+    limit: usize,
+    kept: std::sync::Mutex<Vec<FrameReader>>,
+}
+
+impl ReaderPool {
+    /// A pool of readers refusing any frame over `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            kept: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A kept reader, or a fresh one.
+    pub fn take(&self) -> FrameReader {
+        let kept = self.kept.lock().expect("reader pool lock").pop();
+        kept.unwrap_or_else(|| FrameReader::new(self.limit))
+    }
+
+    /// Clears `reader` and keeps it, unless enough are kept already.
+    pub fn give(&self, mut reader: FrameReader) {
+        reader.clear();
+        let mut kept = self.kept.lock().expect("reader pool lock");
+        if kept.len() < POOLED_READERS {
+            kept.push(reader);
+        }
+    }
+}
+
 /// Reads every frame until the peer finishes the stream into `reader`
 /// (cleared first), refusing more than `max_frames` of them; no limit on
 /// waiting between frames.

@@ -14,8 +14,8 @@ pub use endpoint::{
     ClientEndpoint, Listener, ServerKind, TransportError, client_endpoint, connect, server_endpoint,
 };
 pub use framed::{
-    FRAME_TIMEOUT, FrameReader, StreamError, read_frame, read_frames_to_end, write_frame,
-    write_frames, write_headed_frames,
+    FRAME_TIMEOUT, FrameReader, ReaderPool, StreamError, read_frame, read_frames_to_end,
+    write_frame, write_frames, write_headed_frames,
 };
 pub use liveness::{PEER_SILENCE, closed_or_silent};
 pub use quinn;

@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 
 use super::{Bus, BusError};
 use crate::blobs::Blobs;
-use crate::handoff::{HANDOFF_WAIT, Handoffs, next_transient};
+use crate::handoff::HANDOFF_WAIT;
 use crate::sessions::{Live, Sessions};
 
 /// Longest a blob request waits at the owner for an upload to progress
@@ -386,24 +386,17 @@ async fn take_offer(
     reply: async_nats::Subject,
 ) {
     let n = lives.len();
-    if !sessions.takes_handoffs(user) {
+    let envelopes = lives
+        .into_iter()
+        .map(|(_, envelope)| Arc::new(envelope.to_vec()))
+        .collect();
+    let Ok(batch) = sessions.hand_off(user, envelopes) else {
         // No live session here: the offering node stores them at once.
         let _ = client
             .publish(reply, wire::encode_acks(&vec![false; n]).into())
             .await;
         return;
-    }
-    let batch = Handoffs::new(n);
-    for (i, (_, envelope)) in lives.into_iter().enumerate() {
-        sessions.push(
-            user,
-            Live {
-                seq: next_transient(),
-                envelope: Arc::new(envelope.to_vec()),
-                handoff: Some(batch.ticket(i)),
-            },
-        );
-    }
+    };
     let (client, sessions, user) = (client.clone(), sessions.clone(), user.to_string());
     // One task per offered batch (not per text), so this user's next
     // deliveries are not held up behind the wait.

@@ -15,11 +15,11 @@ use fastchat_proto::frame::encode_body;
 use fastchat_proto::limits::{MAX_BATCH, MAX_BATCH_BYTES, MAX_MESSAGE_FRAME, MAX_TEXT_BYTES};
 use fastchat_proto::{ErrorCode, FrameError, MessageId, ProtoError, decode};
 use fastchat_transport::quinn::{RecvStream, SendStream};
-use fastchat_transport::{FrameReader, StreamError, write_frames};
+use fastchat_transport::{StreamError, write_frames};
 use futures::future::BoxFuture;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-use crate::handoff::{HANDOFF_WAIT, Handoffs, next_transient};
+use crate::handoff::HANDOFF_WAIT;
 use crate::shared::{Live, Shared};
 use crate::store::{Queuing, Target, TextToQueue};
 
@@ -155,7 +155,7 @@ pub(crate) async fn serve(
     budget: &Semaphore,
 ) -> Result<(), StreamError> {
     // Every frame of the batch, one after the other: read in place below.
-    let mut frames = FrameReader::new(MAX_MESSAGE_FRAME);
+    let mut frames = shared.text_readers.take();
     // What this stream holds counts against its connection's budget until
     // the batch is answered: a client cannot make the node buffer more than
     // MAX_CONNECTION_TEXT_BYTES across all its streams (plus one read each).
@@ -205,7 +205,7 @@ pub(crate) async fn serve(
             Err(e) => acks.push(SendAck { id, result: Err(e) }),
         }
     }
-    drop(frames);
+    shared.text_readers.give(frames);
 
     // Position 0: never stored, so nothing to delete when acknowledged.
     for (to, envelope) in live {
@@ -289,22 +289,22 @@ async fn hand_off<'a>(
     if friends.is_empty() {
         return Vec::new();
     }
-    let mut here = Vec::with_capacity(queue.len());
-    let mut elsewhere: Vec<(String, Vec<(usize, TextToQueue)>)> = Vec::new();
+    // Most batches are for one friend: its list takes them all without regrowing.
+    let room = if friends.len() == 1 { queue.len() } else { 0 };
+    let mut by_friend: Vec<(String, Vec<(usize, TextToQueue)>)> = friends
+        .into_iter()
+        .map(|f| (f, Vec::with_capacity(room)))
+        .collect();
     let mut rest = Vec::with_capacity(queue.len());
     let mut rest_slots = Vec::with_capacity(slots.len());
     for (item, slot) in queue.drain(..).zip(slots.drain(..)) {
-        match &item.to {
-            Target::Direct(to) if friends.contains(to) => {
-                if shared.sessions.takes_handoffs(to) {
-                    here.push((slot, item));
-                } else if let Some(at) = elsewhere.iter().position(|(u, _)| u == to) {
-                    elsewhere[at].1.push((slot, item));
-                } else {
-                    elsewhere.push((to.clone(), vec![(slot, item)]));
-                }
-            }
-            _ => {
+        let friend = match &item.to {
+            Target::Direct(to) => by_friend.iter().position(|(f, _)| f == to),
+            Target::Group { .. } => None,
+        };
+        match friend {
+            Some(at) => by_friend[at].1.push((slot, item)),
+            None => {
                 rest.push(item);
                 rest_slots.push(slot);
             }
@@ -312,36 +312,24 @@ async fn hand_off<'a>(
     }
     *queue = rest;
     *slots = rest_slots;
-    let mut offers = Vec::new();
-    if !here.is_empty() {
-        let batch = Handoffs::new(here.len());
-        for (i, (_, item)) in here.iter().enumerate() {
-            if let Target::Direct(to) = &item.to {
-                shared.sessions.push(
-                    to,
-                    Live {
-                        seq: next_transient(),
-                        envelope: item.envelope.clone(),
-                        handoff: Some(batch.ticket(i)),
-                    },
-                );
+    by_friend
+        .into_iter()
+        .map(|(to, items)| {
+            let envelopes = items.iter().map(|(_, t)| t.envelope.clone()).collect();
+            match shared.sessions.hand_off(&to, envelopes) {
+                Ok(batch) => Offer {
+                    items,
+                    local: true,
+                    answer: Box::pin(async move { Some(batch.wait(HANDOFF_WAIT).await) }),
+                },
+                Err(envelopes) => Offer {
+                    items,
+                    local: false,
+                    answer: Box::pin(async move { shared.bus.hand_off(&to, envelopes).await }),
+                },
             }
-        }
-        offers.push(Offer {
-            items: here,
-            local: true,
-            answer: Box::pin(async move { Some(batch.wait(HANDOFF_WAIT).await) }),
-        });
-    }
-    for (to, items) in elsewhere {
-        let envelopes = items.iter().map(|(_, t)| t.envelope.clone()).collect();
-        offers.push(Offer {
-            items,
-            local: false,
-            answer: Box::pin(async move { shared.bus.hand_off(&to, envelopes).await }),
-        });
-    }
-    offers
+        })
+        .collect()
 }
 
 /// Stores texts in one transaction, pushes each stored one to its online
