@@ -9,7 +9,7 @@
 //! position here is the text's for good; an id not here is looked up in
 //! the index.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 /// Texts remembered; the oldest goes first. 7–10 MiB when full (the map
 /// and the queue, with their spare capacity): a
@@ -20,7 +20,8 @@ const KEPT: usize = 1 << 17;
 /// Sent texts' positions by id key (`fastchat_sqlite::id_key`).
 #[derive(Default)]
 pub(crate) struct RecentSent {
-    by_id: HashMap<(i64, i64), i64>,
+    /// Keyed by our own ids: foldhash, not SipHash (nothing to resist).
+    by_id: foldhash::HashMap<(i64, i64), i64>,
     order: VecDeque<(i64, i64)>,
 }
 
