@@ -7,7 +7,9 @@
 use std::sync::Arc;
 
 use fastchat_crypto::sha256;
-use fastchat_proto::envelope::{DeliveryAck, DeliveryRef, Envelope, Outgoing, is_handed_off};
+use fastchat_proto::envelope::{
+    DeliveryAck, DeliveryRef, Envelope, Outgoing, TextRef, is_handed_off,
+};
 use fastchat_proto::error::close;
 use fastchat_proto::frame::decode_borrowed;
 use fastchat_proto::limits::{MAX_BATCH, MAX_CONTROL_FRAME, MAX_MESSAGE_FRAME};
@@ -100,24 +102,33 @@ fn process(core: &Core, deliveries: &[DeliveryRef<'_>]) -> Result<Processed, Cli
     let mut envelopes = Vec::with_capacity(deliveries.len());
     let mut handed_off = Vec::new();
     for d in deliveries {
-        match Envelope::decode_queued(d.envelope) {
-            Ok(envelope) => {
-                if let (true, Envelope::Text { id, .. }) = (is_handed_off(d.seq), &envelope) {
-                    handed_off.push(id.0);
+        // Texts, the bulk, are read in place; the rest decoded whole.
+        let decoded = match TextRef::parse(d.envelope) {
+            Ok(Some(text)) => Ok(Incoming::Text(text)),
+            Ok(None) => Envelope::decode_queued(d.envelope).map(Incoming::Other),
+            Err(e) => Err(e),
+        };
+        match decoded {
+            Ok(incoming) => {
+                if let (true, Incoming::Text(text)) = (is_handed_off(d.seq), &incoming) {
+                    handed_off.push(text.id.0);
                 }
                 // Texts and images carry their own ids; only events (friend
                 // and group changes) are named by a hash of their envelope.
-                let event_id = match &envelope {
-                    Envelope::Text { .. }
-                    | Envelope::GroupText { .. }
-                    | Envelope::Image { .. }
-                    | Envelope::Delivered { .. } => [0u8; 16],
-                    _ => {
+                let event_id = match &incoming {
+                    Incoming::Text(_)
+                    | Incoming::Other(
+                        Envelope::Text { .. }
+                        | Envelope::GroupText { .. }
+                        | Envelope::Image { .. }
+                        | Envelope::Delivered { .. },
+                    ) => [0u8; 16],
+                    Incoming::Other(_) => {
                         let h = sha256(d.envelope);
                         <[u8; 16]>::try_from(&h[..16]).expect("16 bytes")
                     }
                 };
-                envelopes.push((d.seq, envelope, event_id));
+                envelopes.push((d.seq, incoming, event_id));
             }
             Err(e) => tracing::warn!(seq = d.seq, error = %e, "dropping an undecodable envelope"),
         }
@@ -128,7 +139,7 @@ fn process(core: &Core, deliveries: &[DeliveryRef<'_>]) -> Result<Processed, Cli
     let unwraps = envelopes.iter().any(|(_, e, _)| {
         matches!(
             e,
-            Envelope::FriendAccepted { .. } | Envelope::GroupKey { .. }
+            Incoming::Other(Envelope::FriendAccepted { .. } | Envelope::GroupKey { .. })
         )
     });
     let multi_thread = tokio::runtime::Handle::try_current()
@@ -142,12 +153,18 @@ fn process(core: &Core, deliveries: &[DeliveryRef<'_>]) -> Result<Processed, Cli
     Ok((fresh, downloads, handed_off))
 }
 
+/// A delivered envelope: a text read in place, or anything else decoded.
+enum Incoming<'a> {
+    Text(TextRef<'a>),
+    Other(Envelope),
+}
+
 /// Takes a batch in, in one transaction: a key that arrives in the same
 /// batch as the texts it opens is visible to them, and nothing is
 /// half-applied on a crash.
 fn apply(
     core: &Core,
-    envelopes: Vec<(u64, Envelope, [u8; 16])>,
+    envelopes: Vec<(u64, Incoming<'_>, [u8; 16])>,
 ) -> Result<(Vec<InboxItem>, Vec<DownloadRecord>), ClientError> {
     core.keystore().transaction(|ks| {
         let mut items = Vec::with_capacity(envelopes.len());
@@ -182,14 +199,16 @@ fn apply(
 /// (and the bad one refused).
 fn group_signatures(
     ks: &Keystore,
-    envelopes: &[(u64, Envelope, [u8; 16])],
+    envelopes: &[(u64, Incoming<'_>, [u8; 16])],
 ) -> Result<Vec<bool>, ClientError> {
     let mut checked = vec![false; envelopes.len()];
     let mut held = Vec::new();
-    for (i, (_, envelope, _)) in envelopes.iter().enumerate() {
-        if let Envelope::GroupText {
-            group_id, epoch, ..
-        } = envelope
+    for (i, (_, incoming, _)) in envelopes.iter().enumerate() {
+        if let Incoming::Other(
+            envelope @ Envelope::GroupText {
+                group_id, epoch, ..
+            },
+        ) = incoming
             && let Some(keys) = ks.group_epoch(*group_id, *epoch)?
         {
             held.push((i, keys, envelope));
@@ -240,15 +259,29 @@ fn group_text(envelope: &Envelope) -> Option<texts::GroupText<'_>> {
 fn take(
     me: &Me,
     ks: &Keystore,
-    envelope: Envelope,
+    incoming: Incoming<'_>,
     event_id: [u8; 16],
     signature_check: texts::Signature,
 ) -> Result<Result<Outcome, Invalid>, ClientError> {
+    let envelope = match incoming {
+        Incoming::Text(text) => {
+            let key = ks.friend_key(text.from)?;
+            return Ok(texts::open_direct(me, key.as_deref(), &text));
+        }
+        Incoming::Other(envelope) => envelope,
+    };
     Ok(match envelope {
         Envelope::Delivered { from, ids } => Ok(texts::on_delivered(from, ids)),
+        // `TextRef::parse` reads texts in place; one decoded whole opens the same way.
         Envelope::Text { id, from, sealed } => {
             let key = ks.friend_key(&from)?;
-            texts::open_direct(me, &from, key.as_deref(), id, &sealed)
+            let text = TextRef {
+                id,
+                from: &from,
+                nonce: sealed.nonce,
+                ciphertext: &sealed.ciphertext,
+            };
+            texts::open_direct(me, key.as_deref(), &text)
         }
         Envelope::GroupText { .. } => match group_text(&envelope) {
             Some(text) => texts::open_group(

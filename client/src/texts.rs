@@ -3,7 +3,7 @@
 
 use fastchat_crypto::{ConversationKey, batch, transcript};
 use fastchat_proto::envelope::{
-    BatchProof, Outgoing, OutgoingGroupText, OutgoingText, Receipt, Sealed, TextContent,
+    BatchProof, Outgoing, OutgoingGroupText, OutgoingText, Receipt, Sealed, TextContent, TextRef,
 };
 use fastchat_proto::frame::encode_body;
 use fastchat_proto::limits::MAX_TEXT_BYTES;
@@ -38,14 +38,14 @@ pub(crate) fn draft(text: &str) -> Result<Draft, ClientError> {
     }
     let id = crate::ids::new_message_id();
     let sent_at_ms = fastchat_proto::now_ms();
-    let plain = encode_body(&TextContent {
+    let content = TextContent {
         text: text.to_string(),
         sent_at_ms,
-    })
-    .map_err(|_| ClientError::TooLong(text.len()))?;
+    };
+    let plain = encode_body(&content).map_err(|_| ClientError::TooLong(text.len()))?;
     Ok(Draft {
         id,
-        text: text.to_string(),
+        text: content.text,
         sent_at_ms,
         plain,
     })
@@ -154,20 +154,23 @@ fn history(peer: &str, group: Option<&str>, draft: &Draft) -> History {
     }
 }
 
-/// Opens a text from `from`, whose conversation key (if they are a friend)
-/// is `key`.
+/// Opens a text read in place from its delivery, under its sender's
+/// conversation key (`None`: they are not a friend).
 pub(crate) fn open_direct(
     me: &Me,
-    from: &str,
     key: Option<&ConversationKey>,
-    id: MessageId,
-    sealed: &Sealed,
+    text: &TextRef<'_>,
 ) -> Result<Outcome, Invalid> {
+    let from = text.from;
     let key = key.ok_or_else(|| invalid(format!("a text from {from}, who is not a friend")))?;
     let plain = key
-        .open(&transcript::text_aad(from, &me.name, &id.0, 0), sealed)
+        .open_parts(
+            &transcript::text_aad(from, &me.name, &text.id.0, 0),
+            &text.nonce,
+            text.ciphertext,
+        )
         .map_err(|_| invalid(format!("a text from {from} failed authentication")))?;
-    text_item(id, from, None, &plain)
+    text_item(text.id, from, None, &plain)
 }
 
 /// A group text as it arrived.
@@ -368,20 +371,26 @@ mod tests {
         );
         let (id, sealed) = sealed_of(message);
 
-        let item = open_direct(&bob, "alice", Some(&key), id, &sealed)
+        let text = |from, id| TextRef {
+            id,
+            from,
+            nonce: sealed.nonce,
+            ciphertext: &sealed.ciphertext,
+        };
+        let item = open_direct(&bob, Some(&key), &text("alice", id))
             .unwrap()
             .item
             .unwrap();
         assert_eq!((item.from.as_str(), item.text.as_str()), ("alice", "hello"));
 
         // Not a friend: no key.
-        let stranger = open_direct(&bob, "alice", None, id, &sealed).unwrap_err();
+        let stranger = open_direct(&bob, None, &text("alice", id)).unwrap_err();
         assert!(stranger.0.contains("not a friend"), "{stranger}");
         // Another key, another claimed sender, or another id: refused.
         let other = ConversationKey::generate().unwrap();
-        assert!(open_direct(&bob, "alice", Some(&other), id, &sealed).is_err());
-        assert!(open_direct(&bob, "carol", Some(&key), id, &sealed).is_err());
-        assert!(open_direct(&bob, "alice", Some(&key), MessageId([9; 16]), &sealed).is_err());
+        assert!(open_direct(&bob, Some(&other), &text("alice", id)).is_err());
+        assert!(open_direct(&bob, Some(&key), &text("carol", id)).is_err());
+        assert!(open_direct(&bob, Some(&key), &text("alice", MessageId([9; 16]))).is_err());
     }
 
     #[test]

@@ -62,11 +62,21 @@ impl ConversationKey {
 
     /// Decrypts and authenticates; fails if the key, `aad` or bytes differ.
     pub fn open(&self, aad: &[u8], sealed: &Sealed) -> Result<Vec<u8>, CryptoError> {
+        self.open_parts(aad, &sealed.nonce, &sealed.ciphertext)
+    }
+
+    /// [`ConversationKey::open`] for a nonce and ciphertext read in place.
+    pub fn open_parts(
+        &self,
+        aad: &[u8],
+        nonce: &[u8; 12],
+        ciphertext: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
         self.cipher
             .decrypt(
-                &Nonce::from(sealed.nonce),
+                &Nonce::from(*nonce),
                 Payload {
-                    msg: &sealed.ciphertext,
+                    msg: ciphertext,
                     aad,
                 },
             )

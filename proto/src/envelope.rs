@@ -236,6 +236,36 @@ impl Envelope {
     }
 }
 
+/// [`Envelope::Text`]'s variant index (its first byte, a varint).
+const TEXT_VARIANT: u8 = 0;
+
+/// An [`Envelope::Text`] read where its bytes lie: the recipient decrypts
+/// straight from the delivery frame, where an owned decode copied the
+/// sender's name and the ciphertext into fresh allocations first (~0.9k
+/// of a drained text's 13k instructions on the recipient's one delivery
+/// task).
+#[derive(BorrowDecode, Clone, Copy, Debug)]
+pub struct TextRef<'a> {
+    /// The sender's id for it.
+    pub id: MessageId,
+    /// Who sent it.
+    pub from: &'a str,
+    /// [`Sealed::nonce`].
+    pub nonce: [u8; 12],
+    /// [`Sealed::ciphertext`].
+    pub ciphertext: &'a [u8],
+}
+
+impl<'a> TextRef<'a> {
+    /// The text queued as `body`, or `None` for any other envelope.
+    pub fn parse(body: &'a [u8]) -> Result<Option<Self>, crate::FrameError> {
+        match body.split_first() {
+            Some((&TEXT_VARIANT, rest)) => crate::frame::decode_borrowed(rest).map(Some),
+            _ => Ok(None),
+        }
+    }
+}
+
 /// Something the node queues for a user and delivers when they are online.
 #[derive(Encode, Decode, Clone, Debug)]
 pub enum Envelope {
@@ -379,6 +409,34 @@ mod tests {
             crate::frame::decode_borrowed::<DeliveryRef<'_>>(&[body.as_slice(), &[0]].concat())
                 .is_err()
         );
+    }
+
+    #[test]
+    fn a_queued_text_reads_in_place_as_it_decodes_whole() {
+        let text = Envelope::Text {
+            id: MessageId([7; 16]),
+            from: "alice".into(),
+            sealed: Sealed {
+                nonce: [3; 12],
+                ciphertext: vec![9; 300],
+            },
+        };
+        let body = crate::frame::encode_body(&text).unwrap();
+        let read = TextRef::parse(&body).unwrap().expect("a text");
+        assert_eq!(read.id, MessageId([7; 16]));
+        assert_eq!((read.from, read.nonce), ("alice", [3; 12]));
+        assert_eq!(read.ciphertext, &[9; 300][..]);
+        let receipt = Envelope::Delivered {
+            from: "bob".into(),
+            ids: vec![MessageId([1; 16])],
+        };
+        let other = crate::frame::encode_body(&receipt).unwrap();
+        assert!(TextRef::parse(&other).unwrap().is_none());
+        assert!(
+            TextRef::parse(&body[..body.len() - 1]).is_err(),
+            "cut short"
+        );
+        assert!(TextRef::parse(&[]).unwrap().is_none());
     }
 
     #[test]
