@@ -54,6 +54,18 @@ impl ConversationKey {
     pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Sealed, CryptoError> {
         let mut nonce = [0u8; 12];
         fresh_bytes(&mut nonce);
+        let ciphertext = self.seal_under(nonce, aad, plaintext)?;
+        Ok(Sealed { nonce, ciphertext })
+    }
+
+    /// Encrypts `plaintext` under `nonce`, which the caller keeps unique
+    /// for this key (image chunks derive theirs from a per-image key).
+    pub(crate) fn seal_under(
+        &self,
+        nonce: [u8; 12],
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
         let mut ciphertext = Vec::with_capacity(plaintext.len() + AES_256_GCM.tag_len());
         ciphertext.extend_from_slice(plaintext);
         self.cipher
@@ -63,7 +75,7 @@ impl ConversationKey {
                 &mut ciphertext,
             )
             .map_err(|_| CryptoError::DecryptFailed)?;
-        Ok(Sealed { nonce, ciphertext })
+        Ok(ciphertext)
     }
 
     /// Decrypts and authenticates; fails if the key, `aad` or bytes differ.
