@@ -174,6 +174,7 @@ pub(crate) fn open_direct(
 }
 
 /// A group text as it arrived.
+#[derive(Clone, Copy)]
 pub(crate) struct GroupText<'a> {
     pub id: MessageId,
     pub group_id: u64,
@@ -189,26 +190,50 @@ pub(crate) struct GroupText<'a> {
 /// alone (protocol 5, queued before an upgrade: `count` 0) signed its own
 /// transcript.
 fn signed_part(t: &GroupText<'_>) -> Option<Vec<u8>> {
-    let text = transcript::group_text_signature(
+    let text = text_transcript(t);
+    if t.proof.count == 0 && t.proof.index == 0 && t.proof.path.is_empty() {
+        return Some(text);
+    }
+    let leaf = batch::leaf(&text);
+    let root = batch::root_from_path(&leaf, t.proof.index, t.proof.count, &t.proof.path)?;
+    Some(batch_message(t, &root))
+}
+
+/// What a group text's leaf (or, signed alone, its signature) covers.
+fn text_transcript(t: &GroupText<'_>) -> Vec<u8> {
+    transcript::group_text_signature(
         t.group_id,
         t.epoch,
         t.from,
         &t.id.0,
         &t.sealed.nonce,
         &t.sealed.ciphertext,
-    );
-    if t.proof.count == 0 && t.proof.index == 0 && t.proof.path.is_empty() {
-        return Some(text);
+    )
+}
+
+/// What the sender of `t`'s batch signed, given the batch's root.
+fn batch_message(t: &GroupText<'_>, root: &batch::Hash) -> Vec<u8> {
+    transcript::group_batch_signature(t.group_id, t.epoch, t.from, t.proof.count, root)
+}
+
+/// The root of a sender's batch whose texts are all in `batch` (each index
+/// of its count once): rebuilt from their leaves, a hash per text, where
+/// each text's path costs a hash per level. `None` if some are missing.
+fn whole_batch_root(batch: &[&GroupText<'_>]) -> Option<batch::Hash> {
+    let count = batch.first()?.proof.count as usize;
+    if count != batch.len() {
+        return None;
     }
-    let leaf = batch::leaf(&text);
-    let root = batch::root_from_path(&leaf, t.proof.index, t.proof.count, &t.proof.path)?;
-    Some(transcript::group_batch_signature(
-        t.group_id,
-        t.epoch,
-        t.from,
-        t.proof.count,
-        &root,
-    ))
+    let mut leaves: Vec<Option<batch::Hash>> = vec![None; count];
+    for t in batch {
+        let slot = leaves.get_mut(t.proof.index as usize)?;
+        if slot.is_some() {
+            return None;
+        }
+        *slot = Some(batch::leaf(&text_transcript(t)));
+    }
+    let leaves: Vec<batch::Hash> = leaves.into_iter().collect::<Option<_>>()?;
+    Some(batch::root(&leaves))
 }
 
 /// Checks the signatures of several group texts together, each against
@@ -218,18 +243,44 @@ fn signed_part(t: &GroupText<'_>) -> Option<Vec<u8>> {
 /// it is weaker). Texts of one sender's batch share their signature, which
 /// is checked once. On `false`, [`open_group`] checks each text alone.
 pub(crate) fn verify_group_batch(texts: &[(&EpochKeys, GroupText<'_>)]) -> bool {
-    let mut items: Vec<(&fastchat_crypto::signing::VerifyKey, Vec<u8>, &[u8])> = Vec::new();
+    // The texts of each sender's batch (one signature over one root).
+    let mut batches: Vec<(&EpochKeys, Vec<&GroupText<'_>>)> = Vec::new();
     for (epoch_keys, t) in texts {
-        let (Some(message), Ok(key)) = (signed_part(t), epoch_keys.member_key(t.from)) else {
+        let same = |b: &GroupText<'_>| {
+            (b.group_id, b.epoch, b.from, b.proof.count, b.signature)
+                == (t.group_id, t.epoch, t.from, t.proof.count, t.signature)
+        };
+        match batches.iter_mut().find(|(_, b)| same(b[0])) {
+            Some((_, b)) => b.push(t),
+            None => batches.push((*epoch_keys, vec![t])),
+        }
+    }
+    let mut items: Vec<(&fastchat_crypto::signing::VerifyKey, Vec<u8>, &[u8])> = Vec::new();
+    for (epoch_keys, batch) in &batches {
+        let first = batch[0];
+        let Ok(key) = epoch_keys.member_key(first.from) else {
             return false;
         };
-        // The message names group, epoch, sender, size and root: the same
-        // message and signature under the same key are one check.
-        let seen = items
-            .iter()
-            .any(|(k, m, sig)| *k == key && *m == message && *sig == t.signature);
-        if !seen {
-            items.push((key, message, t.signature));
+        let messages = match whole_batch_root(batch) {
+            Some(root) if first.proof.count > 0 => vec![batch_message(first, &root)],
+            _ => match batch
+                .iter()
+                .map(|t| signed_part(t))
+                .collect::<Option<Vec<_>>>()
+            {
+                Some(m) => m,
+                None => return false,
+            },
+        };
+        for message in messages {
+            // The message names group, epoch, sender, size and root: the
+            // same message and signature under the same key are one check.
+            let seen = items
+                .iter()
+                .any(|(k, m, sig)| *k == key && *m == message && *sig == first.signature);
+            if !seen {
+                items.push((key, message, first.signature));
+            }
         }
     }
     let items: Vec<_> = items
@@ -585,6 +636,30 @@ mod tests {
         for (_, t) in &views {
             assert!(open_group(Some("team"), Some(&epoch), t, Signature::Unchecked).is_ok());
         }
+        // Held whole, the batch's root is rebuilt from the texts' leaves:
+        // their paths are not read (empty ones pass), every text is (one
+        // altered fails them all).
+        let no_path = BatchProof {
+            path: Vec::new(),
+            ..texts[3].proof.clone()
+        };
+        let mut pathless = views.clone();
+        pathless[3].1.proof = &no_path;
+        assert!(verify_group_batch(&pathless));
+        let mut altered = texts[8].sealed.clone();
+        altered.ciphertext[0] ^= 1;
+        let mut tampered = views.clone();
+        tampered[8].1.sealed = &altered;
+        assert!(!verify_group_batch(&tampered));
+        // Part of it (or a text twice): each text reaches the root by its
+        // own path, so a missing path fails.
+        assert!(verify_group_batch(&views[1..]));
+        let mut twice = views.clone();
+        twice.push(views[4]);
+        assert!(verify_group_batch(&twice));
+        let mut partial = views[1..].to_vec();
+        partial[2].1.proof = &no_path;
+        assert!(!verify_group_batch(&partial));
         // Signing again leaves signed texts as they are (a resend keeps its proof).
         let before = texts[5].proof.clone();
         let mut again = batch.clone();

@@ -43,14 +43,36 @@ pub fn root_and_paths(leaves: &[Hash]) -> (Hash, Vec<Vec<Hash>>) {
     (root, paths)
 }
 
+/// The root over `leaves` (not empty, at most [`MAX_TEXTS`]) alone: a
+/// member holding a whole batch rebuilds it with a hash per text, where a
+/// path per text costs a hash per level per text.
+pub fn root(leaves: &[Hash]) -> Hash {
+    assert!(!leaves.is_empty() && leaves.len() <= MAX_TEXTS);
+    mth(leaves)
+}
+
+/// RFC 9162's MTH over `leaves`.
+fn mth(leaves: &[Hash]) -> Hash {
+    if leaves.len() == 1 {
+        return leaves[0];
+    }
+    let k = split(leaves.len());
+    node(&mth(&leaves[..k]), &mth(&leaves[k..]))
+}
+
+/// The largest power of two below `count` (more than one): where RFC
+/// 9162's tree splits.
+fn split(count: usize) -> usize {
+    1 << (usize::BITS - 1 - (count - 1).leading_zeros())
+}
+
 /// RFC 9162's MTH over `leaves`, pushing onto each leaf's path the sibling
 /// it needs at this level (innermost first, as the proof lists them).
 fn subtree(leaves: &[Hash], paths: &mut [Vec<Hash>]) -> Hash {
     if leaves.len() == 1 {
         return leaves[0];
     }
-    // The largest power of two below the count splits the tree.
-    let k = 1 << (usize::BITS - 1 - (leaves.len() - 1).leading_zeros());
+    let k = split(leaves.len());
     let (left_paths, right_paths) = paths.split_at_mut(k);
     let left = subtree(&leaves[..k], left_paths);
     let right = subtree(&leaves[k..], right_paths);
@@ -124,6 +146,17 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_whole_batch_rebuilds_the_root_its_paths_reach() {
+        for n in 1..=70usize {
+            let l = leaves(n);
+            assert_eq!(root(&l), root_and_paths(&l).0, "{n} leaves");
+        }
+        let mut l = leaves(5);
+        l.swap(1, 2);
+        assert_ne!(root(&l), root_and_paths(&leaves(5)).0, "order matters");
     }
 
     #[test]
