@@ -324,7 +324,10 @@ impl Client {
         match self.friend_key(name) {
             Ok(Some(k)) => Ok(k),
             Ok(None) | Err(ClientError::AwaitingAcceptance(_)) => {
-                self.sync().await?;
+                // Boxed, as every rare path of a send: a send's future is
+                // moved whole into whatever holds it (a task, a set of
+                // sends in flight), and the inline sync doubled its size.
+                Box::pin(self.sync()).await?;
                 self.friend_key(name)?
                     .ok_or_else(|| ClientError::NotFriend(name.to_string()))
             }
@@ -375,7 +378,7 @@ impl Client {
         if let Ok(g) = self.my_group(name) {
             return Ok(g);
         }
-        self.sync().await?;
+        Box::pin(self.sync()).await?;
         self.my_group(name)
     }
 
@@ -431,15 +434,16 @@ impl Client {
         self.my_group_synced(group).await?;
         // One retry: if the admin re-keyed meanwhile, take in the new key first.
         for attempt in 0..2 {
-            let state = self.my_group(group)?;
-            let (message, history) = texts::seal_group(&self.core.me, &state, &draft)?;
+            // The group's state is dropped before the await, not carried in the future.
+            let (message, history) =
+                texts::seal_group(&self.core.me, &self.my_group(group)?, &draft)?;
             match submit(&self.core, message, Some(history)).await {
                 Ok(()) => return Ok(draft.id),
                 Err(ClientError::Refused(e)) if e.code == ErrorCode::StaleEpoch && attempt == 0 => {
-                    self.sync().await?;
+                    Box::pin(self.sync()).await?;
                 }
                 Err(ClientError::Refused(e)) if e.code == ErrorCode::NotMember => {
-                    self.sync().await?;
+                    Box::pin(self.sync()).await?;
                     return Err(ClientError::RemovedFromGroup(group.to_string()));
                 }
                 Err(e) => return Err(e),
