@@ -560,15 +560,10 @@ fn spans_from_group_index(tx: &Connection) -> Result<(), rusqlite::Error> {
     const SPANS: &str = "INSERT OR IGNORE INTO group_spans(grp, last, first) \
            SELECT grp, pos, pos FROM messages WHERE grp IS NOT NULL; \
          DROP INDEX IF EXISTS messages_in_groups; DROP INDEX IF EXISTS messages_by_group;";
+    // Whichever is there: the first that is drops both, so the second
+    // check finds nothing.
     for index in ["messages_in_groups", "messages_by_group"] {
-        let present: i64 = tx.query_row(
-            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = ?1",
-            [index],
-            |r| r.get(0),
-        )?;
-        if present > 0 {
-            return tx.execute_batch(SPANS);
-        }
+        migrate_if_present(tx, ("index", index), SPANS)?;
     }
     Ok(())
 }
