@@ -20,13 +20,13 @@ pub fn text(to: Target, n: u8, body: &[u8]) -> TextToQueue {
     }
 }
 
-/// Login keys: stored at registration, absent for older accounts, bound later.
 /// The queue positions of the first `limit` envelopes waiting for `user`.
 pub async fn positions(s: &dyn Store, user: &str, limit: usize) -> Vec<u64> {
     let page = s.pending(user, 0, limit).await.unwrap();
     page.iter().map(|(seq, _)| *seq).collect()
 }
 
+/// Login keys: stored at registration, absent for older accounts, bound later.
 pub async fn login_keys_are_stored_and_rebound(s: &dyn Store) {
     s.create_user("carol", b"kc", Some([7; 32])).await.unwrap();
     s.create_user("dave", b"kd", None).await.unwrap();
@@ -424,4 +424,103 @@ pub async fn queues_are_bounded_per_recipient(s: &dyn Store) {
     s.ack("bob", &left).await.unwrap();
     assert!(s.pending("bob", 0, 10).await.unwrap().is_empty());
     assert_eq!(s.queued_for("bob").await.unwrap(), 0);
+}
+
+/// A member gets the group texts of their time in the group, among their
+/// other envelopes in queue order: not those from before they joined, all
+/// those from before they left (and none after), whichever order their
+/// acks come in; the newest and the oldest waiting are known across groups.
+pub async fn members_get_the_texts_of_their_time_in_the_group_in_queue_order(s: &dyn Store) {
+    let limits = QueueLimits::default;
+    let g1 = s.create_group("one", "alice").await.unwrap();
+    let add = Membership::Add(vec!["bob".into(), "carol".into()]);
+    s.rekey(g1, 1, add, vec![]).await.unwrap();
+    let g2 = s.create_group("two", "dave").await.unwrap();
+    let key = vec![("bob".to_string(), b"key two".to_vec())];
+    s.rekey(g2, 1, Membership::Add(vec!["bob".into()]), key)
+        .await
+        .unwrap();
+    let one = |epoch| Target::Group { id: g1, epoch };
+    let two = Target::Group { id: g2, epoch: 1 };
+    s.enqueue_texts("alice", vec![text(one(1), 1, b"t1")], limits())
+        .await
+        .unwrap();
+    s.enqueue_texts("dave", vec![text(two.clone(), 2, b"u1")], limits())
+        .await
+        .unwrap();
+    // Bob is dave's only other member: a text for one recipient.
+    s.enqueue_texts("dave", vec![text(two, 3, b"u2")], limits())
+        .await
+        .unwrap();
+    let bodies = |page: Vec<(u64, Vec<u8>)>| page.into_iter().map(|(_, b)| b).collect::<Vec<_>>();
+    let bob = s.pending("bob", 0, 100).await.unwrap();
+    assert_eq!(
+        bodies(bob.clone()),
+        vec![
+            b"key two".to_vec(),
+            b"t1".to_vec(),
+            b"u1".to_vec(),
+            b"u2".to_vec()
+        ],
+        "queue order across groups"
+    );
+    assert!(bob.windows(2).all(|w| w[0].0 < w[1].0));
+    let later = s.pending("bob", bob[1].0, 100).await.unwrap();
+    assert_eq!(bodies(later), vec![b"u1".to_vec(), b"u2".to_vec()]);
+    assert_eq!(bodies(s.pending("bob", 0, 2).await.unwrap()).len(), 2);
+    assert_eq!(s.last_pending("bob").await.unwrap(), Some(bob[3].0));
+    assert!(s.pending("alice", 0, 100).await.unwrap().is_empty());
+    assert_eq!(s.last_pending("alice").await.unwrap(), None);
+
+    let key = vec![("erin".to_string(), b"key one".to_vec())];
+    s.rekey(g1, 2, Membership::Add(vec!["erin".into()]), key)
+        .await
+        .unwrap();
+    s.enqueue_texts("alice", vec![text(one(2), 4, b"t2")], limits())
+        .await
+        .unwrap();
+    assert_eq!(
+        bodies(s.pending("erin", 0, 100).await.unwrap()),
+        vec![b"key one".to_vec(), b"t2".to_vec()],
+        "nothing from before erin joined"
+    );
+
+    // Bob acknowledges t2 and u1 before t1 and u2.
+    let bob = s.pending("bob", 0, 100).await.unwrap();
+    let at = |body: &[u8]| bob.iter().find(|(_, b)| b == body).unwrap().0;
+    s.ack("bob", &[at(b"key two"), at(b"t2"), at(b"u1")])
+        .await
+        .unwrap();
+    assert_eq!(
+        bodies(s.pending("bob", 0, 100).await.unwrap()),
+        vec![b"t1".to_vec(), b"u2".to_vec()],
+        "what bob skipped still waits"
+    );
+    assert!(s.any_pending_upto("bob", at(b"t1")).await.unwrap());
+    assert!(!s.any_pending_upto("bob", at(b"t1") - 1).await.unwrap());
+    assert_eq!(s.queued_for("bob").await.unwrap(), 2);
+    s.ack("bob", &[at(b"t1"), at(b"u2")]).await.unwrap();
+    assert!(s.pending("bob", 0, 100).await.unwrap().is_empty());
+    assert_eq!(s.queued_for("bob").await.unwrap(), 0);
+    assert_eq!(s.last_pending("bob").await.unwrap(), None);
+    assert!(!s.any_pending_upto("bob", u64::MAX).await.unwrap());
+
+    s.rekey(g1, 3, Membership::Remove("carol".into()), vec![])
+        .await
+        .unwrap();
+    s.enqueue_texts("alice", vec![text(one(3), 5, b"t3")], limits())
+        .await
+        .unwrap();
+    assert_eq!(
+        bodies(s.pending("carol", 0, 100).await.unwrap()),
+        vec![b"t1".to_vec(), b"t2".to_vec()],
+        "carol keeps what was sent while she was a member, and nothing after"
+    );
+    assert_eq!(s.queued_for("carol").await.unwrap(), 2);
+    for user in ["alice", "bob", "carol", "dave", "erin"] {
+        let seqs = positions(s, user, 100).await;
+        s.ack(user, &seqs).await.unwrap();
+        assert_eq!(s.queued_for(user).await.unwrap(), 0, "{user}");
+    }
+    assert_eq!(s.queue_depth().await.unwrap(), 0);
 }

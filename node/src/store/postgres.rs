@@ -1058,6 +1058,12 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
+    async fn members_get_the_texts_of_their_time_in_the_group_in_queue_order() {
+        let (_pg, _, s) = store("group_time").await;
+        conformance::members_get_the_texts_of_their_time_in_the_group_in_queue_order(&s).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
     async fn queues_are_bounded_per_recipient() {
         let (_pg, _, s) = store("queue_limits").await;
         conformance::queues_are_bounded_per_recipient(&s).await;

@@ -12,10 +12,12 @@ use fastchat_proto::control::Relation;
 use fastchat_sqlite::Checkpointer;
 use rusqlite::{Connection, OptionalExtension, params};
 
+mod group_log;
+
 use super::page_weights::{self, PageWeight};
 use super::{
     BlobLocation, BlobStart, GroupRecord, Membership, QueueLimits, Queued, Queuing, Store,
-    StoreError, TextToQueue, UserKeys,
+    StoreError, Target, TextToQueue, UserKeys,
     policy::{self, Lookup},
 };
 
@@ -455,38 +457,6 @@ fn insert_with(
     Ok(seq)
 }
 
-/// Stores `envelope` once for all of `recipients` (see [`QUEUE_SCHEMA`]);
-/// returns those it was queued for, with their positions: none if a text
-/// with `id` still waits for any of them (a resend).
-fn insert_shared(
-    tx: &Connection,
-    recipients: &[String],
-    id: &[u8],
-    envelope: &[u8],
-) -> rusqlite::Result<Vec<(String, u64)>> {
-    // Every member gets a row (nothing else is caught as a resend), so the
-    // count is known before the rows are written.
-    let new = tx
-        .prepare_cached(
-            "INSERT OR IGNORE INTO shared_envelopes(envelope, refs, msg_id) VALUES (?1, ?2, ?3)",
-        )?
-        .execute(params![envelope, recipients.len() as i64, id])?;
-    if new == 0 {
-        return Ok(Vec::new());
-    }
-    let shared = tx.last_insert_rowid();
-    let mut insert = tx.prepare_cached(INSERT_ROW)?;
-    recipients
-        .iter()
-        .map(|to| {
-            Ok((
-                to.clone(),
-                insert_with(tx, &mut insert, to, &[], Some(shared))?,
-            ))
-        })
-        .collect()
-}
-
 thread_local! {
     /// Shared envelopes the acks of the writer's current group released,
     /// with how many rows each: counted down once per group, before its
@@ -654,6 +624,7 @@ impl SqliteStore {
         migrate_queue(&mut conn).map_err(unavailable)?;
         add_late_columns(&conn).map_err(unavailable)?;
         conn.execute_batch(QUEUE_INDEXES).map_err(unavailable)?;
+        conn.execute_batch(group_log::SCHEMA).map_err(unavailable)?;
         let checkpointer = Checkpointer::start(path, &mut conn)
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let (jobs, queue) = std::sync::mpsc::channel::<Request>();
@@ -765,6 +736,7 @@ fn run_group(
     exec(conn, if writes { "BEGIN IMMEDIATE" } else { "BEGIN" })?;
     NextSeq::begin();
     Released::begin();
+    group_log::Touched::begin();
     let result = (|| {
         for call in group.iter_mut() {
             exec(conn, "SAVEPOINT call")?;
@@ -777,6 +749,7 @@ fn run_group(
         }
         NextSeq::save(conn).map_err(unavailable)?;
         Released::apply(conn).map_err(unavailable)?;
+        group_log::Touched::collect(conn).map_err(unavailable)?;
         exec(conn, "COMMIT")
     })();
     if result.is_err() {
@@ -961,6 +934,7 @@ impl Store for SqliteStore {
                 params![id, admin],
             )
             .map_err(unavailable)?;
+            group_log::join(tx, id as u64, &admin).map_err(unavailable)?;
             Ok(id as u64)
         })
         .await
@@ -1000,9 +974,11 @@ impl Store for SqliteStore {
                             params![id as i64, m],
                         )
                         .map_err(unavailable)?;
+                        group_log::join(tx, id, m).map_err(unavailable)?;
                     }
                 }
                 Membership::Remove(m) => {
+                    group_log::leave(tx, id, m).map_err(unavailable)?;
                     tx.execute(
                         "DELETE FROM group_members WHERE group_id = ?1 AND member = ?2",
                         params![id as i64, m],
@@ -1033,6 +1009,8 @@ impl Store for SqliteStore {
             // Written back to queue_usage once, at the end of the batch.
             let mut room = policy::QueueRoom::new(limits);
             let mut out = Vec::with_capacity(texts.len());
+            // Groups this batch appended to, for the sender's cursors.
+            let mut sent_to: Vec<u64> = Vec::new();
             for text in &texts {
                 match admission.needs(&text.to) {
                     Some(Lookup::Friendship(to)) => {
@@ -1065,16 +1043,27 @@ impl Store for SqliteStore {
                     continue;
                 }
                 let envelope = text.envelope.as_slice();
-                let stored = if recipients.len() > 1 {
-                    insert_shared(tx, &recipients, &text.id.0, envelope).map_err(unavailable)?
-                } else {
-                    let mut stored = Vec::with_capacity(1);
-                    for to in recipients {
-                        let seq = insert_row(tx, &to, envelope, None).map_err(unavailable)?;
-                        stored.push((to, seq));
-                    }
-                    stored
-                };
+                let stored =
+                    if let (Target::Group { id, .. }, true) = (&text.to, recipients.len() > 1) {
+                        match group_log::append(tx, *id, &from, &text.id.0, envelope)
+                            .map_err(unavailable)?
+                        {
+                            Some(seq) => {
+                                if sent_to.last() != Some(id) {
+                                    sent_to.push(*id);
+                                }
+                                recipients.into_iter().map(|to| (to, seq)).collect()
+                            }
+                            None => Vec::new(),
+                        }
+                    } else {
+                        let mut stored = Vec::with_capacity(1);
+                        for to in recipients {
+                            let seq = insert_row(tx, &to, envelope, None).map_err(unavailable)?;
+                            stored.push((to, seq));
+                        }
+                        stored
+                    };
                 for (to, _) in &stored {
                     room.stored(to, size);
                 }
@@ -1082,6 +1071,11 @@ impl Store for SqliteStore {
             }
             for (to, texts, bytes) in room.added() {
                 add_usage(tx, &to, texts as i64, bytes as i64).map_err(unavailable)?;
+            }
+            sent_to.sort_unstable();
+            sent_to.dedup();
+            for id in sent_to {
+                group_log::sent(tx, id, &from).map_err(unavailable)?;
             }
             Ok(out)
         })
@@ -1247,8 +1241,18 @@ impl Store for SqliteStore {
                     Ok((seq, envelope))
                 })
                 .map_err(unavailable)?;
-            let page = rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)?;
-            page_weights::remember(&user, weight);
+            let mut page = rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)?;
+            let logged = group_log::pending(c, &user, after, limit).map_err(unavailable)?;
+            if logged.is_empty() {
+                page_weights::remember(&user, weight);
+                return Ok(page);
+            }
+            // The page's own rows and its groups' log entries, in queue
+            // order. Its weight is not remembered: an ack of it is
+            // weighed by reading, log entries and all.
+            page.extend(logged);
+            page.sort_unstable_by_key(|&(seq, _)| seq);
+            page.truncate(limit);
             Ok(page)
         })
         .await
@@ -1306,13 +1310,22 @@ impl Store for SqliteStore {
                 let mut stmt = tx
                     .prepare_cached("DELETE FROM queue WHERE recipient = ?1 AND seq = ?2")
                     .map_err(unavailable)?;
-                for seq in seqs {
+                for &seq in &seqs {
                     stmt.execute(params![user, seq as i64])
                         .map_err(unavailable)?;
                 }
             }
-            if texts > 0 {
-                add_usage(tx, &user, -texts, -acked.bytes).map_err(unavailable)?;
+            // Positions not in the queue are group log entries (or gone).
+            let logged: Vec<u64> = seqs
+                .iter()
+                .copied()
+                .filter(|s| acked.seqs.binary_search(s).is_err())
+                .collect();
+            let (log_texts, log_bytes) =
+                group_log::ack(tx, &user, &logged).map_err(unavailable)?;
+            if texts + log_texts > 0 {
+                add_usage(tx, &user, -(texts + log_texts), -(acked.bytes + log_bytes))
+                    .map_err(unavailable)?;
             }
             Released::add(&acked.released);
             Ok(())
@@ -1322,9 +1335,13 @@ impl Store for SqliteStore {
 
     async fn queue_depth(&self) -> Result<u64, StoreError> {
         self.read(|c| {
-            c.query_row("SELECT COUNT(*) FROM queue", [], |r| r.get::<_, i64>(0))
-                .map(|n| n as u64)
-                .map_err(unavailable)
+            // Kept with every insert and delete; a count would read each
+            // member's view of each group's log.
+            c.query_row("SELECT COALESCE(SUM(texts), 0) FROM queue_usage", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n.max(0) as u64)
+            .map_err(unavailable)
         })
         .await
     }
@@ -1332,13 +1349,16 @@ impl Store for SqliteStore {
     async fn last_pending(&self, user: &str) -> Result<Option<u64>, StoreError> {
         let user = user.to_string();
         self.read(move |c| {
-            c.query_row(
-                "SELECT MAX(seq) FROM queue WHERE recipient = ?1",
-                params![user],
-                |r| r.get::<_, Option<i64>>(0),
-            )
-            .map(|v| v.map(|s| s as u64))
-            .map_err(unavailable)
+            let own = c
+                .query_row(
+                    "SELECT MAX(seq) FROM queue WHERE recipient = ?1",
+                    params![user],
+                    |r| r.get::<_, Option<i64>>(0),
+                )
+                .map(|v| v.map(|s| s as u64))
+                .map_err(unavailable)?;
+            let logged = group_log::last_pending(c, &user).map_err(unavailable)?;
+            Ok(own.max(logged))
         })
         .await
     }
@@ -1346,12 +1366,14 @@ impl Store for SqliteStore {
     async fn any_pending_upto(&self, user: &str, upto: u64) -> Result<bool, StoreError> {
         let user = user.to_string();
         self.read(move |c| {
-            c.query_row(
-                "SELECT EXISTS(SELECT 1 FROM queue WHERE recipient = ?1 AND seq <= ?2)",
-                params![user, upto.min(i64::MAX as u64) as i64],
-                |r| r.get::<_, bool>(0),
-            )
-            .map_err(unavailable)
+            let own = c
+                .query_row(
+                    "SELECT EXISTS(SELECT 1 FROM queue WHERE recipient = ?1 AND seq <= ?2)",
+                    params![user, upto.min(i64::MAX as u64) as i64],
+                    |r| r.get::<_, bool>(0),
+                )
+                .map_err(unavailable)?;
+            Ok(own || group_log::any_pending_upto(c, &user, upto).map_err(unavailable)?)
         })
         .await
     }
@@ -1696,19 +1718,19 @@ mod tests {
     async fn a_group_text_waits_for_each_member_until_each_acks() {
         let (dir, s) = store();
         conformance::a_group_text_waits_for_each_member_until_each_acks(&s).await;
-        let shared = |dir: &Path| {
+        let stored = |dir: &Path| {
             let c = Connection::open(dir.join("node.db")).unwrap();
             c.query_row(
-                "SELECT COUNT(*), SUM(refs) FROM shared_envelopes",
+                "SELECT (SELECT COUNT(*) FROM group_log), (SELECT COUNT(*) FROM queue)",
                 [],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?)),
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
             )
             .unwrap()
         };
         assert_eq!(
-            shared(dir.path()),
-            (1, Some(2)),
-            "the late resend, stored once for both"
+            stored(dir.path()),
+            (1, 0),
+            "the late resend, stored once for both, in the log alone"
         );
         let indexes: Vec<String> = Connection::open(dir.path().join("node.db"))
             .unwrap()
@@ -1726,11 +1748,11 @@ mod tests {
             let seqs = conformance::positions(&s, member, 100).await;
             s.ack(member, &seqs).await.unwrap();
         }
-        assert_eq!(shared(dir.path()), (0, None), "the last ack deletes it");
+        assert_eq!(stored(dir.path()), (0, 0), "the last ack deletes it");
     }
 
     #[tokio::test]
-    async fn acks_from_many_members_at_once_count_a_group_text_down_together() {
+    async fn acks_from_many_members_at_once_clear_the_log_behind_the_slowest() {
         let (dir, s) = store();
         let members: Vec<String> = (0..6).map(|i| format!("m{i}")).collect();
         let id = s.create_group("crew", "admin").await.unwrap();
@@ -1744,15 +1766,16 @@ mod tests {
         s.enqueue_texts("admin", texts, QueueLimits::default())
             .await
             .unwrap();
-        let refs = || {
+        let stored = || {
             let c = Connection::open(dir.path().join("node.db")).unwrap();
-            let mut stmt = c
-                .prepare("SELECT refs FROM shared_envelopes ORDER BY id")
-                .unwrap();
-            let rows = stmt.query_map([], |r| r.get::<_, i64>(0)).unwrap();
-            rows.collect::<Result<Vec<_>, _>>().unwrap()
+            c.query_row(
+                "SELECT (SELECT COUNT(*) FROM group_log), (SELECT COUNT(*) FROM queue)",
+                [],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+            )
+            .unwrap()
         };
-        assert_eq!(refs(), vec![6, 6, 6], "one for each member but the sender");
+        assert_eq!(stored(), (3, 0), "each text once, no row per member");
         // All at once, so the writer takes several acks into one group; the
         // last member acknowledges only the first text.
         let mut acks = Vec::new();
@@ -1765,14 +1788,25 @@ mod tests {
         }
         let done = futures::future::join_all(acks.iter().map(|(m, seqs)| s.ack(m, seqs))).await;
         assert!(done.iter().all(Result::is_ok));
-        assert_eq!(refs(), vec![1, 1], "the first is gone, m5's last two wait");
+        assert_eq!(stored(), (2, 0), "the first is gone, m5's last two wait");
         let m5 = conformance::positions(&s, "m5", 10).await;
         assert_eq!(m5.len(), 2);
         s.ack("m5", &m5).await.unwrap();
-        assert!(refs().is_empty(), "the last ack deletes them");
+        assert_eq!(stored(), (0, 0), "the last ack deletes them");
         for m in &members {
             assert_eq!(s.queued_for(m).await.unwrap(), 0, "{m}");
         }
+    }
+
+    #[tokio::test]
+    async fn members_get_the_texts_of_their_time_in_the_group_in_queue_order() {
+        let (dir, s) = store();
+        conformance::members_get_the_texts_of_their_time_in_the_group_in_queue_order(&s).await;
+        let c = Connection::open(dir.path().join("node.db")).unwrap();
+        let left: i64 = c
+            .query_row("SELECT COUNT(*) FROM group_log", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0, "senders who receive nothing hold no entry back");
     }
 
     #[tokio::test]
