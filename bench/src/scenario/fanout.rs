@@ -1,11 +1,9 @@
 //! `fanout`: one sender to a group of 100 members (joined in one re-key);
 //! deliveries per second until every member has every message.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{bar, befriend, count_texts, send_windowed, watch};
+use super::{Progress, bar, befriend, count_texts, send_windowed, watch};
 use crate::Options;
 use crate::env::Env;
 use crate::report::ScenarioResult;
@@ -30,8 +28,8 @@ pub async fn run(env: &Env, options: &Options) -> anyhow::Result<ScenarioResult>
     }
 
     let expect = (members * m) as u64;
-    let received = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
+    let received = Progress::new(start);
     let cpu = env.cpu_mark();
     let counters: Vec<_> = users[1..]
         .iter()
@@ -39,20 +37,13 @@ pub async fn run(env: &Env, options: &Options) -> anyhow::Result<ScenarioResult>
         .collect();
     let sender = tokio::spawn(send_windowed(admin.clone(), group, m, size, start, true));
     let progress = bar("fanout", expect);
-    let (timeline, elapsed) = watch(
-        &received,
-        expect,
-        start,
-        Duration::from_secs(120),
-        &progress,
-    )
-    .await;
+    let (timeline, elapsed) = watch(&received, expect, Duration::from_secs(120), &progress).await;
     progress.finish_and_clear();
     let errors = sender.await?;
     for c in counters {
         c.abort();
     }
-    let got = received.load(Ordering::Relaxed);
+    let got = received.done();
     let mut r = ScenarioResult::new("fanout", members + 1, got.min(expect), "delivery", elapsed);
     r.set_cpu(env.cpu_since(&cpu, r.operations));
     r.errors = errors;

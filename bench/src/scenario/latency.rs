@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use super::{bar, befriend, count_texts, stamped};
+use super::{Progress, bar, befriend, count_texts, stamped};
 use crate::Options;
 use crate::env::Env;
 use crate::report::ScenarioResult;
@@ -27,9 +27,9 @@ pub async fn run(env: &Env, options: &Options) -> anyhow::Result<ScenarioResult>
     let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
         1, 60_000_000, 3,
     )?));
-    let received = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
+    let received = Progress::new(start);
     let cpu = env.cpu_mark();
     let counters: Vec<_> = clients
         .iter()
@@ -73,7 +73,7 @@ pub async fn run(env: &Env, options: &Options) -> anyhow::Result<ScenarioResult>
     let expect = (per_client * n) as u64;
     let progress = bar("latency", expect);
     let limit = Duration::from_secs_f64(seconds * 3.0 + 10.0);
-    let (timeline, elapsed) = super::watch(&received, expect, start, limit, &progress).await;
+    let (timeline, elapsed) = super::watch(&received, expect, limit, &progress).await;
     progress.finish_and_clear();
     for s in senders {
         s.await?;
@@ -81,7 +81,7 @@ pub async fn run(env: &Env, options: &Options) -> anyhow::Result<ScenarioResult>
     for c in counters {
         c.abort();
     }
-    let got = received.load(Ordering::Relaxed);
+    let got = received.done();
     let h = histogram.lock().expect("histogram lock").clone();
     let mut r = ScenarioResult::new("latency", n, got, "msg", elapsed).with_latency(&h);
     r.set_cpu(env.cpu_since(&cpu, r.operations));

@@ -111,12 +111,50 @@ pub fn stamp_of(text: &str) -> Option<Duration> {
         .map(Duration::from_nanos)
 }
 
+/// Operations done so far, and when the last of them was done: a rate is
+/// measured to that instant. Measured to the sampler's tick instead, a
+/// 0.3 s run gained up to a third in its time (ticks are 100 ms apart).
+pub struct Progress {
+    start: Instant,
+    done: AtomicU64,
+    last_us: AtomicU64,
+}
+
+impl Progress {
+    /// Nothing done yet; times count from `start`.
+    pub fn new(start: Instant) -> Arc<Self> {
+        Arc::new(Self {
+            start,
+            done: AtomicU64::new(0),
+            last_us: AtomicU64::new(0),
+        })
+    }
+
+    /// Notes `n` more done, now.
+    pub fn add(&self, n: u64) {
+        // The time goes first: whoever sees the count sees its time.
+        let at = self.start.elapsed().as_micros() as u64;
+        self.last_us.fetch_max(at, Ordering::Release);
+        self.done.fetch_add(n, Ordering::Release);
+    }
+
+    /// How many are done.
+    pub fn done(&self) -> u64 {
+        self.done.load(Ordering::Acquire)
+    }
+
+    /// When the last was done, since `start`.
+    pub fn last(&self) -> Duration {
+        Duration::from_micros(self.last_us.load(Ordering::Acquire))
+    }
+}
+
 /// Counts texts arriving at `client` until `expect` have, adding each one's
 /// latency (from its stamp) to `latencies`. Returns the count reached.
 pub fn count_texts(
     client: &Client,
     expect: u64,
-    counter: Arc<AtomicU64>,
+    counter: Arc<Progress>,
     start: Instant,
     latencies: Option<Arc<std::sync::Mutex<hdrhistogram::Histogram<u64>>>>,
 ) -> tokio::task::JoinHandle<u64> {
@@ -127,7 +165,7 @@ pub fn count_texts(
             match events.recv().await {
                 Ok(item) if item.kind == InboxKind::Text => {
                     got += 1;
-                    counter.fetch_add(1, Ordering::Relaxed);
+                    counter.add(1);
                     if let (Some(h), Some(sent)) = (&latencies, stamp_of(&item.text)) {
                         let us = start.elapsed().saturating_sub(sent).as_micros() as u64;
                         let _ = h.lock().expect("histogram lock").record(us.max(1));
@@ -136,7 +174,7 @@ pub fn count_texts(
                 Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     got += n;
-                    counter.fetch_add(n, Ordering::Relaxed);
+                    counter.add(n);
                 }
                 Err(_) => break,
             }
@@ -154,33 +192,31 @@ pub fn text_size(options: &Options) -> usize {
     }
 }
 
-/// Samples `counter` every 100 ms (and moves `bar`) until it reaches
+/// Samples `progress` every 100 ms (and moves `bar`) until it reaches
 /// `expect`, `limit` passes, or nothing moved for 10 s; returns the timeline
 /// and the time of the last progress (what throughput is measured over).
 pub async fn watch(
-    counter: &AtomicU64,
+    progress: &Progress,
     expect: u64,
-    start: Instant,
     limit: Duration,
     bar: &ProgressBar,
 ) -> (Vec<(f64, u64)>, Duration) {
+    let start = progress.start;
     let mut timeline = vec![(0.0, 0)];
     let mut last_change = Instant::now();
-    let mut progressed_at = Duration::ZERO;
     let mut last = 0;
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let n = counter.load(Ordering::Relaxed);
+        let n = progress.done();
         if n != last {
             last = n;
             last_change = Instant::now();
-            progressed_at = start.elapsed();
         }
         bar.set_position(n);
         timeline.push((start.elapsed().as_secs_f64(), n));
         if n >= expect || start.elapsed() > limit || last_change.elapsed() > Duration::from_secs(10)
         {
-            return (timeline, progressed_at);
+            return (timeline, progress.last());
         }
     }
 }

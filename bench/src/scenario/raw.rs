@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use fastchat_transport::quinn::Connection;
 use fastchat_transport::{Listener, ServerKind, client_endpoint, connect, server_endpoint};
 
-use super::{WINDOW, bar, watch};
+use super::{Progress, WINDOW, bar, watch};
 use crate::Options;
 use crate::env::Env;
 use crate::report::ScenarioResult;
@@ -71,10 +71,10 @@ pub async fn run(env: &Env, options: &Options) -> anyhow::Result<ScenarioResult>
         let ep = client_endpoint(&identity.ca, None)?;
         conns.push((connect(&ep, &addr).await?, ep));
     }
-    let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let expect = (n * m) as u64;
     let start = Instant::now();
+    let done = Progress::new(start);
     let mut senders = Vec::new();
     for (conn, _) in &conns {
         let (conn, done, errors) = (conn.clone(), done.clone(), errors.clone());
@@ -87,22 +87,23 @@ pub async fn run(env: &Env, options: &Options) -> anyhow::Result<ScenarioResult>
                     (conn.clone(), done.clone(), errors.clone(), payload.clone());
                 tokio::spawn(async move {
                     match one_message(&conn, &payload).await {
-                        Ok(()) => done.fetch_add(1, Ordering::Relaxed),
-                        Err(_) => errors.fetch_add(1, Ordering::Relaxed),
-                    };
+                        Ok(()) => done.add(1),
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                     drop(permit);
                 });
             }
         }));
     }
     let progress = bar("raw msgs", expect);
-    let (timeline, msg_elapsed) =
-        watch(&done, expect, start, Duration::from_secs(120), &progress).await;
+    let (timeline, msg_elapsed) = watch(&done, expect, Duration::from_secs(120), &progress).await;
     progress.finish_and_clear();
     for s in senders {
         s.await?;
     }
-    let msgs = done.load(Ordering::Relaxed);
+    let msgs = done.done();
     let msg_rate = msgs as f64 / msg_elapsed.as_secs_f64();
 
     // Bulk: the same bytes as `image`, one stream.

@@ -1,11 +1,9 @@
 //! `ring`: N clients, each sending M texts to the next, flat out, at most 64
 //! unacknowledged each; done when every recipient has every message.
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
-use super::{bar, befriend, count_texts, send_windowed, watch};
+use super::{Progress, bar, befriend, count_texts, send_windowed, watch};
 use crate::Options;
 use crate::env::Env;
 use crate::report::ScenarioResult;
@@ -25,8 +23,8 @@ pub async fn run(name: &str, env: &Env, options: &Options) -> anyhow::Result<Sce
         .count();
 
     let expect = (n * m) as u64;
-    let received = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
+    let received = Progress::new(start);
     let cpu = env.cpu_mark();
     let counters: Vec<_> = clients
         .iter()
@@ -39,14 +37,7 @@ pub async fn run(name: &str, env: &Env, options: &Options) -> anyhow::Result<Sce
         })
         .collect();
     let progress = bar(name, expect);
-    let (timeline, elapsed) = watch(
-        &received,
-        expect,
-        start,
-        Duration::from_secs(120),
-        &progress,
-    )
-    .await;
+    let (timeline, elapsed) = watch(&received, expect, Duration::from_secs(120), &progress).await;
     progress.finish_and_clear();
     let mut errors = 0;
     for s in senders {
@@ -56,7 +47,7 @@ pub async fn run(name: &str, env: &Env, options: &Options) -> anyhow::Result<Sce
     for c in counters {
         c.abort();
     }
-    got += received.load(std::sync::atomic::Ordering::Relaxed);
+    got += received.done();
     let mut r = ScenarioResult::new(name, n, got.min(expect), "msg", elapsed);
     r.set_cpu(env.cpu_since(&cpu, r.operations));
     r.errors = errors;

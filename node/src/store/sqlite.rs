@@ -196,14 +196,10 @@ fn user_exists(tx: &Connection, name: &str) -> rusqlite::Result<bool> {
 /// come from `queue_seq`, read once per group transaction (see
 /// [`NextSeq`]).
 ///
-/// A text for several recipients (a group text) is stored once, in
-/// `shared_envelopes`, counting the queue rows that point at it (`shared`;
-/// their own `envelope` is empty); the last ack deletes it. A
-/// hundred copies of a 400-byte envelope, one on each member's page, split
-/// those pages every few texts: the node spent 16 µs per group delivery,
-/// 11 then. A resend of a group text is caught by its id in
-/// `shared_envelopes` (see [`QUEUE_INDEXES`]), not by an index entry per
-/// member.
+/// Group texts live in their group's log (see [`group_log`]). Rows from
+/// before it, a group text stored once in `shared_envelopes` and a row per
+/// member pointing at it (`shared`; their own `envelope` empty), are still
+/// delivered, and the last ack deletes the envelope.
 const QUEUE_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS queue(
     recipient TEXT NOT NULL,
