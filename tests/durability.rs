@@ -181,8 +181,8 @@ async fn sigkill_inside_group_commits_loses_no_acknowledged_text() {
 }
 
 /// The same for group texts: members post to a group flat out, two members
-/// offline; each text is stored once for both (`shared_envelopes`) and
-/// signed with its batch. Every acknowledged text reaches each offline
+/// offline; each text is stored once for both (in the group's log, their
+/// cursors behind it) and signed with its batch. Every acknowledged text reaches each offline
 /// member exactly once, its signature still good after the resend.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_inside_group_commits_loses_no_acknowledged_group_text() {
