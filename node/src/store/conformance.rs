@@ -453,6 +453,8 @@ pub async fn members_get_the_texts_of_their_time_in_the_group_in_queue_order(s: 
         .await
         .unwrap();
     let bodies = |page: Vec<(u64, Vec<u8>)>| page.into_iter().map(|(_, b)| b).collect::<Vec<_>>();
+    let waiting =
+        |user: &'static str| async move { bodies(s.pending(user, 0, 100).await.unwrap()) };
     let bob = s.pending("bob", 0, 100).await.unwrap();
     assert_eq!(
         bodies(bob.clone()),
@@ -480,7 +482,7 @@ pub async fn members_get_the_texts_of_their_time_in_the_group_in_queue_order(s: 
         .await
         .unwrap();
     assert_eq!(
-        bodies(s.pending("erin", 0, 100).await.unwrap()),
+        waiting("erin").await,
         vec![b"key one".to_vec(), b"t2".to_vec()],
         "nothing from before erin joined"
     );
@@ -492,7 +494,7 @@ pub async fn members_get_the_texts_of_their_time_in_the_group_in_queue_order(s: 
         .await
         .unwrap();
     assert_eq!(
-        bodies(s.pending("bob", 0, 100).await.unwrap()),
+        waiting("bob").await,
         vec![b"t1".to_vec(), b"u2".to_vec()],
         "what bob skipped still waits"
     );
@@ -512,7 +514,7 @@ pub async fn members_get_the_texts_of_their_time_in_the_group_in_queue_order(s: 
         .await
         .unwrap();
     assert_eq!(
-        bodies(s.pending("carol", 0, 100).await.unwrap()),
+        waiting("carol").await,
         vec![b"t1".to_vec(), b"t2".to_vec()],
         "carol keeps what was sent while she was a member, and nothing after"
     );
