@@ -1064,6 +1064,12 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
+    async fn pages_across_groups_come_in_queue_order() {
+        let (_pg, _, s) = store("group_pages").await;
+        conformance::pages_across_groups_come_in_queue_order(&s).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
     async fn queues_are_bounded_per_recipient() {
         let (_pg, _, s) = store("queue_limits").await;
         conformance::queues_are_bounded_per_recipient(&s).await;

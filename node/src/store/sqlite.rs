@@ -1806,6 +1806,12 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn pages_across_groups_come_in_queue_order() {
+        let (_d, s) = store();
+        conformance::pages_across_groups_come_in_queue_order(&s).await;
+    }
+
+    #[tokio::test]
     async fn queues_are_bounded_per_recipient() {
         let (_d, s) = store();
         conformance::queues_are_bounded_per_recipient(&s).await;

@@ -223,21 +223,36 @@ pub(super) fn pending(
     let groups = cursors(tx, member)?;
     let mut stmt = tx.prepare_cached(
         "SELECT seq, envelope FROM group_log
-         WHERE group_id = ?1 AND seq > ?2 AND sender != ?3 ORDER BY seq LIMIT ?4",
+         WHERE group_id = ?1 AND seq > ?2 AND seq < ?5 AND sender != ?3 ORDER BY seq LIMIT ?4",
     )?;
-    let mut out = Vec::new();
+    let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
+    // Once a page is full, later groups read only what comes before its
+    // last entry: a member of several busy groups reads a page, not one
+    // per group.
+    let mut before = i64::MAX;
     for &(id, acked) in &groups {
         let rows = stmt.query_map(
-            params![id as i64, acked.max(after) as i64, member, limit as i64],
+            params![
+                id as i64,
+                acked.max(after) as i64,
+                member,
+                limit as i64,
+                before
+            ],
             |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?)),
         )?;
         for row in rows {
             out.push(row?);
         }
-    }
-    if groups.len() > 1 {
-        out.sort_unstable_by_key(|&(seq, _)| seq);
-        out.truncate(limit);
+        if groups.len() > 1 {
+            out.sort_unstable_by_key(|&(seq, _)| seq);
+            out.truncate(limit);
+            if out.len() == limit
+                && let Some(&(last, _)) = out.last()
+            {
+                before = last as i64;
+            }
+        }
     }
     Ok(out)
 }
