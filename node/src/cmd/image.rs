@@ -174,21 +174,41 @@ pub(crate) async fn serve_upload(
     )
     .await?;
 
-    let mut pending: Vec<u8> = Vec::with_capacity(WRITE_CHUNK);
+    // Two buffers: the next fills from the stream while the last is
+    // written. Written in turn, the stream stood still during each write
+    // (a trip to the blocking pool and back) and the sender with it.
+    let mut filling: Vec<u8> = Vec::with_capacity(WRITE_CHUNK);
+    let mut writing: Vec<u8> = Vec::with_capacity(WRITE_CHUNK);
+    let mut received = blob.have();
     loop {
-        let chunk = recv.read_chunk(WRITE_CHUNK, true).await?;
-        let done = chunk.is_none();
-        if let Some(c) = chunk {
-            if blob.have() + pending.len() as u64 + c.bytes.len() as u64 > start.total_len {
-                return Err(blob_err(BlobError::TooLong));
+        let fill = async {
+            while filling.len() < WRITE_CHUNK {
+                let Some(c) = recv.read_chunk(WRITE_CHUNK - filling.len(), true).await? else {
+                    return Ok::<_, StreamError>(true);
+                };
+                received += c.bytes.len() as u64;
+                if received > start.total_len {
+                    return Err(blob_err(BlobError::TooLong));
+                }
+                filling.extend_from_slice(&c.bytes);
             }
-            pending.extend_from_slice(&c.bytes);
-        }
-        if pending.len() >= WRITE_CHUNK || (done && !pending.is_empty()) {
-            blob.append(&pending).await.map_err(blob_err)?;
-            pending.clear();
-        }
+            Ok(false)
+        };
+        let write = async {
+            if writing.is_empty() {
+                return Ok(());
+            }
+            blob.append(&writing).await
+        };
+        let (done, wrote) = tokio::join!(fill, write);
+        wrote.map_err(blob_err)?;
+        let done = done?;
+        writing.clear();
+        std::mem::swap(&mut writing, &mut filling);
         if done {
+            if !writing.is_empty() {
+                blob.append(&writing).await.map_err(blob_err)?;
+            }
             break;
         }
     }
@@ -256,15 +276,25 @@ async fn send_local(
         .follow(blob_id, offset)
         .await
         .map_err(blob_err)?;
-    let mut pos = offset;
-    while pos < total_len {
-        // A stalled upload ends this fetch; the recipient resumes later.
-        let bytes = reader.next(READ_CHUNK, STALL).await.map_err(blob_err)?;
-        pos += bytes.len() as u64;
-        // Handed over as it is: `write_all` would copy it into quinn again.
-        send.write_chunk(bytes.into()).await?;
+    if offset >= total_len {
+        return Ok(());
     }
-    Ok(())
+    // The next piece is read from the file while the last goes out.
+    // A stalled upload ends this fetch; the recipient resumes later.
+    let mut bytes = reader.next(READ_CHUNK, STALL).await.map_err(blob_err)?;
+    let mut pos = offset + bytes.len() as u64;
+    loop {
+        // Handed over as it is: `write_all` would copy it into quinn again.
+        let sent = send.write_chunk(bytes.into());
+        if pos >= total_len {
+            sent.await?;
+            return Ok(());
+        }
+        let (sent, next) = tokio::join!(sent, reader.next(READ_CHUNK, STALL));
+        sent?;
+        bytes = next.map_err(blob_err)?;
+        pos += bytes.len() as u64;
+    }
 }
 
 /// Streams a blob held by another node, in bus-sized chunks, one request
