@@ -417,39 +417,17 @@ impl NextSeq {
 }
 
 fn enqueue(tx: &Connection, to: &str, envelope: &[u8]) -> rusqlite::Result<u64> {
-    let seq = insert_row(tx, to, envelope, None)?;
+    let seq = insert_row(tx, to, envelope)?;
     add_usage(tx, to, 1, envelope.len() as i64)?;
     Ok(seq)
 }
 
-/// Inserts one queue row holding `envelope`, or pointing at the shared
-/// envelope `shared` (see [`QUEUE_SCHEMA`]); the caller keeps
+/// Inserts one queue row holding `envelope`; the caller keeps
 /// `queue_usage` (texts add theirs up per batch).
-fn insert_row(
-    tx: &Connection,
-    to: &str,
-    envelope: &[u8],
-    shared: Option<i64>,
-) -> rusqlite::Result<u64> {
-    let mut insert = tx.prepare_cached(INSERT_ROW)?;
-    insert_with(tx, &mut insert, to, envelope, shared)
-}
-
-const INSERT_ROW: &str =
-    "INSERT INTO queue(recipient, seq, envelope, shared) VALUES (?1, ?2, ?3, ?4)";
-
-/// [`insert_row`] with the statement in hand: a group text inserts a row
-/// per member, and looking the statement up in the cache each time cost
-/// more than binding it.
-fn insert_with(
-    tx: &Connection,
-    insert: &mut rusqlite::Statement<'_>,
-    to: &str,
-    envelope: &[u8],
-    shared: Option<i64>,
-) -> rusqlite::Result<u64> {
+fn insert_row(tx: &Connection, to: &str, envelope: &[u8]) -> rusqlite::Result<u64> {
     let seq = NextSeq::take(tx)?;
-    insert.execute(params![to, seq as i64, envelope, shared])?;
+    tx.prepare_cached("INSERT INTO queue(recipient, seq, envelope) VALUES (?1, ?2, ?3)")?
+        .execute(params![to, seq as i64, envelope])?;
     Ok(seq)
 }
 
@@ -1055,7 +1033,7 @@ impl Store for SqliteStore {
                     } else {
                         let mut stored = Vec::with_capacity(1);
                         for to in recipients {
-                            let seq = insert_row(tx, &to, envelope, None).map_err(unavailable)?;
+                            let seq = insert_row(tx, &to, envelope).map_err(unavailable)?;
                             stored.push((to, seq));
                         }
                         stored

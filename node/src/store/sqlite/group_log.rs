@@ -295,7 +295,8 @@ pub(super) fn ack(tx: &Connection, member: &str, seqs: &[u64]) -> rusqlite::Resu
         else {
             continue;
         };
-        let mut holes = false;
+        // An entry skipped (rare) waits on in the member's own queue.
+        let mut skipped = 0;
         for &(seq, own, len) in entries.iter().take_while(|(seq, _, _)| *seq <= upto) {
             if own {
                 continue;
@@ -304,24 +305,15 @@ pub(super) fn ack(tx: &Connection, member: &str, seqs: &[u64]) -> rusqlite::Resu
                 acked.0 += 1;
                 acked.1 += len;
             } else {
-                holes = true;
+                skipped += copy_to_queue(tx, member, id, seq - 1, seq)?;
             }
         }
-        if holes {
-            // Rare: copy the run and take back what was named.
-            let copied = copy_to_queue(tx, member, id, cursor, upto)?;
+        if skipped > 0 {
             tracing::debug!(
                 group = id,
-                copied,
+                skipped,
                 "an ack skipped log entries; they wait in the member's queue"
             );
-            let mut named_rows =
-                tx.prepare_cached("DELETE FROM queue WHERE recipient = ?1 AND seq = ?2")?;
-            for &(seq, own, _) in entries.iter().take_while(|(seq, _, _)| *seq <= upto) {
-                if !own && named(&seq) {
-                    named_rows.execute(params![member, seq as i64])?;
-                }
-            }
         }
         move_cursor(tx, member, id, upto)?;
     }
