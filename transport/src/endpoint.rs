@@ -198,11 +198,26 @@ fn transport_config(client: bool, mtu: PathMtu) -> Arc<TransportConfig> {
     Arc::new(t)
 }
 
+/// How an endpoint's socket reads datagrams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reads {
+    /// Coalesced by the kernel (GRO) into reads of up to 64 KiB: a server's
+    /// socket, which carries every peer's traffic.
+    Coalesced,
+    /// One datagram per read: a client's socket. quinn reads 32 at a time
+    /// into a buffer it zeroes when the endpoint is made; coalesced reads
+    /// need 2 MiB of it, single datagrams 192 KiB. Those pages were a
+    /// quarter of a login's CPU on the client (perf, `bench connect`:
+    /// allocation, page faults, zeroing).
+    Single,
+}
+
 /// An endpoint on `addr` accepting datagrams of up to `largest` bytes
 /// (announced to peers, who send no larger).
 fn endpoint_on(
     addr: SocketAddr,
     largest: u16,
+    reads: Reads,
     server: Option<quinn::ServerConfig>,
 ) -> Result<Endpoint, TransportError> {
     let bind_err = |cause| TransportError::Bind { addr, cause };
@@ -211,11 +226,38 @@ fn endpoint_on(
         .max_udp_payload_size(largest)
         .expect("the sizes used here are within QUIC's bounds");
     let runtime = quinn::TokioRuntime;
-    let socket = runtime
-        .wrap_udp_socket(udp_socket(addr)?)
-        .map_err(bind_err)?;
-    let socket = Arc::new(BoundedReceive::new(socket, largest));
+    let udp = udp_socket(addr)?;
+    // quinn turns coalescing on when it wraps the socket; a second handle
+    // on the same socket turns it off again.
+    let same = match reads {
+        Reads::Single => Some(udp.try_clone().map_err(bind_err)?),
+        Reads::Coalesced => None,
+    };
+    let socket = runtime.wrap_udp_socket(udp).map_err(bind_err)?;
+    let segments = match same {
+        Some(same) if coalescing_off(&same) => 1,
+        _ => BoundedReceive::segments_for(socket.as_ref(), largest),
+    };
+    let socket = Arc::new(BoundedReceive::new(socket, segments));
     Endpoint::new_with_abstract_socket(config, server, socket, Arc::new(runtime)).map_err(bind_err)
+}
+
+/// Turns the kernel's receive coalescing (UDP GRO) off for `socket`; false
+/// where it cannot be, and reads must then stay sized for it.
+fn coalescing_off(socket: &UdpSocket) -> bool {
+    use std::os::fd::AsRawFd;
+    let off: libc::c_int = 0;
+    // SAFETY: a valid socket and a c_int option of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_GRO,
+            (&off as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    rc == 0
 }
 
 /// The client's TLS and QUIC settings: for paths that probe, and for
@@ -309,7 +351,7 @@ pub fn server_endpoint(
         }
     };
     Ok(Listener {
-        endpoint: endpoint_on(addr, largest, Some(server))?,
+        endpoint: endpoint_on(addr, largest, Reads::Coalesced, Some(server))?,
         loopback,
     })
 }
@@ -337,6 +379,7 @@ pub fn client_endpoint(
     let mut endpoint = match endpoint_on(
         SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
         LOOPBACK_UDP_PAYLOAD,
+        Reads::Single,
         None,
     ) {
         Ok(e) => e,
@@ -344,6 +387,7 @@ pub fn client_endpoint(
         Err(_) => endpoint_on(
             SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
             LOOPBACK_UDP_PAYLOAD,
+            Reads::Single,
             None,
         )?,
     };
@@ -395,6 +439,38 @@ fn classify(target: &str, e: quinn::ConnectionError) -> TransportError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn coalescing(socket: &UdpSocket) -> libc::c_int {
+        use std::os::fd::AsRawFd;
+        let mut on: libc::c_int = -1;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: a valid socket and a c_int with its size.
+        let rc = unsafe {
+            libc::getsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_UDP,
+                libc::UDP_GRO,
+                (&mut on as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        on
+    }
+
+    #[tokio::test]
+    async fn a_client_socket_reads_single_datagrams_after_quinn_wraps_it() {
+        // quinn turns coalescing on; a client's 192 KiB of read slots
+        // would cut coalesced reads short if it stayed on.
+        let udp = udp_socket(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).unwrap();
+        let same = udp.try_clone().unwrap();
+        let _wrapped = quinn::TokioRuntime.wrap_udp_socket(udp).unwrap();
+        if coalescing(&same) == 0 {
+            return; // a kernel without UDP GRO: nothing to turn off
+        }
+        assert!(coalescing_off(&same));
+        assert_eq!(coalescing(&same), 0);
+    }
 
     #[test]
     fn only_peers_on_this_host_get_large_packets_unprobed() {

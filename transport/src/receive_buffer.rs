@@ -10,6 +10,8 @@
 //! GRO keeps to unless an administrator raised `gro_max_size`; then a read
 //! too long is cut and QUIC sends that packet again), so each of the 32
 //! slots needs only that: 2 MiB in all, less than quinn's 3 MiB for 1,472.
+//! A client's socket does not coalesce at all (see `Reads` in the endpoint
+//! module): one datagram per slot, 192 KiB.
 
 use std::fmt;
 use std::io::{self, IoSliceMut};
@@ -32,11 +34,16 @@ pub(crate) struct BoundedReceive {
 }
 
 impl BoundedReceive {
-    /// Wraps `inner`, whose peers send datagrams of at most `largest` bytes.
-    pub(crate) fn new(inner: Arc<dyn AsyncUdpSocket>, largest: u16) -> Self {
-        let segments = LARGEST_READ
+    /// The datagrams of at most `largest` bytes that one coalesced read of
+    /// `inner` can hold.
+    pub(crate) fn segments_for(inner: &dyn AsyncUdpSocket, largest: u16) -> usize {
+        LARGEST_READ
             .div_ceil(usize::from(largest))
-            .clamp(1, inner.max_receive_segments().max(1));
+            .clamp(1, inner.max_receive_segments().max(1))
+    }
+
+    /// Wraps `inner`, announcing `segments` datagrams per read.
+    pub(crate) fn new(inner: Arc<dyn AsyncUdpSocket>, segments: usize) -> Self {
         Self { inner, segments }
     }
 }
