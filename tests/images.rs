@@ -236,6 +236,52 @@ async fn offline_recipient_gets_it_later_and_the_node_never_holds_plaintext() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_altered_on_the_node_is_refused_and_nothing_is_put_in_place() {
+    let cluster = Cluster::start().await;
+    let alice = cluster.register("alice").await;
+    let bob = cluster.register("bob").await;
+    befriend(&alice, &bob).await;
+    bob.close().await;
+
+    let files = tempfile::tempdir().unwrap();
+    let bytes = pattern(5 * IMAGE_CHUNK + 77, 3);
+    let path = write(files.path(), "report.bin", &bytes);
+    alice
+        .send_attachment(
+            &Recipient::Friend("bob".into()),
+            &path,
+            AttachmentKind::File,
+            &no_progress,
+        )
+        .await
+        .unwrap();
+
+    // One flipped bit in the third chunk: the first two are good and get
+    // written before the forgery shows.
+    let blobs = blob_files(&cluster);
+    assert_eq!(blobs.len(), 1);
+    let mut sealed = std::fs::read(&blobs[0]).unwrap();
+    sealed[2 * IMAGE_CHUNK + 5000] ^= 0x10;
+    std::fs::write(&blobs[0], &sealed).unwrap();
+
+    let bob = Client::connect(&cluster.home("bob")).await.unwrap();
+    let items = received(&bob).await;
+    assert!(items.is_empty(), "{items:?}");
+    let downloads = cluster.home("bob").join(fastchat_client::DOWNLOADS_DIR);
+    let left: Vec<_> = std::fs::read_dir(&downloads)
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    // It was fetched and refused, not merely left waiting.
+    use fastchat_client::keystore::{Keystore, TransferState, Transfers};
+    let failed = Keystore::open(&cluster.home("bob"))
+        .unwrap()
+        .transfers(Transfers::Downloads, TransferState::Failed)
+        .unwrap();
+    assert_eq!(failed.len(), 1);
+}
+
 /// Alice (befriended with bob) starts sending `bytes` as a file and loses
 /// her connection a third of the way; returns the cluster, bob, and the
 /// file's path (in `files`).

@@ -14,14 +14,14 @@ use fastchat_proto::limits::{IMAGE_CHUNK, MAX_CONTROL_FRAME};
 use fastchat_proto::stream::StreamKind;
 use fastchat_transport::quinn::Connection;
 use fastchat_transport::{read_frame, write_frame};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 use crate::core::Core;
 use crate::error::ClientError;
+use crate::file_sink::FileSink;
 use crate::keystore::{TransferState, Transfers};
 use crate::transfer::{
     DownloadRecord, SEALED_CHUNK, candidate, chunk_count, chunk_len, safe_file_name, stream_len,
-    trailer_len,
 };
 use crate::types::{Attachment, Direction, InboxItem, InboxKind, Progress};
 
@@ -103,7 +103,7 @@ async fn run(
         .len();
     // Only chunks wholly inside the file: a chunk that also held trailer
     // bytes is fetched again for them.
-    let mut index = (existing / IMAGE_CHUNK as u64)
+    let index = (existing / IMAGE_CHUNK as u64)
         .min(size / IMAGE_CHUNK as u64)
         .min(chunks - 1);
     let kept = index * IMAGE_CHUNK as u64;
@@ -170,36 +170,26 @@ async fn run(
         });
     };
     report(kept);
-    let mut pending: Vec<u8> = Vec::with_capacity(2 * SEALED_CHUNK as usize);
-    let mut trailer = Vec::with_capacity(trailer_len(group) as usize);
-    while index < chunks {
-        let want = chunk_len(stream, index) + fastchat_proto::limits::IMAGE_TAG;
-        while pending.len() < want {
-            match recv.read_chunk(usize::MAX, true).await {
-                Ok(Some(c)) => pending.extend_from_slice(&c.bytes),
-                _ => return Err(ClientError::Disconnected),
-            }
+    let sink = FileSink::start(file.into_std().await, hasher);
+    let received = receive(
+        &mut recv,
+        &cipher,
+        &sink,
+        (index, chunks),
+        (stream, size),
+        &report,
+    )
+    .await;
+    // The writer stops either way; only a whole file is synced.
+    let written = sink.finish(received.is_ok()).await;
+    let (trailer, digest) = match (received, written) {
+        (Err(Received::Forged), _) => {
+            return Err(fail(core, rec, &partial, "a chunk failed authentication").await);
         }
-        let last = index + 1 == chunks;
-        let plain = match cipher.open(index as u32, last, &pending[..want]) {
-            Ok(p) => p,
-            Err(_) => return Err(fail(core, rec, &partial, "a chunk failed authentication").await),
-        };
-        pending.drain(..want);
-        let begin = index * IMAGE_CHUNK as u64;
-        let in_file = size.saturating_sub(begin).min(plain.len() as u64) as usize;
-        file.write_all(&plain[..in_file])
-            .await
-            .map_err(ClientError::io(&partial))?;
-        hasher.update(&plain[..in_file]);
-        trailer.extend_from_slice(&plain[in_file..]);
-        index += 1;
-        report((index * IMAGE_CHUNK as u64).min(size));
-    }
-    file.flush().await.map_err(ClientError::io(&partial))?;
-    file.sync_all().await.map_err(ClientError::io(&partial))?;
-    drop(file);
-    let digest = hasher.finish();
+        (_, Err(e)) => return Err(ClientError::io(&partial)(e)),
+        (Err(Received::Lost), Ok(_)) => return Err(ClientError::Disconnected),
+        (Ok(trailer), Ok(digest)) => (trailer, digest),
+    };
     if let Err(why) = check_trailer(rec, &digest, &trailer) {
         return Err(fail(core, rec, &partial, why).await);
     }
@@ -247,6 +237,52 @@ async fn run(
     })
     .await?;
     Ok(item)
+}
+
+/// Why the chunks stopped before the last.
+enum Received {
+    /// The stream ended or the writer stopped (its error is the sink's).
+    Lost,
+    /// A chunk failed authentication.
+    Forged,
+}
+
+/// Opens chunks `index..chunks` of a sealed `stream` from `recv`, hands
+/// the file's bytes to `sink` and returns the trailer's.
+async fn receive(
+    recv: &mut fastchat_transport::quinn::RecvStream,
+    cipher: &fastchat_crypto::chunked::ChunkCipher,
+    sink: &FileSink,
+    (mut index, chunks): (u64, u64),
+    (stream, size): (u64, u64),
+    report: &impl Fn(u64),
+) -> Result<Vec<u8>, Received> {
+    let mut pending: Vec<u8> = Vec::with_capacity(2 * SEALED_CHUNK as usize);
+    let mut trailer = Vec::new();
+    while index < chunks {
+        let want = chunk_len(stream, index) + fastchat_proto::limits::IMAGE_TAG;
+        while pending.len() < want {
+            match recv.read_chunk(usize::MAX, true).await {
+                Ok(Some(c)) => pending.extend_from_slice(&c.bytes),
+                _ => return Err(Received::Lost),
+            }
+        }
+        let last = index + 1 == chunks;
+        let mut plain = cipher
+            .open(index as u32, last, &pending[..want])
+            .map_err(|_| Received::Forged)?;
+        pending.drain(..want);
+        let begin = index * IMAGE_CHUNK as u64;
+        let in_file = size.saturating_sub(begin).min(plain.len() as u64) as usize;
+        trailer.extend_from_slice(&plain[in_file..]);
+        plain.truncate(in_file);
+        if !plain.is_empty() && !sink.write(plain).await {
+            return Err(Received::Lost);
+        }
+        index += 1;
+        report((index * IMAGE_CHUNK as u64).min(size));
+    }
+    Ok(trailer)
 }
 
 /// The trailer must carry the digest of the bytes we got, and in a group

@@ -24,6 +24,7 @@ mod core;
 mod download;
 mod failover;
 mod fault;
+mod file_sink;
 mod ids;
 pub mod keystore;
 pub mod private;

@@ -353,7 +353,10 @@ pub(crate) async fn received(
 ) -> Result<Response, ProtoError> {
     if let Some(blob) = shared.store.blob_received(user, from, id).await? {
         if shared.holds_blob(&blob.owner) {
-            shared.blobs.delete(blob.blob_id).await;
+            // Unlinking a large file frees its pages: 12 ms for 50 MiB, which
+            // the recipient, whose file is already in place, need not wait.
+            let blobs = shared.blobs.clone();
+            tokio::spawn(async move { blobs.delete(blob.blob_id).await });
         } else {
             shared.bus.drop_blob(&blob.owner, blob.blob_id);
         }
