@@ -34,6 +34,15 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 
 fn no_progress(_: u64, _: u64) {}
 
+/// Registers alice and bob as friends and logs bob out; alice's client.
+async fn friends_with_bob_away(cluster: &Cluster) -> Client {
+    let alice = cluster.register("alice").await;
+    let bob = cluster.register("bob").await;
+    befriend(&alice, &bob).await;
+    bob.close().await;
+    alice
+}
+
 /// Waits for images and returns the attachments received, marking them shown.
 async fn received(client: &Client) -> Vec<InboxItem> {
     client.sync().await.unwrap();
@@ -157,10 +166,7 @@ async fn sizes_around_the_chunk_boundary_arrive_identical_one_to_one_and_in_grou
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_recipient_gets_it_later_and_the_node_never_holds_plaintext() {
     let cluster = Cluster::start().await;
-    let alice = cluster.register("alice").await;
-    let bob = cluster.register("bob").await;
-    befriend(&alice, &bob).await;
-    bob.close().await;
+    let alice = friends_with_bob_away(&cluster).await;
 
     let files = tempfile::tempdir().unwrap();
     let canary = b"image-plaintext-canary-91c3";
@@ -239,21 +245,14 @@ async fn offline_recipient_gets_it_later_and_the_node_never_holds_plaintext() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blob_altered_on_the_node_is_refused_and_nothing_is_put_in_place() {
     let cluster = Cluster::start().await;
-    let alice = cluster.register("alice").await;
-    let bob = cluster.register("bob").await;
-    befriend(&alice, &bob).await;
-    bob.close().await;
+    let alice = friends_with_bob_away(&cluster).await;
 
     let files = tempfile::tempdir().unwrap();
     let bytes = pattern(5 * IMAGE_CHUNK + 77, 3);
     let path = write(files.path(), "report.bin", &bytes);
+    let to_bob = Recipient::Friend("bob".into());
     alice
-        .send_attachment(
-            &Recipient::Friend("bob".into()),
-            &path,
-            AttachmentKind::File,
-            &no_progress,
-        )
+        .send_attachment(&to_bob, &path, AttachmentKind::File, &no_progress)
         .await
         .unwrap();
 
@@ -362,10 +361,7 @@ async fn a_file_changed_before_its_upload_resumed_is_sent_anew() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_download_resumes_from_where_it_stopped() {
     let cluster = Cluster::start().await;
-    let alice = cluster.register("alice").await;
-    let bob = cluster.register("bob").await;
-    befriend(&alice, &bob).await;
-    bob.close().await;
+    let alice = friends_with_bob_away(&cluster).await;
     let files = tempfile::tempdir().unwrap();
     let bytes = pattern(16 << 20, 9);
     let path = write(files.path(), "big.bin", &bytes);
@@ -426,10 +422,7 @@ async fn oversized_over_quota_and_non_images_are_refused_before_any_byte() {
     // The old node drops out of the balancer once it misses its reports.
     cluster.wait_for_only_this_node().await;
 
-    let alice = cluster.register("alice").await;
-    let bob = cluster.register("bob").await;
-    befriend(&alice, &bob).await;
-    bob.close().await;
+    let alice = friends_with_bob_away(&cluster).await;
     let files = tempfile::tempdir().unwrap();
     let to_bob = Recipient::Friend("bob".into());
 
