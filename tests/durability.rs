@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use common::{ChildGuard, befriend, contains, free_port, unshown_texts};
-use fastchat_client::{Client, InboxKind};
+use fastchat_client::{AttachmentKind, Client, InboxKind, Recipient};
 
 const SECRET: &str = "plaintext-canary-4f9c2b";
 
@@ -415,6 +415,88 @@ async fn a_recipient_killed_between_commit_and_ack_shows_each_text_once() {
     let bob = Client::connect(&home("bob")).await.unwrap();
     assert_eq!(bob.pending_at_login(), 0, "the redelivery was acknowledged");
     bob.close().await;
+}
+
+/// Files in every `blobs` directory below `root` (the nodes' image copies).
+fn blob_files(root: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return 0;
+    };
+    entries
+        .map_while(Result::ok)
+        .filter(|e| e.path().is_dir())
+        .map(|e| {
+            let path = e.path();
+            if e.file_name() == "blobs" {
+                std::fs::read_dir(&path).map(|d| d.count()).unwrap_or(0)
+            } else {
+                blob_files(&path)
+            }
+        })
+        .sum()
+}
+
+/// A recipient killed once its received file is in place and recorded,
+/// before it told the node: the node keeps its copy (counted against the
+/// sender's quota) until the recipient's next connection tells it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recipient_killed_before_telling_the_node_tells_it_when_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = |u: &str| dir.path().join("homes").join(u);
+    let (_up, alice) = alice_and_offline_bob(dir.path()).await;
+    let files = tempfile::tempdir().unwrap();
+    let path = files.path().join("notes.bin");
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&path, &bytes).unwrap();
+    alice
+        .send_attachment(
+            &Recipient::Friend("bob".into()),
+            &path,
+            AttachmentKind::File,
+            &|_, _| {},
+        )
+        .await
+        .unwrap();
+    let cluster = dir.path().join("cluster");
+    assert_eq!(blob_files(&cluster), 1);
+
+    let out = Command::new(common::bin())
+        .arg("--home")
+        .arg(home("bob"))
+        .args(["recv", "--json"])
+        .env("FASTCHAT_FAULT", "after-file-placed")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert!(
+        out.status.signal().is_some(),
+        "recv was stopped by a signal"
+    );
+    let downloads = home("bob").join(fastchat_client::DOWNLOADS_DIR);
+    assert_eq!(std::fs::read(downloads.join("notes.bin")).unwrap(), bytes);
+    assert_eq!(blob_files(&cluster), 1, "the node was not told");
+
+    let bob = Client::connect(&home("bob")).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while blob_files(&cluster) != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node still holds the image"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Shown once: the file is in the history, and not fetched again.
+    let files: Vec<_> = bob
+        .unshown()
+        .unwrap()
+        .into_iter()
+        .filter(|i| i.kind == InboxKind::File)
+        .collect();
+    assert_eq!(files.len(), 1);
+    assert_eq!(std::fs::read_dir(&downloads).unwrap().count(), 1);
+    bob.close().await;
+    alice.close().await;
 }
 
 /// A recipient online on the node: its texts are handed to its session

@@ -203,6 +203,9 @@ impl Client {
             outbox,
         ));
         failover::start_receiving(&core, conn);
+        if let Err(e) = failover::tell_node_of_placed(&core) {
+            tracing::warn!(error = %e, "cannot read the received files the node was not told of");
+        }
         sender::start(core.clone(), outbox_rx);
         tokio::spawn(failover::supervise(core.clone(), endpoint.clone()));
         Self {
@@ -657,8 +660,9 @@ impl Client {
                 .keystore()
                 .transfers(Transfers::Downloads, TransferState::Pending)?
                 .len();
+            // A task runs until the node has been told its file is in place.
             let running = self.core.active_downloads.lock().expect("lock").len();
-            if left == 0 || running == 0 {
+            if running == 0 {
                 return Ok(left);
             }
             if tokio::time::timeout(stall, progress.recv()).await.is_err() {

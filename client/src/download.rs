@@ -40,18 +40,18 @@ pub(crate) fn spawn(core: Arc<Core>, conn: Connection, rec: DownloadRecord) {
         return;
     }
     tokio::spawn(async move {
-        let result = run(&core, &conn, &rec).await;
-        core.active_downloads.lock().expect("lock").remove(&key);
-        match result {
+        match run(&core, &conn, &rec).await {
             Ok(item) => {
                 core.events.send(item);
                 let _ = core.changes.send(());
+                tell_node(&core, &rec.from, rec.id).await;
             }
             Err(ClientError::Disconnected) => {
                 tracing::debug!(from = %rec.from, "download interrupted; it resumes on the next connection")
             }
             Err(e) => tracing::warn!(from = %rec.from, error = %e, "download failed"),
         }
+        core.active_downloads.lock().expect("lock").remove(&key);
         // Wake anyone waiting for downloads, whatever happened.
         core.progress.send(Progress {
             id: MessageId(rec.id),
@@ -220,7 +220,7 @@ async fn run(
                 Transfers::Downloads,
                 &rec.from,
                 &rec.id,
-                TransferState::Done,
+                TransferState::Placed,
             )
         });
         match stored {
@@ -231,12 +231,28 @@ async fn run(
             }
         }
     }
-    core.request(Request::ImageReceived {
-        from: rec.from.clone(),
-        id: MessageId(rec.id),
-    })
-    .await?;
+    crate::fault::crash_at(crate::fault::AFTER_FILE_PLACED);
     Ok(item)
+}
+
+/// Tells the node we have `from`'s image `id`, so it may delete its copy
+/// (and stop counting it against the sender's quota), and marks the
+/// download done. Left placed if the node cannot be told now: the next
+/// connection tells it ([`crate::failover::resume_downloads`]).
+pub(crate) async fn tell_node(core: &Core, from: &str, id: [u8; 16]) {
+    let told = core
+        .request(Request::ImageReceived {
+            from: from.to_string(),
+            id: MessageId(id),
+        })
+        .await;
+    let marked = told.and_then(|_| {
+        core.keystore()
+            .set_transfer_state(Transfers::Downloads, from, &id, TransferState::Done)
+    });
+    if let Err(e) = marked {
+        tracing::debug!(%from, error = %e, "the node is told of a received image later");
+    }
 }
 
 /// Why the chunks stopped before the last.

@@ -65,8 +65,37 @@ async fn relink(core: &Arc<Core>, endpoint: &ClientEndpoint) -> Result<(), Clien
     Ok(())
 }
 
-/// Starts every download the keystore still has pending.
+/// Tells the node of the received files in place that it was not told of
+/// (the connection was cut, or the client stopped, just before), except
+/// those whose download task is still at it.
+pub(crate) fn tell_node_of_placed(core: &Arc<Core>) -> Result<(), ClientError> {
+    let placed: Vec<_> = core
+        .keystore()
+        .transfers(Transfers::Downloads, TransferState::Placed)?
+        .into_iter()
+        .filter(|(sender, id, _)| {
+            !core
+                .active_downloads
+                .lock()
+                .expect("lock")
+                .contains(&(sender.clone(), *id))
+        })
+        .collect();
+    if !placed.is_empty() {
+        let core = core.clone();
+        tokio::spawn(async move {
+            for (sender, id, _) in placed {
+                crate::download::tell_node(&core, &sender, id).await;
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Starts every download the keystore still has pending, and tells the
+/// node of those in place that it was not told of.
 pub(crate) fn resume_downloads(core: &Arc<Core>, conn: &Connection) -> Result<(), ClientError> {
+    tell_node_of_placed(core)?;
     let records = core
         .keystore()
         .transfers(Transfers::Downloads, TransferState::Pending)?;

@@ -9,6 +9,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// After a delivery batch is committed to the keystore, before its ack.
 pub(crate) const AFTER_KEYSTORE_COMMIT: &str = "after-keystore-commit";
 
+/// After a received file is in place and recorded, before the node is told.
+pub(crate) const AFTER_FILE_PLACED: &str = "after-file-placed";
+
 /// Aborts the process if `FASTCHAT_FAULT` names `point` (and this is the
 /// time it names).
 pub(crate) fn crash_at(point: &str) {

@@ -332,6 +332,8 @@ pub enum TransferState {
     Pending,
     /// An upload the node does not have all of yet.
     Uploading,
+    /// A download in place whose node has not been told yet.
+    Placed,
     /// Finished.
     Done,
     /// Given up (the node refused it, or the file failed its checks).
@@ -343,6 +345,7 @@ impl TransferState {
         match self {
             Self::Pending => "pending",
             Self::Uploading => "uploading",
+            Self::Placed => "placed",
             Self::Done => "done",
             Self::Failed => "failed",
         }
