@@ -238,7 +238,7 @@ async fn run(
 /// Tells the node we have `from`'s image `id`, so it may delete its copy
 /// (and stop counting it against the sender's quota), and marks the
 /// download done. Left placed if the node cannot be told now: the next
-/// connection tells it ([`crate::failover::resume_downloads`]).
+/// connection tells it ([`crate::failover::tell_node_of_placed`]).
 pub(crate) async fn tell_node(core: &Core, from: &str, id: [u8; 16]) {
     let told = core
         .request(Request::ImageReceived {
