@@ -19,7 +19,7 @@ use common::{
     wait_for_balancer,
 };
 use fastchat_balancer::{BalancerConfig, BalancerHandle, Strategy};
-use fastchat_client::{AttachmentKind, Client, Conversation, InboxItem, InboxKind, Recipient};
+use fastchat_client::{Client, Conversation, InboxItem, InboxKind};
 use fastchat_node::{NatsServer, NodeConfig, NodeHandle};
 use fastchat_testkit::postgres::PgServer;
 use futures::StreamExt;
@@ -147,8 +147,6 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-fn no_progress(_: u64, _: u64) {}
-
 /// Waits for the next item of `kind` (up to 20 s).
 async fn next_of(
     events: &mut tokio::sync::broadcast::Receiver<InboxItem>,
@@ -220,15 +218,7 @@ async fn everything_across_three_nodes(postgres: bool) {
     let bytes = pattern(3 * 1024 * 1024 + 17, 9);
     let path = files.path().join("big.bin");
     std::fs::write(&path, &bytes).unwrap();
-    alice
-        .send_attachment(
-            &Recipient::Friend("bob".into()),
-            &path,
-            AttachmentKind::File,
-            &no_progress,
-        )
-        .await
-        .unwrap();
+    common::send_file(&alice, "bob", &path).await;
     let file = next_of(&mut bob_events, InboxKind::File).await;
     let saved = std::fs::read(&file.attachment.unwrap().path).unwrap();
     assert!(saved == bytes, "the file arrived changed");

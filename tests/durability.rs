@@ -7,8 +7,8 @@ use std::fs::File;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use common::{ChildGuard, befriend, contains, free_port, unshown_texts};
-use fastchat_client::{AttachmentKind, Client, InboxKind, Recipient};
+use common::{ChildGuard, befriend, contains, free_port, send_file, unshown_texts};
+use fastchat_client::{Client, InboxKind};
 
 const SECRET: &str = "plaintext-canary-4f9c2b";
 
@@ -448,15 +448,7 @@ async fn a_recipient_killed_before_telling_the_node_tells_it_when_it_is_back() {
     let path = files.path().join("notes.bin");
     let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(&path, &bytes).unwrap();
-    alice
-        .send_attachment(
-            &Recipient::Friend("bob".into()),
-            &path,
-            AttachmentKind::File,
-            &|_, _| {},
-        )
-        .await
-        .unwrap();
+    send_file(&alice, "bob", &path).await;
     let cluster = dir.path().join("cluster");
     assert_eq!(blob_files(&cluster), 1);
 

@@ -219,6 +219,18 @@ pub fn unshown_texts(client: &fastchat_client::Client) -> Vec<String> {
         .collect()
 }
 
+/// `from` sends the file at `path` to its friend `to`, and the node has it.
+pub async fn send_file(from: &fastchat_client::Client, to: &str, path: &Path) {
+    from.send_attachment(
+        &fastchat_client::Recipient::Friend(to.into()),
+        path,
+        fastchat_client::AttachmentKind::File,
+        &|_, _| {},
+    )
+    .await
+    .unwrap();
+}
+
 /// Makes two users friends through the SDK.
 pub async fn befriend(a: &fastchat_client::Client, b: &fastchat_client::Client) {
     assert_eq!(
