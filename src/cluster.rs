@@ -63,6 +63,23 @@ pub struct NodeOptions {
     /// Most MiB of texts that may wait for one user.
     #[arg(long, default_value_t = fastchat_node::store::DEFAULT_QUEUE_BYTES >> 20)]
     queue_max_mib: u64,
+    /// Threads that run connections (default: half the cores, at least one).
+    #[arg(long)]
+    workers: Option<std::num::NonZeroUsize>,
+}
+
+impl UpArgs {
+    /// Worker threads the user asked for, if any.
+    pub fn workers(&self) -> Option<usize> {
+        self.node.workers.map(|n| n.get())
+    }
+}
+
+impl NodeArgs {
+    /// Worker threads the user asked for, if any.
+    pub fn workers(&self) -> Option<usize> {
+        self.node.workers.map(|n| n.get())
+    }
 }
 
 impl NodeOptions {

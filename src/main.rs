@@ -128,6 +128,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// The async runtime a command runs on. Its worker count is chosen by role
+/// (DESIGN.md, "Threads"): a tokio worker that finds work wakes an idle
+/// sibling to share it, and at a paced load that cost each text more CPU
+/// than the text itself.
+fn runtime(command: &Command) -> std::io::Result<tokio::runtime::Runtime> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = match command {
+        // A node's store writer, blob files and the kernel's UDP path take
+        // the other half.
+        Command::Up(args) => args.workers().unwrap_or(cores / 2),
+        Command::Node(args) => args.workers().unwrap_or(cores / 2),
+        Command::Balancer(_) => cores / 2,
+        // The harness hosts hundreds of clients at once.
+        Command::Bench(_) => cores,
+        // One user's client.
+        _ => 1,
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers.max(1))
+        .enable_all()
+        .build()
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let server = matches!(
@@ -140,7 +163,7 @@ fn main() -> ExitCode {
     } else {
         init_logging(server, cli.verbose);
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match runtime(&cli.command) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -481,7 +481,11 @@ async fn a_nats_restart_delays_nothing_for_long_and_loses_nothing() {
 #[test]
 fn up_with_three_nodes_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();
-    let (_up, server, ca) = start_up_with(dir.path(), &["--nodes", "3", "--balancers", "2"]);
+    // More workers than the default: the nodes must not rely on one.
+    let (_up, server, ca) = start_up_with(
+        dir.path(),
+        &["--nodes", "3", "--balancers", "2", "--workers", "3"],
+    );
     let home = |u: &str| dir.path().join(u);
     // Two balancers, each knowing all three nodes; clients are given both.
     let balancers: Vec<&str> = server.split(',').collect();
