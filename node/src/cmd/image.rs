@@ -7,6 +7,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
+
 use fastchat_proto::control::{Relation, Response};
 use fastchat_proto::envelope::Envelope;
 use fastchat_proto::frame::encode_body;
@@ -174,11 +176,13 @@ pub(crate) async fn serve_upload(
     )
     .await?;
 
-    // Two buffers: the next fills from the stream while the last is
+    // Two pieces: the next fills from the stream while the last is
     // written. Written in turn, the stream stood still during each write
-    // (a trip to the blocking pool and back) and the sender with it.
-    let mut filling: Vec<u8> = Vec::with_capacity(WRITE_CHUNK);
-    let mut writing: Vec<u8> = Vec::with_capacity(WRITE_CHUNK);
+    // (a trip to the blocking pool and back) and the sender with it. A
+    // written piece is handed to followers as it is, so each is a fresh
+    // buffer.
+    let mut filling = BytesMut::with_capacity(WRITE_CHUNK);
+    let mut writing = Bytes::new();
     let mut received = blob.have();
     loop {
         let fill = async {
@@ -198,16 +202,15 @@ pub(crate) async fn serve_upload(
             if writing.is_empty() {
                 return Ok(());
             }
-            blob.append(&writing).await
+            blob.append(std::mem::take(&mut writing)).await
         };
         let (done, wrote) = tokio::join!(fill, write);
         wrote.map_err(blob_err)?;
         let done = done?;
-        writing.clear();
-        std::mem::swap(&mut writing, &mut filling);
+        writing = std::mem::replace(&mut filling, BytesMut::with_capacity(WRITE_CHUNK)).freeze();
         if done {
             if !writing.is_empty() {
-                blob.append(&writing).await.map_err(blob_err)?;
+                blob.append(writing).await.map_err(blob_err)?;
             }
             break;
         }
@@ -285,7 +288,7 @@ async fn send_local(
     let mut pos = offset + bytes.len() as u64;
     loop {
         // Handed over as it is: `write_all` would copy it into quinn again.
-        let sent = send.write_chunk(bytes.into());
+        let sent = send.write_chunk(bytes);
         if pos >= total_len {
             sent.await?;
             return Ok(());
