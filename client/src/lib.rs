@@ -25,6 +25,7 @@ mod download;
 mod failover;
 mod fault;
 mod file_sink;
+mod file_source;
 mod ids;
 pub mod keystore;
 pub mod private;

@@ -1,8 +1,9 @@
 //! Sending an image: one stream, an offer the node accepts or refuses before
 //! any byte moves, then the chunks from wherever the node says it already
-//! is. The file is read and encrypted one chunk at a time.
+//! is. The file is read and hashed on a thread of its own (`file_source`)
+//! and sealed here one chunk at a time.
 
-use fastchat_crypto::{Hasher, transcript};
+use fastchat_crypto::transcript;
 use fastchat_proto::MessageId;
 use fastchat_proto::image::{ImageAccept, ImageOffer, ImageStored, ImageTarget};
 use fastchat_proto::limits::IMAGE_CHUNK;
@@ -10,9 +11,9 @@ use fastchat_proto::limits::MAX_CONTROL_FRAME;
 use fastchat_proto::stream::StreamKind;
 use fastchat_transport::quinn::Connection;
 use fastchat_transport::{read_frame, write_frame};
-use tokio::io::AsyncReadExt;
 
 use crate::error::ClientError;
+use crate::file_source::FileSource;
 use crate::room::Me;
 use crate::transfer::{SEALED_CHUNK, UploadRecord, chunk_count, chunk_len, stream_len};
 use crate::types::UploadReport;
@@ -54,9 +55,7 @@ pub(crate) async fn run(
         None => return Err(ClientError::Disconnected),
     };
 
-    let mut file = tokio::fs::File::open(&rec.path)
-        .await
-        .map_err(ClientError::io(&rec.path))?;
+    let file = std::fs::File::open(&rec.path).map_err(ClientError::io(&rec.path))?;
     let changed = |e: std::io::Error| ClientError::Unusable {
         path: rec.path.clone(),
         why: format!("it changed while being sent ({e})"),
@@ -73,37 +72,40 @@ pub(crate) async fn run(
     let chunks = chunk_count(stream);
     let first = have / SEALED_CHUNK;
     let mut skip = (have % SEALED_CHUNK) as usize;
-    let mut plain = vec![0u8; IMAGE_CHUNK];
     // The digest covers the whole file: a resumed upload hashes again what
     // went before the chunk it resumes at (a fresh one reads nothing twice).
-    let mut hasher = Hasher::default();
-    let mut left = (first * IMAGE_CHUNK as u64).min(rec.size);
-    while left > 0 {
-        let n = (left as usize).min(plain.len());
-        file.read_exact(&mut plain[..n]).await.map_err(changed)?;
-        hasher.update(&plain[..n]);
-        left -= n as u64;
-    }
+    let mut source = FileSource::start(file, rec.size, first * IMAGE_CHUNK as u64, IMAGE_CHUNK);
     let mut trailer: Option<Vec<u8>> = None;
     let mut sent = 0u64;
     for i in first..chunks {
         let len = chunk_len(stream, i);
         let begin = i * IMAGE_CHUNK as u64;
         let from_file = rec.size.saturating_sub(begin).min(len as u64) as usize;
-        file.read_exact(&mut plain[..from_file])
-            .await
-            .map_err(changed)?;
-        hasher.update(&plain[..from_file]);
+        // The file's pieces end with its digest; chunks after that hold
+        // only the trailer.
+        let mut plain = if trailer.is_none() {
+            let piece = source.next().await.map_err(changed)?;
+            if piece.bytes.len() != from_file {
+                return Err(changed(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            if let Some(digest) = piece.digest {
+                trailer = Some(seal_trailer(me, rec, group, digest));
+            }
+            piece.bytes
+        } else {
+            Vec::with_capacity(len)
+        };
         if from_file < len {
             // The file has ended inside this chunk: its trailer follows.
-            let t = match &mut trailer {
-                Some(t) => t,
-                None => trailer.insert(seal_trailer(me, rec, group, hasher.clone().finish())),
-            };
+            let t = trailer.as_ref().ok_or_else(|| {
+                changed(std::io::Error::other(
+                    "its digest did not come with its end",
+                ))
+            })?;
             let at = (begin + from_file as u64 - rec.size) as usize;
-            plain[from_file..len].copy_from_slice(&t[at..at + len - from_file]);
+            plain.extend_from_slice(&t[at..at + len - from_file]);
         }
-        let sealed = cipher.seal(i as u32, i + 1 == chunks, &plain[..len])?;
+        let sealed = cipher.seal(i as u32, i + 1 == chunks, &plain)?;
         sent += (sealed.len() - skip) as u64;
         // Handed over as it is: `write_all` would copy the chunk once more.
         send.write_chunk(bytes::Bytes::from(sealed).slice(skip..))
