@@ -28,7 +28,7 @@ pub fn json(item: &InboxItem) -> serde_json::Value {
     if let Some(a) = &item.attachment {
         v["path"] = serde_json::Value::String(a.path.clone());
         v["bytes"] = serde_json::Value::from(a.bytes);
-        v["sha256"] = serde_json::Value::String(a.sha256.clone());
+        v["digest"] = serde_json::Value::String(a.digest.clone());
     }
     v
 }

@@ -32,6 +32,13 @@ fn readme_flow_through_the_cli() {
     let out = cli_ok(&bob, &["friend", "add", "alice"]);
     assert!(out.contains("now friends"), "{out}");
     cli_ok(&alice, &["send", "--to", "bob", "hello bob"]);
+    let notes = dir.path().join("notes.bin");
+    let content: Vec<u8> = (0..200_000u32).map(|i| (i * 31) as u8).collect();
+    std::fs::write(&notes, &content).unwrap();
+    cli_ok(
+        &alice,
+        &["send", "--to", "bob", "--file", notes.to_str().unwrap()],
+    );
 
     let out = cli_ok(&bob, &["recv", "--json"]);
     let items: Vec<serde_json::Value> = out
@@ -44,6 +51,16 @@ fn readme_flow_through_the_cli() {
     assert_eq!(texts[0]["text"], "hello bob");
     assert_eq!(texts[0]["id"].as_str().unwrap().len(), 32);
     assert!(texts[0]["sent_at"].as_str().unwrap().ends_with('Z'));
+    let files: Vec<_> = items.iter().filter(|v| v["kind"] == "file").collect();
+    assert_eq!(files.len(), 1, "{out}");
+    assert_eq!(files[0]["bytes"], 200_000);
+    let digest: String = fastchat_crypto::file_digest(&content)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(files[0]["digest"], format!("blake3:{digest}"));
+    let saved = std::fs::read(files[0]["path"].as_str().unwrap()).unwrap();
+    assert_eq!(saved, content);
     // Printed once, ever.
     assert_eq!(cli_ok(&bob, &["recv", "--json"]), "");
 

@@ -190,7 +190,11 @@ async fn run(
         (Err(Received::Lost), Ok(_)) => return Err(ClientError::Disconnected),
         (Ok(trailer), Ok(digest)) => (trailer, digest),
     };
-    if let Err(why) = check_trailer(rec, &digest, &trailer) {
+    let digest = match the_senders_digest(&partial, digest, &trailer).await {
+        Ok(d) => d,
+        Err(e) => return Err(ClientError::io(&partial)(e)),
+    };
+    if let Err(why) = check_trailer(rec, digest.bytes(), &trailer) {
         return Err(fail(core, rec, &partial, why).await);
     }
 
@@ -207,7 +211,7 @@ async fn run(
         attachment: Some(Attachment {
             path: path.display().to_string(),
             bytes: size,
-            sha256: hex_string(&digest),
+            digest: digest.named(),
         }),
         text: String::new(),
         sent_at_ms: rec.header.sent_at_ms,
@@ -301,6 +305,70 @@ async fn receive(
     Ok(trailer)
 }
 
+/// A file's digest, by the hash that made it.
+#[derive(Debug, PartialEq)]
+enum FileDigest {
+    /// Since protocol version 7.
+    Blake3([u8; 32]),
+    /// A file sealed by a version-6 sender that still waited on the node
+    /// when both sides were upgraded.
+    Sha256([u8; 32]),
+}
+
+impl FileDigest {
+    fn bytes(&self) -> &[u8; 32] {
+        match self {
+            FileDigest::Blake3(d) | FileDigest::Sha256(d) => d,
+        }
+    }
+
+    /// As the history keeps it and `recv --json` shows it.
+    fn named(&self) -> String {
+        match self {
+            FileDigest::Blake3(d) => format!("blake3:{}", hex_string(d)),
+            FileDigest::Sha256(d) => format!("sha256:{}", hex_string(d)),
+        }
+    }
+}
+
+/// The digest of what we wrote that the trailer names: our BLAKE3 as it
+/// was written, else (an older sender) the SHA-256 of the partial file,
+/// read again; the BLAKE3 when neither matches, which the check refuses.
+async fn the_senders_digest(
+    partial: &Path,
+    blake3: [u8; 32],
+    trailer: &[u8],
+) -> std::io::Result<FileDigest> {
+    let sent = trailer.get(..32);
+    if sent == Some(&blake3[..]) {
+        return Ok(FileDigest::Blake3(blake3));
+    }
+    let path = partial.to_path_buf();
+    let sha256 = tokio::task::spawn_blocking(move || sha256_of(&path))
+        .await
+        .map_err(std::io::Error::other)??;
+    Ok(if sent == Some(&sha256[..]) {
+        FileDigest::Sha256(sha256)
+    } else {
+        FileDigest::Blake3(blake3)
+    })
+}
+
+/// The SHA-256 of the file at `path`.
+fn sha256_of(path: &Path) -> std::io::Result<[u8; 32]> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = fastchat_crypto::Sha256Hasher::default();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hasher.finish());
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
 /// The trailer must carry the digest of the bytes we got, and in a group
 /// the sender's signature over it: any member could seal chunks under the
 /// file key, only the sender can sign.
@@ -311,7 +379,7 @@ fn check_trailer(
 ) -> Result<(), &'static str> {
     let (sent, signature) = trailer.split_at(32.min(trailer.len()));
     if sent != digest {
-        return Err("the SHA-256 does not match the sender's");
+        return Err("the file's digest does not match the sender's");
     }
     if rec.group.is_none() {
         return Ok(());
@@ -400,12 +468,41 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_trailer_names_our_blake3_or_an_older_senders_sha256() {
+        let dir = tempfile::tempdir().unwrap();
+        let partial = dir.path().join("partial");
+        let content = vec![7u8; 200_000];
+        std::fs::write(&partial, &content).unwrap();
+        let blake3 = fastchat_crypto::file_digest(&content);
+        let mut sha = fastchat_crypto::Sha256Hasher::default();
+        sha.update(&content);
+        let sha256 = sha.finish();
+        assert_eq!(fastchat_crypto::sha256(&content), sha256);
+        let found = |trailer: Vec<u8>| {
+            let partial = partial.clone();
+            async move {
+                the_senders_digest(&partial, blake3, &trailer)
+                    .await
+                    .unwrap()
+            }
+        };
+        let named = found(blake3.to_vec()).await;
+        assert_eq!(named, FileDigest::Blake3(blake3));
+        assert!(named.named().starts_with("blake3:"));
+        let older = found([&sha256[..], &[1; 64]].concat()).await;
+        assert_eq!(older, FileDigest::Sha256(sha256));
+        assert!(older.named().starts_with("sha256:"));
+        // Neither: our own digest, which the trailer check then refuses.
+        assert_eq!(found(vec![9; 32]).await, FileDigest::Blake3(blake3));
+    }
+
     #[test]
     fn the_trailer_must_hold_the_digest_and_in_a_group_the_senders_signature() {
-        let digest = fastchat_crypto::sha256(b"abc");
+        let digest = fastchat_crypto::file_digest(b"abc");
         let direct = record(None);
         assert!(check_trailer(&direct, &digest, &digest).is_ok());
-        let other = fastchat_crypto::sha256(b"abd");
+        let other = fastchat_crypto::file_digest(b"abd");
         assert!(check_trailer(&direct, &digest, &other).is_err());
 
         let alice = SigningIdentity::generate().unwrap();

@@ -112,7 +112,7 @@ mod tests {
         }
         let digest = sink.finish(true).await.unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), all);
-        assert_eq!(digest, fastchat_crypto::sha256(&all));
+        assert_eq!(digest, fastchat_crypto::file_digest(&all));
     }
 
     #[tokio::test]

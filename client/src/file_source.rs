@@ -108,14 +108,17 @@ mod tests {
         assert_eq!(sent, content[300..]);
         assert_eq!(
             pieces.last().unwrap().digest,
-            Some(fastchat_crypto::sha256(&content))
+            Some(fastchat_crypto::file_digest(&content))
         );
         // Everything sent before: one empty piece with the digest.
         let mut source = FileSource::start(open(), 1000, 1000, 256);
         let pieces = all_pieces(&mut source).await.unwrap();
         assert_eq!(pieces.len(), 1);
         assert!(pieces[0].bytes.is_empty());
-        assert_eq!(pieces[0].digest, Some(fastchat_crypto::sha256(&content)));
+        assert_eq!(
+            pieces[0].digest,
+            Some(fastchat_crypto::file_digest(&content))
+        );
     }
 
     #[tokio::test]

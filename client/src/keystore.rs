@@ -1135,7 +1135,7 @@ impl Keystore {
                 stmt.raw_bind_parameter(p + 9, now)?;
                 stmt.raw_bind_parameter(p + 10, att.map(|a| a.path.as_str()))?;
                 stmt.raw_bind_parameter(p + 11, att.map(|a| a.bytes as i64))?;
-                stmt.raw_bind_parameter(p + 12, att.map(|a| a.sha256.as_str()))?;
+                stmt.raw_bind_parameter(p + 12, att.map(|a| a.digest.as_str()))?;
             }
             let stored = stmt.raw_execute()?;
             if stored == chunk.len() {
@@ -1535,7 +1535,7 @@ impl Keystore {
                     Some(path) => Some(Attachment {
                         path,
                         bytes: r.get::<_, i64>(9)? as u64,
-                        sha256: r.get(10)?,
+                        digest: named_digest(r.get(10)?),
                     }),
                     None => None,
                 },
@@ -1562,6 +1562,16 @@ impl Keystore {
 }
 
 /// A peer row, with its (possibly sealed) conversation key still to open.
+/// An attachment's digest as stored: named by its hash since protocol
+/// version 7; a bare hex digest, saved before, is a SHA-256.
+fn named_digest(stored: String) -> String {
+    if stored.contains(':') {
+        stored
+    } else {
+        format!("sha256:{stored}")
+    }
+}
+
 fn row_to_peer(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Peer, Option<Vec<u8>>)> {
     let key: Option<Vec<u8>> = r.get(3)?;
     let signing_key: Option<Vec<u8>> = r.get(4)?;
@@ -1589,6 +1599,12 @@ fn transfer_label(table: Transfers, id: &[u8; 16]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_digest_saved_before_it_was_named_reads_as_a_sha256() {
+        assert_eq!(named_digest("ab12".into()), "sha256:ab12");
+        assert_eq!(named_digest("blake3:ab12".into()), "blake3:ab12");
+    }
 
     fn item(n: u32, from: &str, group: Option<&str>) -> InboxItem {
         let mut id = [0u8; 16];

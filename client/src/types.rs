@@ -129,8 +129,9 @@ pub struct Attachment {
     pub path: String,
     /// Its size.
     pub bytes: u64,
-    /// Its SHA-256, hex.
-    pub sha256: String,
+    /// Its digest, named by its hash: `blake3:HEX` (`sha256:HEX` for a
+    /// file sealed before protocol version 7).
+    pub digest: String,
 }
 
 /// A group as this user knows it.

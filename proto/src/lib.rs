@@ -23,7 +23,7 @@ pub use frame::{FrameError, decode, encode_frame, frame_len};
 pub const ALPN: &[u8] = b"fastchat/1";
 
 /// Protocol version sent in the first control request.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it): the one
 /// clock every timestamp on the wire and in the stores is read from.
