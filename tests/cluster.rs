@@ -15,8 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
-    ChildGuard, LoggedChild, befriend, bin, cli_ok, free_port, next_text, start_up_with,
-    wait_for_balancer,
+    LoggedChild, befriend, bin, cli_ok, free_port, next_text, start_up_with, wait_for_balancer,
 };
 use fastchat_balancer::{BalancerConfig, BalancerHandle, Strategy};
 use fastchat_client::{Client, Conversation, InboxItem, InboxKind};
@@ -104,19 +103,20 @@ impl Multi {
     }
 
     /// Starts node `k` as its own `fastchat node` process on `port`.
-    fn node_process(&self, k: usize, port: u16) -> ChildGuard {
-        let child = Command::new(bin())
-            .args(["node", "--listen", &format!("127.0.0.1:{port}"), "--data"])
-            .arg(self.node_dir(k))
-            .arg("--certs")
-            .arg(role_dir(&self.certs(), Role::Node(k as u16)))
-            .args(["--balancer", &self.server(), "--bus", &self.bus()])
-            .args(["--store", &self.store])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        ChildGuard(child)
+    /// Node `k` as a process of its own; its log is shown if the test fails.
+    fn node_process(&self, k: usize, port: u16) -> LoggedChild {
+        let log = self.dir.path().join(format!("node-{k}-{port}.log"));
+        LoggedChild::spawn(
+            Command::new(bin())
+                .args(["node", "--listen", &format!("127.0.0.1:{port}"), "--data"])
+                .arg(self.node_dir(k))
+                .arg("--certs")
+                .arg(role_dir(&self.certs(), Role::Node(k as u16)))
+                .args(["--balancer", &self.server(), "--bus", &self.bus()])
+                .args(["--store", &self.store])
+                .stdout(Stdio::null()),
+            log,
+        )
     }
 
     async fn wait_for_nodes(&self, n: usize) {
@@ -290,7 +290,7 @@ async fn ten_thousand_messages_survive_two_nodes_being_killed() {
     const TOTAL: usize = 10_000;
     let multi = Multi::start(false).await;
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let mut procs: Vec<Option<ChildGuard>> = (0..3)
+    let mut procs: Vec<Option<LoggedChild>> = (0..3)
         .map(|k| Some(multi.node_process(k + 1, ports[k])))
         .collect();
     multi.wait_for_nodes(3).await;

@@ -552,10 +552,14 @@ fn add_column(conn: &Connection, table: &str, column: &str, decl: &str) -> rusql
             "SELECT 1 FROM pragma_table_info('{table}') WHERE name = '{column}'"
         ))?
         .exists([])?;
-    if !has {
-        conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+    if has {
+        return Ok(());
     }
-    Ok(())
+    match conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}")) {
+        // Another node sharing the file added it meanwhile.
+        Err(e) if e.to_string().contains("duplicate column name") => Ok(()),
+        done => done,
+    }
 }
 
 /// Databases made before blobs had owners gain the column (owner '' is
@@ -566,6 +570,36 @@ fn add_late_columns(conn: &Connection) -> rusqlite::Result<()> {
     add_column(conn, "users", "login_key", "BLOB")?;
     add_column(conn, "queue", "shared", "INTEGER")?;
     add_column(conn, "shared_envelopes", "msg_id", "BLOB")
+}
+
+/// Sets the connection up and makes or migrates the schema; every step may
+/// run again after another node's.
+fn prepare(conn: &mut Connection, sync: &str) -> rusqlite::Result<()> {
+    // 16 KiB pages for a new database (one made with another size keeps
+    // it: changing it takes a VACUUM outside WAL mode). An acknowledged
+    // range of queue rows is deleted row by row, and each 4 KiB leaf
+    // emptied below a third was rebalanced with its neighbours, over and
+    // over along the range: 2.1k instructions per drained text in
+    // `sqlite3BtreeDelete`, most of them rebalancing. With 16 KiB the
+    // node's instructions per drained text fell by 15% (64 KiB: 18%,
+    // for four times the bytes per small commit); a ring text, handed
+    // off and never stored, costs the same.
+    conn.execute_batch(&format!(
+        "PRAGMA busy_timeout=5000; PRAGMA page_size=16384; PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON;"
+    ))?;
+    conn.execute_batch(SCHEMA)?;
+    migrate_queue(conn)?;
+    add_late_columns(conn)?;
+    conn.execute_batch(QUEUE_INDEXES)?;
+    conn.execute_batch(group_log::SCHEMA)
+}
+
+/// Whether another connection's lock is what failed `e`.
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
 }
 
 impl SqliteStore {
@@ -580,25 +614,24 @@ impl SqliteStore {
             Durability::Process => "NORMAL",
             Durability::PowerLoss => "FULL",
         };
-        // 16 KiB pages for a new database (one made with another size keeps
-        // it: changing it takes a VACUUM outside WAL mode). An acknowledged
-        // range of queue rows is deleted row by row, and each 4 KiB leaf
-        // emptied below a third was rebalanced with its neighbours, over and
-        // over along the range: 2.1k instructions per drained text in
-        // `sqlite3BtreeDelete`, most of them rebalancing. With 16 KiB the
-        // node's instructions per drained text fell by 15% (64 KiB: 18%,
-        // for four times the bytes per small commit); a ring text, handed
-        // off and never stored, costs the same.
-        conn.execute_batch(&format!(
-            "PRAGMA page_size=16384; PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;"
-        ))
-        .map_err(unavailable)?;
-        conn.execute_batch(SCHEMA).map_err(unavailable)?;
+        // Nodes sharing one file may open it at the same moment, and a
+        // step of making or migrating it can then meet another's lock in a
+        // way SQLite does not wait out (a write after a read whose snapshot
+        // another node's commit made stale): one of three nodes started
+        // together on a loaded machine exited with "database is locked".
+        // Each step is idempotent, so the whole preparation is tried again.
         let mut conn = conn;
-        migrate_queue(&mut conn).map_err(unavailable)?;
-        add_late_columns(&conn).map_err(unavailable)?;
-        conn.execute_batch(QUEUE_INDEXES).map_err(unavailable)?;
-        conn.execute_batch(group_log::SCHEMA).map_err(unavailable)?;
+        let mut tries = 0;
+        loop {
+            match prepare(&mut conn, sync) {
+                Ok(()) => break,
+                Err(e) if is_busy(&e) && tries < 40 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(25 * tries.min(8)));
+                }
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
         let checkpointer = Checkpointer::start(path, &mut conn)
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let (jobs, queue) = std::sync::mpsc::channel::<Request>();
@@ -1385,6 +1418,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(&dir.path().join("node.db"), Durability::Process).unwrap();
         (dir, s)
+    }
+
+    #[test]
+    fn a_node_opening_a_file_another_is_making_waits_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.db");
+        // Another node, mid-way through making the file.
+        let other = Connection::open(&path).unwrap();
+        other
+            .execute_batch("BEGIN EXCLUSIVE; CREATE TABLE early(x);")
+            .unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            other.execute_batch("COMMIT;").unwrap();
+        });
+        let opened = SqliteStore::open(&path, Durability::Process);
+        release.join().unwrap();
+        assert!(opened.is_ok(), "{:?}", opened.err());
     }
 
     /// An ack of exactly a page as it was read is weighed by that read; one
