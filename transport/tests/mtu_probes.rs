@@ -1,7 +1,8 @@
 //! How connections size their packets, over real QUIC on loopback: a
 //! node's use 6,000-byte packets from the start (loopback's MTU is known;
-//! other paths probe up to 1,452, see the unit tests of `PathMtu`), a
-//! balancer's stay at QUIC's 1,200 bytes and never probe.
+//! other paths probe up to 1,452, see the unit tests of `PathMtu`) and may
+//! send ten of them before the first acknowledgement, a balancer's stay at
+//! QUIC's 1,200 bytes and never probe.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -85,6 +86,22 @@ async fn node_connections_over_loopback_send_large_packets_without_probing() {
         assert!(
             bytes / datagrams > 1500,
             "the {side} sent {bytes} bytes in {datagrams} datagrams"
+        );
+    }
+}
+
+#[tokio::test]
+async fn node_connections_over_loopback_start_with_room_for_ten_large_packets() {
+    // quinn's default window (12,000 bytes) holds one 6,000-byte packet: a
+    // file's first flight was that packet alone, and its acknowledgement
+    // came only after the peer's 25 ms ACK delay.
+    let dir = tempfile::tempdir().unwrap();
+    let (_s, _c, client, server) = connected(ServerKind::Node, dir.path()).await;
+    for (side, conn) in [("client", &client), ("server", &server)] {
+        let cwnd = conn.stats().path.cwnd;
+        assert!(
+            cwnd >= 10 * 6000,
+            "the {side}'s congestion window is {cwnd} bytes"
         );
     }
 }
