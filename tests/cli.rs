@@ -149,6 +149,24 @@ fn readme_flow_through_the_cli() {
     let human = cli_ok(&alice, &["status"]);
     assert!(human.contains("strategy p2c, 1 live node(s)"), "{human}");
 
+    // Each command above told the node it was leaving as it exited: the
+    // node holds no session, where a close that never went out would leave
+    // one for QUIC's 10 s idle timeout (the node reports every 0.5 s).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let status: serde_json::Value =
+            serde_json::from_str(&cli_ok(&alice, &["status", "--json"])).unwrap();
+        let node = &status["nodes"][0];
+        if node["users"] == 0 && node["connections"] == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node still holds sessions of exited commands: {status}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
     // SIGTERM shuts the cluster down cleanly.
     let pid = up.0.id().to_string();
     assert!(
