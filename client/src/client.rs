@@ -722,8 +722,14 @@ impl Client {
     /// costs the node only the session's idle timeout.
     pub async fn close(self) {
         let conn = self.core.conn();
+        // Closed already (the node left, or a failover is under way): no
+        // close of ours will go out, so nothing to wait for.
+        let closed = conn.close_reason().is_some();
         let sent_before = conn.stats().udp_tx.datagrams;
         self.shut();
+        if closed {
+            return;
+        }
         let gone = async {
             while conn.stats().udp_tx.datagrams == sent_before {
                 tokio::time::sleep(CLOSE_POLL).await;
