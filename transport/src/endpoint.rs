@@ -6,10 +6,13 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::eager_socket::EagerSocket;
 use crate::receive_buffer::BoundedReceive;
 use fastchat_certs::NodeIdentity;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use quinn::{Connection, Endpoint, EndpointConfig, IdleTimeout, Runtime, TransportConfig, VarInt};
+use quinn::{
+    AsyncUdpSocket, Connection, Endpoint, EndpointConfig, IdleTimeout, TransportConfig, VarInt,
+};
 use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, ServerName};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -240,13 +243,13 @@ fn endpoint_on(
         .expect("the sizes used here are within QUIC's bounds");
     let runtime = quinn::TokioRuntime;
     let udp = udp_socket(addr)?;
-    // quinn turns coalescing on when it wraps the socket; a second handle
+    // quinn turns coalescing on when the socket is wrapped; a second handle
     // on the same socket turns it off again.
     let same = match reads {
         Reads::Single => Some(udp.try_clone().map_err(bind_err)?),
         Reads::Coalesced => None,
     };
-    let socket = runtime.wrap_udp_socket(udp).map_err(bind_err)?;
+    let socket: Arc<dyn AsyncUdpSocket> = Arc::new(EagerSocket::new(udp).map_err(bind_err)?);
     let segments = match same {
         Some(same) if coalescing_off(&same) => 1,
         _ => BoundedReceive::segments_for(socket.as_ref(), largest),
@@ -482,12 +485,12 @@ mod tests {
 
     #[cfg(target_os = "linux")]
     #[tokio::test]
-    async fn a_client_socket_reads_single_datagrams_after_quinn_wraps_it() {
-        // quinn turns coalescing on; a client's 192 KiB of read slots
+    async fn a_client_socket_reads_single_datagrams_after_it_is_wrapped() {
+        // quinn's socket state turns coalescing on; a client's 192 KiB of read slots
         // would cut coalesced reads short if it stayed on.
         let udp = udp_socket(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).unwrap();
         let same = udp.try_clone().unwrap();
-        let _wrapped = quinn::TokioRuntime.wrap_udp_socket(udp).unwrap();
+        let _wrapped = EagerSocket::new(udp).unwrap();
         if coalescing(&same) == 0 {
             return; // a kernel without UDP GRO: nothing to turn off
         }

@@ -4,6 +4,7 @@
 //! noticing a silent peer.
 
 mod binding;
+mod eager_socket;
 mod endpoint;
 mod framed;
 mod liveness;

@@ -26,7 +26,7 @@ use quinn::{AsyncUdpSocket, UdpPoller};
 /// The most bytes one coalesced read delivers.
 const LARGEST_READ: usize = 64 * 1024;
 
-/// quinn's tokio socket, announcing only as many receive segments as fit
+/// A UDP socket for quinn, announcing only as many receive segments as fit
 /// [`LARGEST_READ`] for datagrams of `largest` bytes.
 pub(crate) struct BoundedReceive {
     inner: Arc<dyn AsyncUdpSocket>,
