@@ -158,8 +158,22 @@ pub async fn register(home: &Path, args: RegisterArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn friend(home: &Path, cmd: FriendCommand) -> anyhow::Result<()> {
+/// Runs `body` on a connection with the identity in `home`, then closes the
+/// connection politely whether `body` succeeded or not: a command that fails
+/// after logging in (say, a text to someone who is not a friend) still tells
+/// the node it left, instead of leaving a session for the idle timeout.
+async fn with_client(
+    home: &Path,
+    body: impl AsyncFnOnce(&Client) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let client = connect(home).await?;
+    let result = body(&client).await;
+    client.close().await;
+    result
+}
+
+pub async fn friend(home: &Path, cmd: FriendCommand) -> anyhow::Result<()> {
+    with_client(home, async |client| {
     match cmd {
         FriendCommand::Add { name } => match client.friend_add(&name).await? {
             FriendAdd::RequestSent => println!(
@@ -189,8 +203,9 @@ pub async fn friend(home: &Path, cmd: FriendCommand) -> anyhow::Result<()> {
             }
         }
     }
-    client.close().await;
     Ok(())
+    })
+    .await
 }
 
 pub async fn send(home: &Path, args: SendArgs) -> anyhow::Result<()> {
@@ -205,15 +220,16 @@ pub async fn send(home: &Path, args: SendArgs) -> anyhow::Result<()> {
         (None, None) => None,
     };
     let Some((path, kind)) = attachment else {
-        let client = connect(home).await?;
-        let text = args.text.as_deref().unwrap_or_default();
-        let id = match &recipient {
-            Recipient::Friend(to) => client.send_text(to, text).await?,
-            Recipient::Group(group) => client.send_group_text(group, text).await?,
-        };
-        println!("sent {id}");
-        client.close().await;
-        return Ok(());
+        return with_client(home, async |client| {
+            let text = args.text.as_deref().unwrap_or_default();
+            let id = match &recipient {
+                Recipient::Friend(to) => client.send_text(to, text).await?,
+                Recipient::Group(group) => client.send_group_text(group, text).await?,
+            };
+            println!("sent {id}");
+            Ok(())
+        })
+        .await;
     };
     let bar = progress::bar(&path.display().to_string());
     let report = |done: u64, total: u64| progress::update(&bar, done, total);
@@ -237,10 +253,10 @@ pub async fn send(home: &Path, args: SendArgs) -> anyhow::Result<()> {
                 .map(|mut r| r.pop().expect("the upload was pending"));
         }
     }
+    client.close().await;
     let report = result?;
     bar.finish_and_clear();
     println!("sent {} ({} bytes)", report.id, report.bytes);
-    client.close().await;
     Ok(())
 }
 
@@ -269,7 +285,7 @@ fn print_unshown(client: &Client, json: bool) -> anyhow::Result<()> {
 }
 
 pub async fn recv(home: &Path, args: RecvArgs) -> anyhow::Result<()> {
-    let client = connect(home).await?;
+    with_client(home, async |client| {
     let mut events = client.subscribe();
     let bars = (!args.json && std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .then(|| progress::follow_downloads(client.subscribe_progress()));
@@ -277,7 +293,7 @@ pub async fn recv(home: &Path, args: RecvArgs) -> anyhow::Result<()> {
     // Images that arrived take their bytes separately; wait for them (or
     // until the sender's upload stalls).
     let left = client.wait_downloads(Duration::from_secs(10)).await?;
-    print_unshown(&client, args.json)?;
+    print_unshown(client, args.json)?;
     if left > 0 {
         eprintln!(
             "{left} image(s) are still arriving (the sender's upload is incomplete); they finish on a later recv"
@@ -290,66 +306,69 @@ pub async fn recv(home: &Path, args: RecvArgs) -> anyhow::Result<()> {
         while let Ok(Ok(_) | Err(RecvError::Lagged(_))) =
             tokio::time::timeout(wait, events.recv()).await
         {
-            print_unshown(&client, args.json)?;
+            print_unshown(client, args.json)?;
         }
     }
     if let Some(bars) = bars {
         bars.abort();
     }
-    client.close().await;
     Ok(())
+    })
+    .await
 }
 
 pub async fn fingerprint(home: &Path, args: FingerprintArgs) -> anyhow::Result<()> {
-    let client = connect(home).await?;
+    with_client(home, async |client| {
     client.sync().await?;
     println!(
         "safety number for you and {}:\n{}\ncompare it with theirs over a channel you trust; if it differs, a key was swapped",
         args.name,
         client.fingerprint(&args.name)?
     );
-    client.close().await;
     Ok(())
+    })
+    .await
 }
 
 pub async fn group(home: &Path, cmd: GroupCommand) -> anyhow::Result<()> {
-    let client = connect(home).await?;
-    // Membership and keys may be waiting at the node; take them in first.
-    client.sync().await?;
-    match cmd {
-        GroupCommand::Create { name } => {
-            let id = client.group_create(&name).await?;
-            println!("created group {name} (id {id}); you are its admin");
-        }
-        GroupCommand::Add { group, members } => {
-            let names: Vec<&str> = members.iter().map(String::as_str).collect();
-            client.group_add(&group, &names).await?;
-            println!("added {} to {group}", members.join(", "));
-        }
-        GroupCommand::Kick { group, member } => {
-            client.group_kick(&group, &member).await?;
-            println!("removed {member} from {group}; the others have a new key");
-        }
-        GroupCommand::List => {
-            let groups = client.groups()?;
-            if groups.is_empty() {
-                println!("no groups yet; make one with `fastchat group create NAME`");
+    with_client(home, async |client| {
+        // Membership and keys may be waiting at the node; take them in first.
+        client.sync().await?;
+        match cmd {
+            GroupCommand::Create { name } => {
+                let id = client.group_create(&name).await?;
+                println!("created group {name} (id {id}); you are its admin");
             }
-            for g in groups {
-                let members: Vec<&str> = g.roster.iter().map(|r| r.name.as_str()).collect();
-                let state = if g.member { "member" } else { "removed" };
-                println!(
-                    "{:<20} admin {:<16} epoch {:<4} {state:<8} members: {}",
-                    g.name,
-                    g.admin,
-                    g.epoch,
-                    members.join(", ")
-                );
+            GroupCommand::Add { group, members } => {
+                let names: Vec<&str> = members.iter().map(String::as_str).collect();
+                client.group_add(&group, &names).await?;
+                println!("added {} to {group}", members.join(", "));
+            }
+            GroupCommand::Kick { group, member } => {
+                client.group_kick(&group, &member).await?;
+                println!("removed {member} from {group}; the others have a new key");
+            }
+            GroupCommand::List => {
+                let groups = client.groups()?;
+                if groups.is_empty() {
+                    println!("no groups yet; make one with `fastchat group create NAME`");
+                }
+                for g in groups {
+                    let members: Vec<&str> = g.roster.iter().map(|r| r.name.as_str()).collect();
+                    let state = if g.member { "member" } else { "removed" };
+                    println!(
+                        "{:<20} admin {:<16} epoch {:<4} {state:<8} members: {}",
+                        g.name,
+                        g.admin,
+                        g.epoch,
+                        members.join(", ")
+                    );
+                }
             }
         }
-    }
-    client.close().await;
-    Ok(())
+        Ok(())
+    })
+    .await
 }
 
 #[derive(Args)]

@@ -720,7 +720,7 @@ impl Client {
     /// that every CLI command spent asleep before exiting (`strace`: a
     /// `send` took 90 ms, 78 of them in that wait). A close lost on the way
     /// costs the node only the session's idle timeout.
-    pub async fn close(self) {
+    pub async fn close(&self) {
         let conn = self.core.conn();
         // Closed already (the node left, or a failover is under way): no
         // close of ours will go out, so nothing to wait for.

@@ -224,6 +224,8 @@ async fn event_loop(
             None => {}
         }
     }
+    // Tell the node we left; tasks still holding the client see it closed.
+    client.close().await;
     Ok(())
 }
 

@@ -15,13 +15,8 @@ pub async fn run(env: &Env, options: &Options) -> anyhow::Result<ScenarioResult>
     let names: Vec<String> = users.iter().map(|u| u.name().to_string()).collect();
     // Closing waits for each connection to drain; one at a time that was
     // most of this scenario's wall time.
-    futures::future::join_all(
-        users
-            .into_iter()
-            .filter_map(|u| std::sync::Arc::try_unwrap(u).ok())
-            .map(Client::close),
-    )
-    .await;
+    futures::future::join_all(users.iter().map(|u| u.close())).await;
+    drop(users);
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let before = env.node_rss().map(|(rss, _)| rss);
 
@@ -56,6 +51,6 @@ pub async fn run(env: &Env, options: &Options) -> anyhow::Result<ScenarioResult>
             a.saturating_sub(b) as f64 / clients.len().max(1) as f64
         ));
     }
-    futures::future::join_all(clients.into_iter().map(Client::close)).await;
+    futures::future::join_all(clients.iter().map(Client::close)).await;
     Ok(r)
 }
