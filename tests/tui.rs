@@ -108,7 +108,9 @@ impl Tmux {
                 start.elapsed() < timeout,
                 "{name} never showed {what:?}; screen:\n{s}"
             );
-            std::thread::sleep(Duration::from_millis(50));
+            // Often: a fast image shows its progress bar only for a
+            // tenth of a second.
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 }
@@ -187,7 +189,7 @@ fn two_people_chat_in_real_terminals() {
     {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new().append(true).open(&big).unwrap();
-        f.write_all(&vec![7u8; 40 << 20]).unwrap();
+        f.write_all(&vec![7u8; 64 << 20]).unwrap();
     }
     tmux.type_line("a", &format!("/image {}", big.display()));
     tmux.wait_for("a", "% ", t);
