@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use common::cli_ok;
 
-/// A private tmux server, killed when dropped.
-struct Tmux(String);
+/// A private tmux server, killed when dropped; `logs` are printed (their
+/// ends) with every pane when a wait fails.
+struct Tmux(String, Vec<std::path::PathBuf>);
 
 impl Tmux {
     fn new() -> Self {
@@ -20,7 +21,7 @@ impl Tmux {
             status.is_ok_and(|s| s.success()),
             "tmux is needed for this test (apt-get install tmux; .ci/run does it)"
         );
-        Self(format!("fastchat-test-{}", std::process::id()))
+        Self(format!("fastchat-test-{}", std::process::id()), Vec::new())
     }
 
     fn cmd(&self) -> Command {
@@ -106,12 +107,30 @@ impl Tmux {
             }
             assert!(
                 start.elapsed() < timeout,
-                "{name} never showed {what:?}; screen:\n{s}"
+                "{name} never showed {what:?}; screen:\n{s}\n{}",
+                self.everything()
             );
             // Often: a fast image shows its progress bar only for a
             // tenth of a second.
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+}
+
+impl Tmux {
+    /// Every pane and the end of every log, for a failure's message.
+    fn everything(&self) -> String {
+        let mut all = String::new();
+        for pane in ["a", "b"] {
+            all += &format!("--- pane {pane}:\n{}\n", self.screen(pane));
+        }
+        for log in &self.1 {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(60)..].join("\n");
+            all += &format!("--- {}:\n{tail}\n", log.display());
+        }
+        all
     }
 }
 
@@ -132,7 +151,7 @@ fn png(path: &Path) {
 
 #[test]
 fn two_people_chat_in_real_terminals() {
-    let tmux = Tmux::new();
+    let mut tmux = Tmux::new();
     let dir = tempfile::tempdir().unwrap();
     let (_up, server, ca) = common::start_up(dir.path());
     let home = |u: &str| dir.path().join(u);
@@ -146,18 +165,18 @@ fn two_people_chat_in_real_terminals() {
     cli_ok(&home("bob"), &["friend", "add", "alice"]);
 
     let bin = common::bin();
-    let alice_home = home("alice").display().to_string();
-    tmux.open(
-        "a",
-        &format!("{bin} --home {alice_home} chat; echo RESTORED; stty -a | grep -o -- '-\\?icanon'; sleep 30"),
-    );
-    tmux.open(
-        "b",
-        &format!(
-            "{bin} --home {} chat; echo RESTORED; stty -a | grep -o -- '-\\?icanon'; sleep 30",
-            home("bob").display()
-        ),
-    );
+    tmux.1.push(dir.path().join("up.log"));
+    for (pane, user) in [("a", "alice"), ("b", "bob")] {
+        // The chat logs to its home; a failure prints the logs' ends.
+        tmux.1.push(home(user).join("chat.log"));
+        tmux.open(
+            pane,
+            &format!(
+                "FASTCHAT_LOG=info,fastchat_client=debug {bin} --home {} chat; echo RESTORED; stty -a | grep -o -- '-\\?icanon'; sleep 30",
+                home(user).display()
+            ),
+        );
+    }
     let t = Duration::from_secs(20);
     tmux.wait_for("a", "connected", t);
     tmux.wait_for("b", "connected", t);

@@ -360,15 +360,16 @@ pub fn start_up(dir: &Path) -> (ChildGuard, String, String) {
     start_up_with(dir, &[])
 }
 
-/// [`start_up`] with more arguments for `up`.
+/// [`start_up`] with more arguments for `up`; its log goes to `dir/up.log`.
 pub fn start_up_with(dir: &Path, extra: &[&str]) -> (ChildGuard, String, String) {
     use std::io::{BufRead, BufReader};
+    let log = std::fs::File::create(dir.join("up.log")).unwrap();
     let mut child = Command::new(bin())
         .args(["up", "--listen", "127.0.0.1:0", "--dir"])
         .arg(dir.join("cluster"))
         .args(extra)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
