@@ -158,17 +158,18 @@ pub(crate) async fn serve_upload(
         // (the client re-encrypts identically from the offset we give).
         shared.bus.drop_blob(previous, start.blob_id);
     }
-    // Recipients hear of the image now, so they can fetch while it uploads.
-    let envelope = Arc::new(envelope);
-    for (to, seq) in start.queued {
-        shared.push(&to, Live::new(seq, envelope.clone()));
-    }
-
     let mut blob = shared
         .blobs
         .write(start.blob_id, start.total_len)
         .await
         .map_err(blob_err)?;
+    // Recipients hear of the image now, so they can fetch while it
+    // uploads; only now, since a fetch that came before the file existed
+    // found no blob and failed (CI saw a recipient who was quick enough).
+    let envelope = Arc::new(envelope);
+    for (to, seq) in start.queued {
+        shared.push(&to, Live::new(seq, envelope.clone()));
+    }
     write_frame(
         send,
         &ImageAccept::Continue { have: blob.have() },
