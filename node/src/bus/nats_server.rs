@@ -68,6 +68,9 @@ impl NatsServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        if std::env::var_os("GOMAXPROCS").is_none() {
+            command.env("GOMAXPROCS", go_threads().to_string());
+        }
         #[cfg(target_os = "linux")]
         {
             use std::os::unix::process::CommandExt;
@@ -135,6 +138,17 @@ enum Attempt {
     Fatal(BusError),
 }
 
+/// Threads the private server's Go runtime may run at once: half the
+/// cores, at least one, as a node's workers (DESIGN.md, "Threads"). With
+/// one per core, the bus's goroutines handed each message between threads:
+/// under `bench cross-node` on two cores nats-server spent 41% of the
+/// cluster's CPU, a fifth of it switching threads; with one, the
+/// cluster's CPU per text fell by a quarter. `GOMAXPROCS` set by the user
+/// is left alone.
+fn go_threads() -> usize {
+    (std::thread::available_parallelism().map_or(1, |n| n.get()) / 2).max(1)
+}
+
 fn failed(cause: String) -> BusError {
     BusError::Connect {
         url: "a local nats-server".into(),
@@ -194,6 +208,18 @@ mod tests {
         let second = NatsServer::start(&dir.path().join("c"), 0, &certs).unwrap();
         assert_ne!(first.port(), second.port());
         assert!(!answers_as(&first.addr, "someone-else"));
+        // Its Go runtime runs half the cores' threads (or what the user set).
+        #[cfg(target_os = "linux")]
+        {
+            let environ = std::fs::read(format!("/proc/{}/environ", second.pid())).unwrap();
+            let wanted = std::env::var("GOMAXPROCS").unwrap_or_else(|_| go_threads().to_string());
+            assert!(
+                environ
+                    .split(|b| *b == 0)
+                    .any(|v| v == format!("GOMAXPROCS={wanted}").as_bytes()),
+                "nats-server runs without GOMAXPROCS={wanted}"
+            );
+        }
     }
 
     /// The bus is closed to anyone without a cluster certificate: a plain
