@@ -285,7 +285,11 @@ async fn a_blob_altered_on_the_node_is_refused_and_nothing_is_put_in_place() {
 /// her connection a third of the way; returns the cluster, bob, and the
 /// file's path (in `files`).
 async fn cut_upload(files: &Path, bytes: &[u8]) -> (Cluster, Client, PathBuf) {
-    let cluster = Cluster::start().await;
+    cut_upload_on(Cluster::start().await, files, bytes).await
+}
+
+/// [`cut_upload`] on a cluster already started.
+async fn cut_upload_on(cluster: Cluster, files: &Path, bytes: &[u8]) -> (Cluster, Client, PathBuf) {
     let alice = std::sync::Arc::new(cluster.register("alice").await);
     let bob = cluster.register("bob").await;
     befriend(&alice, &bob).await;
@@ -328,6 +332,42 @@ async fn a_cut_upload_resumes_without_resending_what_arrived() {
         std::fs::read(&items[0].attachment.as_ref().unwrap().path).unwrap(),
         bytes
     );
+}
+
+/// Bob stays online while alice's upload stands still for longer than the
+/// node follows it: the node ends bob's fetch, bob asks again on the same
+/// connection, and the file arrives once alice resumes, with nobody
+/// reconnecting or asking for downloads (as in a chat left open).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recipient_online_through_a_stalled_upload_gets_the_file_when_it_resumes() {
+    let files = tempfile::tempdir().unwrap();
+    let bytes = pattern(4 << 20, 5);
+    let mut cluster = Cluster::start_without_node().await;
+    let mut config = cluster.node_config("127.0.0.1:0".parse().unwrap());
+    config.image_stall = Duration::from_millis(200);
+    cluster.start_node_with(config).await;
+    let (cluster, bob, _) = cut_upload_on(cluster, files.path(), &bytes).await;
+    let mut arrivals = bob.subscribe();
+    // Bob's fetch follows the cut upload, and the node ends it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let alice = Client::connect(&cluster.home("alice")).await.unwrap();
+    assert_eq!(alice.resume_uploads(&no_progress).await.unwrap().len(), 1);
+    let item = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let item = arrivals.recv().await.unwrap();
+            if item.kind == InboxKind::File {
+                return item;
+            }
+        }
+    })
+    .await
+    .expect("the file never arrived while bob stayed online");
+    assert_eq!(
+        std::fs::read(&item.attachment.as_ref().unwrap().path).unwrap(),
+        bytes
+    );
+    assert!(bob.is_connected());
 }
 
 /// Resuming re-encrypts under the file's key and nonces, which is safe only

@@ -28,6 +28,12 @@ use crate::types::{Attachment, Direction, InboxItem, InboxKind, Progress};
 /// Where received files go inside a home.
 pub const DOWNLOADS_DIR: &str = "downloads";
 
+/// First pause before asking again for a download whose fetch ended on a
+/// live connection; it doubles up to [`RETRY_MOST`].
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(500);
+/// Longest pause between two asks for the same download.
+const RETRY_MOST: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Starts downloading `rec` unless it is already running.
 pub(crate) fn spawn(core: Arc<Core>, conn: Connection, rec: DownloadRecord) {
     let key = (rec.from.clone(), rec.id);
@@ -40,18 +46,51 @@ pub(crate) fn spawn(core: Arc<Core>, conn: Connection, rec: DownloadRecord) {
         return;
     }
     tokio::spawn(async move {
-        match run(&core, &conn, &rec).await {
+        let link = core.generation();
+        let mut pause = RETRY_FIRST;
+        let outcome = loop {
+            match run(&core, &conn, &rec).await {
+                // The fetch ended on a connection that is still up: the
+                // node stopped following an upload that stalled, or could
+                // not read the blob. Ask again after a pause; without it
+                // the file waited for the next connection, which a chat
+                // left open may never make.
+                Err(ClientError::Disconnected)
+                    if conn.close_reason().is_none() && !core.is_closing() =>
+                {
+                    tracing::debug!(from = %rec.from, ?pause, "download interrupted; asking again");
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = conn.closed() => break Err(ClientError::Disconnected),
+                        _ = core.closed() => break Err(ClientError::Disconnected),
+                    }
+                    pause = (pause * 2).min(RETRY_MOST);
+                }
+                other => break other,
+            }
+        };
+        let lost = match outcome {
             Ok(item) => {
                 core.events.send(item);
                 let _ = core.changes.send(());
                 tell_node(&core, &rec.from, rec.id).await;
+                false
             }
             Err(ClientError::Disconnected) => {
-                tracing::debug!(from = %rec.from, "download interrupted; it resumes on the next connection")
+                tracing::debug!(from = %rec.from, "download interrupted; it resumes on the next connection");
+                true
             }
-            Err(e) => tracing::warn!(from = %rec.from, error = %e, "download failed"),
-        }
+            Err(e) => {
+                tracing::warn!(from = %rec.from, error = %e, "download failed");
+                false
+            }
+        };
         core.active_downloads.lock().expect("lock").remove(&key);
+        // A failover that brought a new link while this task held the
+        // download skipped it; take it up on the new link.
+        if lost && !core.is_closing() && core.generation() != link {
+            spawn(core.clone(), core.conn(), rec.clone());
+        }
         // Wake anyone waiting for downloads, whatever happened.
         core.progress.send(Progress {
             id: MessageId(rec.id),

@@ -36,6 +36,9 @@ pub struct NodeConfig {
     pub max_image_bytes: u64,
     /// Most bytes of uncollected images one user may have stored.
     pub image_quota: u64,
+    /// How long a recipient's fetch that follows an upload waits for the
+    /// upload to move before the node ends it (the recipient asks again).
+    pub image_stall: Duration,
     /// Friend requests one user may send a minute.
     pub friend_requests_per_minute: u32,
     /// How much may wait for one user (texts, bytes).
@@ -59,6 +62,9 @@ pub struct NodeConfig {
     pub bus_plaintext: bool,
 }
 
+/// How long a fetch follows a stalled upload by default.
+const DEFAULT_IMAGE_STALL: Duration = Duration::from_secs(30);
+
 impl NodeConfig {
     /// A configuration with default durability and image limits.
     pub fn new(listen: SocketAddr, data_dir: PathBuf, certs_dir: PathBuf) -> Self {
@@ -71,6 +77,7 @@ impl NodeConfig {
             durability: Durability::default(),
             max_image_bytes: fastchat_proto::limits::DEFAULT_MAX_IMAGE,
             image_quota: fastchat_proto::limits::DEFAULT_IMAGE_QUOTA,
+            image_stall: DEFAULT_IMAGE_STALL,
             friend_requests_per_minute: crate::limits::DEFAULT_FRIEND_REQUESTS_PER_MINUTE,
             queue_limits: QueueLimits::default(),
             store: None,
@@ -212,6 +219,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
             ImageLimits {
                 max_bytes: config.max_image_bytes,
                 quota: config.image_quota,
+                stall: config.image_stall,
             },
             config.queue_limits,
         ),

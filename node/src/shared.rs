@@ -27,6 +27,8 @@ pub(crate) struct ImageLimits {
     pub max_bytes: u64,
     /// Largest total of one user's uncollected uploads, in ciphertext bytes.
     pub quota: u64,
+    /// How long a fetch waits for a stalled upload before it ends.
+    pub stall: std::time::Duration,
 }
 
 /// Node-wide state.

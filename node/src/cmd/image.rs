@@ -5,7 +5,6 @@
 //! The blob is deleted once every recipient has said it has the image.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
@@ -30,9 +29,6 @@ const WRITE_CHUNK: usize = 256 * 1024;
 const READ_CHUNK: usize = 256 * 1024;
 /// Bytes per blob request over the bus (NATS's default payload limit is 1 MiB).
 const BUS_CHUNK: u32 = 512 * 1024;
-/// How long a fetch waits for a stalled upload before giving up (the
-/// recipient resumes later).
-const STALL: Duration = Duration::from_secs(30);
 
 fn blob_err(e: BlobError) -> StreamError {
     StreamError::service(e)
@@ -284,8 +280,9 @@ async fn send_local(
         return Ok(());
     }
     // The next piece is read from the file while the last goes out.
-    // A stalled upload ends this fetch; the recipient resumes later.
-    let mut bytes = reader.next(READ_CHUNK, STALL).await.map_err(blob_err)?;
+    // A stalled upload ends this fetch; the recipient asks again.
+    let stall = shared.images.stall;
+    let mut bytes = reader.next(READ_CHUNK, stall).await.map_err(blob_err)?;
     let mut pos = offset + bytes.len() as u64;
     loop {
         // Handed over as it is: `write_all` would copy it into quinn again.
@@ -294,7 +291,7 @@ async fn send_local(
             sent.await?;
             return Ok(());
         }
-        let (sent, next) = tokio::join!(sent, reader.next(READ_CHUNK, STALL));
+        let (sent, next) = tokio::join!(sent, reader.next(READ_CHUNK, stall));
         sent?;
         bytes = next.map_err(blob_err)?;
         pos += bytes.len() as u64;
@@ -320,7 +317,7 @@ async fn send_remote(
     while pos < blob.total_len {
         let bytes = fetch(pos).await.map_err(bus_err)?;
         if bytes.is_empty() {
-            if stalled_since.elapsed() > STALL {
+            if stalled_since.elapsed() > shared.images.stall {
                 return Err(blob_err(BlobError::Stalled));
             }
             continue;
