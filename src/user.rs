@@ -173,7 +173,10 @@ async fn with_client(
 }
 
 pub async fn friend(home: &Path, cmd: FriendCommand) -> anyhow::Result<()> {
-    with_client(home, async |client| {
+    with_client(home, async |client| friend_on(client, cmd).await).await
+}
+
+async fn friend_on(client: &Client, cmd: FriendCommand) -> anyhow::Result<()> {
     match cmd {
         FriendCommand::Add { name } => match client.friend_add(&name).await? {
             FriendAdd::RequestSent => println!(
@@ -204,8 +207,6 @@ pub async fn friend(home: &Path, cmd: FriendCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
-    })
-    .await
 }
 
 pub async fn send(home: &Path, args: SendArgs) -> anyhow::Result<()> {
@@ -285,7 +286,10 @@ fn print_unshown(client: &Client, json: bool) -> anyhow::Result<()> {
 }
 
 pub async fn recv(home: &Path, args: RecvArgs) -> anyhow::Result<()> {
-    with_client(home, async |client| {
+    with_client(home, async |client| recv_on(client, args).await).await
+}
+
+async fn recv_on(client: &Client, args: RecvArgs) -> anyhow::Result<()> {
     let mut events = client.subscribe();
     let bars = (!args.json && std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .then(|| progress::follow_downloads(client.subscribe_progress()));
@@ -313,12 +317,13 @@ pub async fn recv(home: &Path, args: RecvArgs) -> anyhow::Result<()> {
         bars.abort();
     }
     Ok(())
-    })
-    .await
 }
 
 pub async fn fingerprint(home: &Path, args: FingerprintArgs) -> anyhow::Result<()> {
-    with_client(home, async |client| {
+    with_client(home, async |client| fingerprint_on(client, args).await).await
+}
+
+async fn fingerprint_on(client: &Client, args: FingerprintArgs) -> anyhow::Result<()> {
     client.sync().await?;
     println!(
         "safety number for you and {}:\n{}\ncompare it with theirs over a channel you trust; if it differs, a key was swapped",
@@ -326,49 +331,48 @@ pub async fn fingerprint(home: &Path, args: FingerprintArgs) -> anyhow::Result<(
         client.fingerprint(&args.name)?
     );
     Ok(())
-    })
-    .await
 }
 
 pub async fn group(home: &Path, cmd: GroupCommand) -> anyhow::Result<()> {
-    with_client(home, async |client| {
-        // Membership and keys may be waiting at the node; take them in first.
-        client.sync().await?;
-        match cmd {
-            GroupCommand::Create { name } => {
-                let id = client.group_create(&name).await?;
-                println!("created group {name} (id {id}); you are its admin");
+    with_client(home, async |client| group_on(client, cmd).await).await
+}
+
+async fn group_on(client: &Client, cmd: GroupCommand) -> anyhow::Result<()> {
+    // Membership and keys may be waiting at the node; take them in first.
+    client.sync().await?;
+    match cmd {
+        GroupCommand::Create { name } => {
+            let id = client.group_create(&name).await?;
+            println!("created group {name} (id {id}); you are its admin");
+        }
+        GroupCommand::Add { group, members } => {
+            let names: Vec<&str> = members.iter().map(String::as_str).collect();
+            client.group_add(&group, &names).await?;
+            println!("added {} to {group}", members.join(", "));
+        }
+        GroupCommand::Kick { group, member } => {
+            client.group_kick(&group, &member).await?;
+            println!("removed {member} from {group}; the others have a new key");
+        }
+        GroupCommand::List => {
+            let groups = client.groups()?;
+            if groups.is_empty() {
+                println!("no groups yet; make one with `fastchat group create NAME`");
             }
-            GroupCommand::Add { group, members } => {
-                let names: Vec<&str> = members.iter().map(String::as_str).collect();
-                client.group_add(&group, &names).await?;
-                println!("added {} to {group}", members.join(", "));
-            }
-            GroupCommand::Kick { group, member } => {
-                client.group_kick(&group, &member).await?;
-                println!("removed {member} from {group}; the others have a new key");
-            }
-            GroupCommand::List => {
-                let groups = client.groups()?;
-                if groups.is_empty() {
-                    println!("no groups yet; make one with `fastchat group create NAME`");
-                }
-                for g in groups {
-                    let members: Vec<&str> = g.roster.iter().map(|r| r.name.as_str()).collect();
-                    let state = if g.member { "member" } else { "removed" };
-                    println!(
-                        "{:<20} admin {:<16} epoch {:<4} {state:<8} members: {}",
-                        g.name,
-                        g.admin,
-                        g.epoch,
-                        members.join(", ")
-                    );
-                }
+            for g in groups {
+                let members: Vec<&str> = g.roster.iter().map(|r| r.name.as_str()).collect();
+                let state = if g.member { "member" } else { "removed" };
+                println!(
+                    "{:<20} admin {:<16} epoch {:<4} {state:<8} members: {}",
+                    g.name,
+                    g.admin,
+                    g.epoch,
+                    members.join(", ")
+                );
             }
         }
-        Ok(())
-    })
-    .await
+    }
+    Ok(())
 }
 
 #[derive(Args)]
